@@ -1,0 +1,21 @@
+"""The ``refresher`` command line.
+
+Every command takes ``-c/--config FILE`` (default ``$REFRESHER_CONFIG``, then ``./refresher.yaml``).
+Bad input gives one clear line on stderr and exit code 2, never a traceback.
+Commands live in small modules beside this one, grouped by the part of the system they drive.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from refresher.cli.common import main
+
+# Importing the command modules registers their commands on ``main``.
+from refresher.cli import commands_config as _commands_config  # noqa: E402,F401
+from refresher.cli import commands_platform as _commands_platform  # noqa: E402,F401
+
+__all__ = ["main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

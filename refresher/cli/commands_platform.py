@@ -1,0 +1,3 @@
+"""Platform commands: ``sign``, ``auth-url``, ``exchange``, ``refresh`` (filled in by the plugins work)."""
+
+from __future__ import annotations

@@ -1,0 +1,90 @@
+"""Shared CLI plumbing: the root group, config loading and the one-line error policy."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from refresher import platforms
+from refresher.config import ConfigFileError, Settings, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USAGE = 2
+
+
+def default_config_path() -> str:
+    return os.environ.get("REFRESHER_CONFIG") or "refresher.yaml"
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print one line to stderr and exit without a traceback."""
+    click.echo(f"refresher: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings(path: str | None) -> Settings:
+    """Load and validate the config; every problem is one line, then exit 2."""
+    file = Path(path or default_config_path())
+    try:
+        return load_config(file, credential_models=platforms.credential_models())
+    except ConfigFileError as exc:
+        for problem in exc.problems:
+            click.echo(f"refresher: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    default=None,
+    help="Config file (default: $REFRESHER_CONFIG, then ./refresher.yaml).",
+)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn expected failures into one-line messages; a KeyboardInterrupt exits 130 quietly."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from refresher.domain import RefresherError
+
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("refresher: interrupted", err=True)
+            sys.exit(130)
+        except RefresherError as exc:
+            fail(f"{exc.error_class}: {exc}", 1)
+        except KeyError as exc:  # unknown app / account names
+            fail(str(exc.args[0]) if exc.args else "not found")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Main(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # Click prints usage errors itself with exit code 2; keep that, but make sure nothing else
+        # escapes as a traceback without at least one clear line.
+        try:
+            return super().main(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - last resort for the user's terminal
+            from refresher.config import ConfigFileError as _CFE
+
+            if isinstance(exc, _CFE):
+                fail(str(exc).splitlines()[0])
+            fail(f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="refresher", prog_name="refresher")
+def main() -> None:
+    """refresher keeps the OAuth tokens of e-commerce platforms alive."""

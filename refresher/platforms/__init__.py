@@ -1,0 +1,60 @@
+"""Platform plugins, found through the ``refresher.platforms`` entry-point group.
+
+A third party adds a platform by shipping a distribution that declares::
+
+    [project.entry-points."refresher.platforms"]
+    shopify = "refresher_shopify:ShopifyPlatform"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from importlib.metadata import entry_points
+
+from pydantic import BaseModel
+
+from refresher.platforms.base import Platform
+
+ENTRY_POINT_GROUP = "refresher.platforms"
+
+
+class UnknownPlatform(LookupError):
+    pass
+
+
+@cache
+def _discover() -> dict[str, type[Platform]]:
+    found: dict[str, type[Platform]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found:
+            continue  # first distribution wins; duplicates are a packaging mistake
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Platform)):
+            raise TypeError(f"entry point {ep.name} = {ep.value} is not a refresher Platform subclass")
+        found[ep.name] = cls
+    return found
+
+
+def available() -> dict[str, type[Platform]]:
+    """Every installed platform plugin by name."""
+    return dict(_discover())
+
+
+def reload() -> None:
+    """Forget the discovered plugins (after installing one at run time, and in tests)."""
+    _discover.cache_clear()
+
+
+def get(name: str) -> type[Platform]:
+    plugins = _discover()
+    try:
+        return plugins[name]
+    except KeyError:
+        known = ", ".join(sorted(plugins)) or "none"
+        raise UnknownPlatform(f"unknown platform {name!r} (installed: {known})") from None
+
+
+def credential_models() -> Mapping[str, type[BaseModel]]:
+    """What :func:`refresher.config.load_config` needs to validate each app's credential keys."""
+    return {name: cls.credentials_model for name, cls in _discover().items()}

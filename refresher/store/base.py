@@ -1,0 +1,215 @@
+"""The token store contract. The store knows nothing of HTTP or platforms.
+
+Rules every implementation keeps (ARCHITECTURE.md, "The store"):
+* ``claim_due`` / ``claim`` take a lease (owner, expiry) atomically and return the account *as read
+  under that lease*, so a worker always sees what another replica committed a moment ago.
+* ``save_tokens`` writes the new token set, moves the previous one to history, clears failures and
+  releases the lease in **one** transaction, and returns only after it committed.
+* Only the lease owner may save, record a failure or release; otherwise :class:`LeaseLost`.
+* Tokens are encrypted at rest when keys are configured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from refresher.domain import AccountStatus, ErrorInfo, Grant, Identity, TokenSet
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (unreachable, not writable, schema too new …)."""
+
+
+class LeaseLost(StoreError):
+    """The caller no longer holds the lease it acts under (it expired and another worker took it)."""
+
+
+class AccountNotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    app: str
+    platform: str
+    key: str
+    identity: Identity
+    status: AccountStatus
+    tokens: TokenSet | None
+    consecutive_failures: int = 0
+    last_success_at: dt.datetime | None = None
+    last_attempt_at: dt.datetime | None = None
+    last_error: ErrorInfo | None = None
+    next_attempt_at: dt.datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: dt.datetime | None = None
+    # Set when a refresh call went out under a lease and has not been settled yet: if the process dies
+    # in that window the platform may have rotated the token without our commit (see refresh.py).
+    refresh_started_at: dt.datetime | None = None
+    version: int = 0  # bumps on every saved token set
+    previous_refresh_token: str | None = field(default=None, repr=False)
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    tokens: TokenSet
+    replaced_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: dt.datetime
+    app: str
+    account_key: str
+    outcome: str  # "success" | "transient" | "reauth_required" | "config_error" | "malformed" | …
+    duration_ms: int
+    attempts: int = 1
+    error_class: str | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One open (or recently resolved) alarm per account and cause, for dedupe across restarts and replicas."""
+
+    app: str
+    account_key: str
+    cause: str  # "failures" | "reauth_required" | "config_error" | "refresh_expiring"
+    opened_at: dt.datetime
+    last_sent_at: dt.datetime | None
+    resolved_at: dt.datetime | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OAuthState:
+    """A single-use CSRF ``state`` created by ``/connect/{app}`` (issue 5)."""
+
+    state: str
+    app: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    return_to: str | None = None
+    pkce_verifier: str | None = field(default=None, repr=False)
+    redirect_uri: str | None = None
+
+
+class Store(Protocol):
+    """Durable token storage with leases. Every method is a coroutine and one transaction."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations (refuses a database newer than the code)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` when the database cannot be reached (for ``/readyz``)."""
+
+    # -- accounts ------------------------------------------------------------------------------------
+
+    async def upsert_grant(self, app: str, platform: str, grant: Grant) -> Account:
+        """Store an authorization: insert a new account, or update the existing one *in place* (same id,
+        new tokens, status active, failures and next attempt cleared, previous tokens to history)."""
+
+    async def get(self, app: str, key: str) -> Account | None: ...
+
+    async def list(
+        self,
+        app: str | None = None,
+        status: AccountStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Sequence[Account]: ...
+
+    async def count(self, app: str | None = None, status: AccountStatus | None = None) -> int: ...
+
+    async def set_status(self, app: str, key: str, status: AccountStatus) -> Account: ...
+
+    async def delete(self, app: str, key: str) -> bool: ...
+
+    async def import_account(
+        self, app: str, platform: str, identity: Identity, tokens: TokenSet, status: AccountStatus
+    ) -> Account:
+        """Bring an account in from another tool (same as ``upsert_grant`` but keeps the given status)."""
+
+    # -- leases --------------------------------------------------------------------------------------
+
+    async def claim_due(
+        self, app: str, horizon: dt.timedelta, limit: int, owner: str, lease_ttl: dt.timedelta
+    ) -> Sequence[Account]:
+        """Lease up to ``limit`` active accounts of ``app`` that no live lease holds and whose access
+        token expires before ``now + horizon`` or whose retry (``next_attempt_at``) is due.
+
+        An account with a future ``next_attempt_at`` (backing off after a failure) is not claimed for
+        expiry alone unless its access token would otherwise expire before that retry."""
+
+    async def claim(self, app: str, key: str, owner: str, lease_ttl: dt.timedelta) -> Account | None:
+        """Lease one account now whatever its expiry (forced refresh); ``None`` if another holds it."""
+
+    async def mark_refresh_started(self, account_id: int, owner: str) -> None:
+        """Record that a refresh call is about to go out under this lease (commits)."""
+
+    async def save_tokens(self, account_id: int, owner: str, tokens: TokenSet) -> Account:
+        """One transaction: previous tokens → history (pruned to ``history_versions``), new tokens
+        stored, status active, failures cleared, ``last_success_at`` set, lease released."""
+
+    async def record_failure(
+        self,
+        account_id: int,
+        owner: str,
+        error: ErrorInfo,
+        next_attempt_at: dt.datetime | None,
+        status: AccountStatus | None = None,
+    ) -> Account:
+        """Count a failed sweep: failures + 1, last error, next attempt, optional status, lease released."""
+
+    async def release(self, account_id: int, owner: str) -> None:
+        """Give a lease back without changing anything else (shutdown, nothing to do)."""
+
+    # -- history, audit ------------------------------------------------------------------------------
+
+    async def history(self, app: str, key: str, limit: int = 20) -> Sequence[HistoryEntry]: ...
+
+    async def restore(self, app: str, key: str, version: int) -> Account:
+        """Make an older token set from history current again (operator's choice)."""
+
+    async def audit(self, entry: AuditEntry) -> None: ...
+
+    async def audit_log(
+        self, app: str | None = None, account_key: str | None = None, limit: int = 100
+    ) -> Sequence[AuditEntry]: ...
+
+    async def prune_audit(self, older_than: dt.datetime) -> int: ...
+
+    # -- alarms (dedupe state) ------------------------------------------------------------------------
+
+    async def open_alarms(self, app: str | None = None) -> Sequence[Alarm]: ...
+
+    async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None: ...
+
+    async def put_alarm(self, alarm: Alarm) -> None:
+        """Insert or replace the alarm of (app, account_key, cause)."""
+
+    # -- onboarding state (issue 5) -------------------------------------------------------------------
+
+    async def put_state(self, state: OAuthState) -> None: ...
+
+    async def consume_state(self, state: str) -> OAuthState | None:
+        """Return and delete a state atomically (single use); ``None`` if unknown or already used."""
+
+    # -- keys ----------------------------------------------------------------------------------------
+
+    async def rotate_keys(self) -> int:
+        """Re-encrypt every token (current and history) under the first key; returns rows rewritten."""
+
+    async def earliest_expiry(self, app: str) -> dt.datetime | None:
+        """Earliest access-token expiry among the app's active accounts (for metrics)."""
