@@ -1,0 +1,5 @@
+"""``python -m refresher`` runs the command line."""
+
+from refresher.cli import main
+
+main()

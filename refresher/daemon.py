@@ -1,0 +1,307 @@
+"""Wires config → store → platforms → refresher → scheduler → server; owns signals, sd_notify, shutdown.
+
+Signals: SIGTERM/SIGINT stop claiming, let in-flight refreshes finish within the grace period (a refresh
+that cannot finish is cancelled and its lease left to expire, so its unknown outcome is settled later),
+then stop the server and exit 0. SIGHUP reloads the config; a bad new config is refused with one log line
+and the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from refresher import platforms as registry
+from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
+from refresher.alerts.events import RefreshEvent
+from refresher.config import ConfigFileError, Settings, load_config
+from refresher.domain import AccountStatus, Clock, SystemClock, TokenSet
+from refresher.logging import configure_logging, register_secrets
+from refresher.metrics import Metrics
+from refresher.platforms.base import Platform, make_http_client
+from refresher.refresh import Refresher
+from refresher.scheduler import Scheduler
+from refresher.server.app import create_app
+from refresher.server.http import EmbeddedServer, start_server, stop_server
+from refresher.store.base import Account, Store
+from refresher.store.sql import open_store
+from refresher.systemd import Notifier
+
+log = structlog.get_logger("refresher.daemon")
+
+SHUTDOWN_GRACE = 20.0
+
+
+def default_owner() -> str:
+    """A lease owner name unique to this process (host, pid and a random suffix for restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_platforms(
+    settings: Settings, http: httpx.AsyncClient, clock: Clock
+) -> dict[str, Platform]:
+    """One plugin instance per configured app."""
+    built = {}
+    for name, app in settings.apps.items():
+        built[name] = registry.get(app.platform)(app, http=http, clock=clock)
+    return built
+
+
+class Daemon:
+    """The long-running job behind ``refresher run``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
+        owner: str | None = None,
+        notifier: Notifier | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = Path(config_path) if config_path else None
+        self.clock: Clock = clock or SystemClock()
+        self.owner = owner or default_owner()
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.store: Store = store or open_store(settings.store, self.clock)
+        self.http = make_http_client()
+        self._platforms: dict[str, Platform] = {}
+        self.dispatcher = Dispatcher(metrics=self.metrics)
+        self.alerts = AlertPolicy(
+            settings.alerts,
+            self.store,
+            build_channels(settings.alerts),
+            self.clock,
+            reauth_link=self.reauth_link,
+            dispatcher=self.dispatcher,
+        )
+        self.hooks = HookDispatcher(settings, dispatcher=self.dispatcher)
+        self.refresher = Refresher(
+            settings,
+            self.store,
+            {},
+            self.clock,
+            self.owner,
+            listeners=[self._on_refresh],
+        )
+        self.scheduler = Scheduler(self.tick)
+        self._server: EmbeddedServer | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self.port: int | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._started = False
+        self.extra_routes: list[Any] = []
+
+    # -- Runtime (what the HTTP routes see) -------------------------------------------------------------
+
+    @property
+    def platforms(self) -> Mapping[str, Platform]:
+        return self._platforms
+
+    async def readiness(self) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.store.ping(), 5)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            problems["store"] = type(exc).__name__
+        if not self.scheduler.running:
+            problems["scheduler"] = "not running"
+        return problems
+
+    def metrics_payload(self) -> tuple[bytes, str]:
+        return self.metrics.render(), self.metrics.content_type
+
+    def reauth_link(self, app: str, account_key: str) -> str | None:
+        """Where a seller re-authorizes: the daemon's connect page when it has a public URL."""
+        base = self.settings.server.public_url
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/connect/{app}"
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        register_secrets(self.settings.secrets())
+        self.notifier.status("opening the token store")
+        await self.store.open()
+        if not getattr(self.store, "encrypted", True):
+            log.warning(
+                "store.unencrypted",
+                detail="tokens are stored in clear; set store.encryption_keys to encrypt them at rest",
+            )
+        self._platforms = build_platforms(self.settings, self.http, self.clock)
+        self.refresher.platforms = dict(self._platforms)
+        self.refresher.apply_settings(self.settings)
+        await self.dispatcher.start()
+        plugin_classes = {n: type(p) for n, p in self._platforms.items()}
+        self.scheduler.configure(self.settings, {a.platform: plugin_classes[n] for n, a in self.settings.apps.items()})
+        self.scheduler.start()
+        if self.settings.server.enabled:
+            app = create_app(self)
+            for router in self.extra_routes:
+                app.include_router(router)
+            self._server, self._server_task, self.port = await start_server(
+                app, self.settings.server.host, self.settings.server.port
+            )
+        self._started = True
+        apps = ", ".join(sorted(self._platforms)) or "none"
+        log.info(
+            "daemon.started",
+            owner=self.owner,
+            apps=apps,
+            store=_safe_url(self.settings.store.url),
+            http=f"{self.settings.server.host}:{self.port}" if self.port else None,
+        )
+        self.notifier.ready(f"refreshing {len(self._platforms)} app(s)")
+
+    async def tick(self, app: str) -> None:
+        """One scheduled sweep of an app, then its follow-ups (expiry warnings, gauges, pruning)."""
+        started = asyncio.get_running_loop().time()
+        outcome = "ok"
+        try:
+            result = await self.refresher.sweep(app)
+            if result.claimed:
+                log.info(
+                    "sweep",
+                    app=app,
+                    claimed=result.claimed,
+                    succeeded=result.succeeded,
+                    failed=result.failed,
+                    skipped=result.skipped,
+                )
+            await self._after_sweep(app)
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self.metrics.sweep_finished(app, outcome, asyncio.get_running_loop().time() - started)
+
+    async def _after_sweep(self, app: str) -> None:
+        now = self.clock.now()
+        horizon = now + self.settings.alerts.reauth_warning
+        expiring = [
+            account
+            for account in await self.store.list(app=app, status=AccountStatus.ACTIVE, limit=100_000)
+            if account.tokens is not None
+            and account.tokens.refresh_expires_at is not None
+            and account.tokens.refresh_expires_at <= horizon
+        ]
+        if expiring:
+            await self.alerts.check_expiring(expiring)
+        for status in AccountStatus:
+            self.metrics.set_accounts(app, str(status), await self.store.count(app=app, status=status))
+        earliest = await self.store.earliest_expiry(app)
+        self.metrics.set_earliest_expiry(app, (earliest - now).total_seconds() if earliest else None)
+
+    async def _on_refresh(self, event: RefreshEvent, account: Account, tokens: TokenSet | None) -> None:
+        self.metrics.refresh_finished(event)
+        await self.alerts.observe(event)
+        app = self.settings.apps.get(event.app)
+        if app is not None:
+            await self.hooks.refreshed(app, event, account, tokens)
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply it if valid, else keep running on the old one."""
+        if self.config_path is None:
+            log.warning("config.reload_skipped", reason="started without a config file")
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path, credential_models=registry.credential_models())
+            if _safe_url(new.store.url) != _safe_url(self.settings.store.url):
+                raise ConfigFileError([])  # handled below with a clear message
+        except ConfigFileError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else "store.url cannot change without a restart"
+            log.error("config.reload_refused", reason=reason, keeping="the running configuration")
+            self.notifier.ready("reload refused; running on the previous configuration")
+            return False
+        register_secrets(new.secrets())
+        self.settings = new
+        self._platforms = build_platforms(new, self.http, self.clock)
+        self.refresher.platforms = dict(self._platforms)
+        self.refresher.apply_settings(new)
+        plugin_classes = {a.platform: type(self._platforms[n]) for n, a in new.apps.items()}
+        self.scheduler.configure(new, plugin_classes)
+        self.alerts.apply_settings(new.alerts, build_channels(new.alerts))
+        self.hooks.apply_settings(new)
+        configure_logging(new.logging)
+        log.info("config.reloaded", apps=", ".join(sorted(new.apps)))
+        self.notifier.ready("configuration reloaded")
+        return True
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop claiming, drain in-flight refreshes within ``grace``, then close everything."""
+        self.notifier.stopping()
+        log.info("daemon.stopping", grace_seconds=grace)
+        self.scheduler.pause()
+        self.refresher.stop()
+        drained = await self.scheduler.drain(grace)
+        if not drained:
+            log.warning("daemon.drain_timeout", detail="cancelling refreshes still in flight")
+            self.scheduler.cancel_running()
+            await self.scheduler.drain(5)
+        self.scheduler.shutdown()
+        if self._server is not None and self._server_task is not None:
+            await stop_server(self._server, self._server_task)
+        await self.dispatcher.aclose(grace=5)
+        await self.http.aclose()
+        await self.store.close()
+        log.info("daemon.stopped")
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        await self.start()
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        try:
+            while not self._stop.is_set():
+                waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._reload.wait())]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+        finally:
+            watchdog.cancel()
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if not interval:
+            return
+        while True:
+            # Ping only while the loop turns and the store answers: a wedged daemon gets restarted.
+            try:
+                await asyncio.wait_for(self.store.ping(), interval)
+                self.notifier.watchdog()
+            except Exception:  # noqa: BLE001
+                log.warning("watchdog.store_unreachable")
+            await asyncio.sleep(interval)
+
+
+def _safe_url(url: str) -> str:
+    """A store URL without its password, for logs."""
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or not parsed.password:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@")

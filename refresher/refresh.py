@@ -1,0 +1,470 @@
+"""Refresh one account, and sweep an app: call the platform with retries, persist first, then tell others.
+
+The order of things on success is the whole point of this module:
+1. the account is leased (``claim_due`` / ``claim``) and re-read under the lease;
+2. ``mark_refresh_started`` commits, so a crash between the platform rotating the token and our commit is
+   recognisable on restart (``Account.refresh_started_at`` still set);
+3. the platform call, retried with backoff for transient errors only;
+4. ``save_tokens`` commits the new token set, clears failures and releases the lease in one transaction;
+5. only then logs, metrics, hooks and alarms run (listeners), and none of them can undo step 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from refresher.alerts.events import RefreshEvent
+from refresher.config import AppSettings, Settings
+from refresher.domain import (
+    AccountStatus,
+    Clock,
+    ClockSkew,
+    ConfigError,
+    ReauthRequired,
+    RefresherError,
+    RefreshTokenRejected,
+    TokenSet,
+    TransientError,
+)
+from refresher.logging import register_secrets
+from refresher.platforms.base import Platform
+from refresher.store.base import Account, AuditEntry, LeaseLost, Store
+
+log = structlog.get_logger("refresher.refresh")
+
+# A failed account is retried on later sweeps with this backoff: the first retry soon, then doubling,
+# never longer than a quarter of the app's refresh window (so several tries fit before expiry).
+RETRY_BASE = dt.timedelta(minutes=1)
+CONFIG_ERROR_RETRY = dt.timedelta(minutes=30)  # the operator must act; retry slowly in case they did
+
+
+@dataclass(frozen=True)
+class AppPolicy:
+    """One app's refresh settings with the platform's defaults filled in."""
+
+    app: str
+    platform: str
+    refresh_before: dt.timedelta
+    attempts: int
+    initial_delay: dt.timedelta
+    max_delay: dt.timedelta
+    timeout: dt.timedelta
+    concurrency: int
+    rate_limit: float
+    lease_ttl: dt.timedelta
+
+    @property
+    def retry_budget(self) -> dt.timedelta:
+        """Worst-case time one refresh can take with all its retries."""
+        return self.attempts * self.timeout + (self.attempts - 1) * self.max_delay
+
+    @classmethod
+    def resolve(cls, app: AppSettings, platform: type[Platform], min_lease: dt.timedelta) -> AppPolicy:
+        refresh_before = app.refresh_before or platform.default_refresh_before
+        draft = cls(
+            app=app.name,
+            platform=app.platform,
+            refresh_before=refresh_before,
+            attempts=app.retry.attempts,
+            initial_delay=app.retry.initial_delay,
+            max_delay=app.retry.max_delay,
+            timeout=app.timeout,
+            concurrency=app.concurrency,
+            rate_limit=app.rate_limit,
+            lease_ttl=min_lease,
+        )
+        # The lease must outlive the whole retry budget, or a slow refresh could be taken over mid-call.
+        lease = max(min_lease, draft.retry_budget * 1.5 + dt.timedelta(seconds=30))
+        return cls(**{**draft.__dict__, "lease_ttl": lease})
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    account: Account
+    outcome: str  # "success" | "failure" | "skipped" | "busy"
+    error: RefresherError | None = None
+    attempts: int = 0
+    duration_ms: int = 0
+
+
+@dataclass
+class SweepResult:
+    app: str
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    results: list[RefreshResult] = field(default_factory=list)
+
+
+class RefreshListener(Protocol):
+    """Told about every settled refresh, after its outcome committed (alarms, hooks, metrics)."""
+
+    async def __call__(self, event: RefreshEvent, account: Account, tokens: TokenSet | None) -> None: ...
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Refresher:
+    """Refreshes accounts of every configured app against their platforms, under store leases."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        platforms: Mapping[str, Platform],
+        clock: Clock,
+        owner: str,
+        *,
+        listeners: Sequence[RefreshListener] = (),
+        sleep: Sleep = asyncio.sleep,
+        batch_size: int | None = None,
+    ) -> None:
+        self.store = store
+        self.platforms = dict(platforms)
+        self.clock = clock
+        self.owner = owner
+        self.listeners = list(listeners)
+        self._sleep = sleep
+        self._batch_size = batch_size
+        self._stopping = asyncio.Event()
+        self.policies: dict[str, AppPolicy] = {}
+        self._limiters: dict[str, AsyncLimiter] = {}
+        self.apply_settings(settings)
+
+    def apply_settings(self, settings: Settings) -> None:
+        """(Re)build per-app policies; used at start and on a config reload."""
+        self.settings = settings
+        policies = {}
+        for name, app in settings.apps.items():
+            if name in self.platforms:
+                policies[name] = AppPolicy.resolve(app, type(self.platforms[name]), settings.store.lease_ttl)
+        self.policies = policies
+        self._limiters = {name: AsyncLimiter(policy.rate_limit, 1.0) for name, policy in policies.items()}
+
+    def stop(self) -> None:
+        """Stop claiming new work; in-flight refreshes finish (or are released by the daemon)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- sweeps ----------------------------------------------------------------------------------------
+
+    async def sweep(self, app: str) -> SweepResult:
+        """Claim every due account of ``app`` in batches and refresh them with bounded concurrency."""
+        policy = self.policies[app]
+        result = SweepResult(app)
+        batch = self._batch_size or max(policy.concurrency * 4, 16)
+        while not self.stopping:
+            claimed = await self.store.claim_due(
+                app, policy.refresh_before, batch, self.owner, policy.lease_ttl
+            )
+            if not claimed:
+                break
+            result.claimed += len(claimed)
+            outcomes = await self._run_bounded(claimed, policy.concurrency)
+            for outcome in outcomes:
+                result.results.append(outcome)
+                if outcome.outcome == "success":
+                    result.succeeded += 1
+                elif outcome.outcome == "failure":
+                    result.failed += 1
+                else:
+                    result.skipped += 1
+            if len(claimed) < batch:
+                break
+        return result
+
+    async def _run_bounded(self, accounts: Sequence[Account], concurrency: int) -> list[RefreshResult]:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(account: Account) -> RefreshResult:
+            async with semaphore:
+                if self.stopping:
+                    await self._release(account)
+                    return RefreshResult(account, "skipped")
+                return await self.refresh_leased(account)
+
+        return list(await asyncio.gather(*(one(a) for a in accounts)))
+
+    async def refresh_now(self, app: str, key: str, *, wait: float = 60.0) -> RefreshResult:
+        """Refresh one account now, whatever its expiry. If another worker holds its lease, wait for that
+        worker to finish (up to ``wait`` seconds) and report what it stored instead of refreshing twice."""
+        policy = self.policies.get(app)
+        if policy is None:
+            raise KeyError(f"unknown app {app!r}")
+        deadline = time.monotonic() + wait
+        account = await self.store.get(app, key)
+        if account is None:
+            raise KeyError(f"unknown account {key!r} of app {app!r}")
+        while True:
+            claimed = await self.store.claim(app, key, self.owner, policy.lease_ttl)
+            if claimed is not None:
+                return await self.refresh_leased(claimed)
+            if time.monotonic() >= deadline:
+                current = await self.store.get(app, key)
+                return RefreshResult(current or account, "busy")
+            await asyncio.sleep(0.2)
+            current = await self.store.get(app, key)
+            if current is not None and current.version != account.version and current.lease_owner is None:
+                # Another worker refreshed it while we waited: that is the refresh the caller wanted.
+                return RefreshResult(current, "success")
+
+    # -- one account -----------------------------------------------------------------------------------
+
+    async def refresh_leased(self, account: Account) -> RefreshResult:
+        """Refresh an account whose lease this worker holds. Never raises for platform trouble."""
+        policy = self.policies.get(account.app)
+        platform = self.platforms.get(account.app)
+        if policy is None or platform is None or account.tokens is None:
+            await self._release(account)
+            return RefreshResult(account, "skipped")
+        if account.status != AccountStatus.ACTIVE:
+            await self._release(account)
+            return RefreshResult(account, "skipped")
+
+        unsettled = account.refresh_started_at is not None
+        if unsettled:
+            # A previous refresh went out and never settled (the process died, or its lease expired
+            # mid-call). The platform may have rotated the token without our commit; the refresh below
+            # tells: it works (nothing was lost) or is rejected (the grant needs the seller).
+            log.warning(
+                "refresh.unsettled_previous_attempt",
+                app=account.app,
+                account=account.key,
+                started_at=account.refresh_started_at.isoformat() if account.refresh_started_at else None,
+            )
+        started = time.monotonic()
+        refresh_token = account.tokens.refresh_token
+        register_secrets([account.tokens.access_token, refresh_token])
+        try:
+            await self.store.mark_refresh_started(account.id, self.owner)
+        except LeaseLost:
+            return RefreshResult(account, "skipped")
+
+        attempts = 0
+        try:
+            tokens, attempts = await self._call_with_retries(platform, policy, account, refresh_token)
+        except RefresherError as exc:
+            return await self._settle_failure(account, policy, exc, attempts, started, unsettled)
+        except asyncio.CancelledError:
+            # Shutdown mid-call: the outcome is unknown, so leave refresh_started_at set and let the lease
+            # expire; a later sweep settles it.
+            raise
+
+        register_secrets([tokens.access_token, tokens.refresh_token])
+        try:
+            saved = await self.store.save_tokens(account.id, self.owner, tokens)
+        except LeaseLost:
+            # Our lease expired during the call and someone else holds the account now. The new token
+            # is the only valid one if the platform rotated: try once to commit it over theirs would race,
+            # so log loudly; the other worker's refresh will be rejected and settle via the re-read path.
+            log.error("refresh.lease_lost_after_success", app=account.app, account=account.key)
+            return RefreshResult(account, "failure", None, attempts, _ms(started))
+        duration = _ms(started)
+        await self._audit(saved, "success", duration, attempts, None)
+        log.info(
+            "refresh",
+            app=saved.app,
+            account=saved.key,
+            outcome="success",
+            duration_ms=duration,
+            attempts=attempts,
+            access_expires_at=tokens.access_expires_at.isoformat(),
+            rotated=tokens.refresh_token != refresh_token,
+        )
+        await self._notify(saved, "success", None, attempts, duration, tokens)
+        return RefreshResult(saved, "success", None, attempts, duration)
+
+    async def _call_with_retries(
+        self, platform: Platform, policy: AppPolicy, account: Account, refresh_token: str
+    ) -> tuple[TokenSet, int]:
+        limiter = self._limiters[policy.app]
+        attempts = 0
+        skew_retried = False
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=_wait_honouring_retry_after(policy),
+            retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                await limiter.acquire()
+                try:
+                    return await platform.refresh(account.identity, refresh_token), attempts
+                except ClockSkew:
+                    if skew_retried:
+                        raise
+                    skew_retried = True  # re-sign once with a fresh timestamp, at once
+                    await limiter.acquire()
+                    attempts += 1
+                    return await platform.refresh(account.identity, refresh_token), attempts
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _settle_failure(
+        self,
+        account: Account,
+        policy: AppPolicy,
+        error: RefresherError,
+        attempts: int,
+        started: float,
+        unsettled: bool,
+    ) -> RefreshResult:
+        now = self.clock.now()
+        if isinstance(error, RefreshTokenRejected):
+            # Re-read: if the stored token moved on, another worker refreshed it and all is well.
+            current = await self.store.get(account.app, account.key)
+            if current is not None and current.version != account.version:
+                log.info("refresh.superseded", app=account.app, account=account.key)
+                await self._release(account)
+                return RefreshResult(current, "skipped", None, attempts, _ms(started))
+            if unsettled:
+                error = RefreshTokenRejected(
+                    "refresh token rejected after an unsettled earlier attempt: the platform most likely "
+                    "rotated it in a call whose answer was lost (crash or network); the seller must "
+                    "re-authorize" + (" or use a Shopee resend code" if account.platform == "shopee" else ""),
+                    code=error.code,
+                    request_id=error.request_id,
+                    platform=error.platform,
+                    http_status=error.http_status,
+                )
+
+        status: AccountStatus | None = None
+        next_attempt: dt.datetime | None
+        if isinstance(error, ReauthRequired):
+            status = AccountStatus.NEEDS_REAUTH
+            next_attempt = None
+        elif isinstance(error, ConfigError):
+            next_attempt = now + CONFIG_ERROR_RETRY
+        else:
+            next_attempt = now + _sweep_backoff(account.consecutive_failures + 1, policy)
+        try:
+            saved = await self.store.record_failure(account.id, self.owner, error.info(), next_attempt, status)
+        except LeaseLost:
+            log.warning("refresh.lease_lost_on_failure", app=account.app, account=account.key)
+            return RefreshResult(account, "failure", error, attempts, _ms(started))
+        duration = _ms(started)
+        await self._audit(saved, error.error_class, duration, attempts, error)
+        log.warning(
+            "refresh",
+            app=saved.app,
+            account=saved.key,
+            outcome="failure",
+            duration_ms=duration,
+            attempts=attempts,
+            error_class=error.error_class,
+            error_code=error.code,
+            request_id=error.request_id,
+            http_status=error.http_status,
+            error=error.message,
+            consecutive_failures=saved.consecutive_failures,
+            next_attempt_at=next_attempt.isoformat() if next_attempt else None,
+            status=str(saved.status),
+        )
+        await self._notify(saved, "failure", error, attempts, duration, None)
+        return RefreshResult(saved, "failure", error, attempts, duration)
+
+    async def _release(self, account: Account) -> None:
+        try:
+            await self.store.release(account.id, self.owner)
+        except LeaseLost:
+            pass
+
+    async def _audit(
+        self, account: Account, outcome: str, duration: int, attempts: int, error: RefresherError | None
+    ) -> None:
+        try:
+            await self.store.audit(
+                AuditEntry(
+                    at=self.clock.now(),
+                    app=account.app,
+                    account_key=account.key,
+                    outcome=outcome,
+                    duration_ms=duration,
+                    attempts=attempts,
+                    error_class=error.error_class if error else None,
+                    error_code=error.code if error else None,
+                    request_id=error.request_id if error else None,
+                    message=error.message[:300] if error else None,
+                )
+            )
+        except Exception:  # noqa: BLE001 - the audit trail must never undo a committed refresh
+            log.exception("refresh.audit_failed", app=account.app, account=account.key)
+
+    async def _notify(
+        self,
+        account: Account,
+        outcome: str,
+        error: RefresherError | None,
+        attempts: int,
+        duration: int,
+        tokens: TokenSet | None,
+    ) -> None:
+        event = RefreshEvent(
+            app=account.app,
+            platform=account.platform,
+            account_key=account.key,
+            account_name=account.identity.name,
+            outcome=outcome,
+            error=error.info() if error else None,
+            consecutive_failures=account.consecutive_failures,
+            status=account.status,
+            access_expires_at=account.tokens.access_expires_at if account.tokens else None,
+            refresh_expires_at=account.tokens.refresh_expires_at if account.tokens else None,
+            at=self.clock.now(),
+            attempts=attempts,
+            duration_ms=duration,
+        )
+        for listener in self.listeners:
+            try:
+                await listener(event, account, tokens)
+            except Exception:  # noqa: BLE001 - a listener never breaks refreshing
+                log.exception("refresh.listener_failed", app=account.app, account=account.key)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _sweep_backoff(failures: int, policy: AppPolicy) -> dt.timedelta:
+    """Delay before the next sweep may retry a failed account: doubling with jitter, capped."""
+    cap = max(policy.refresh_before / 4, RETRY_BASE)
+    delay = min(RETRY_BASE * (2 ** min(failures - 1, 20)), cap)
+    return delay * random.uniform(0.8, 1.0)
+
+
+def _wait_honouring_retry_after(policy: AppPolicy) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(
+        initial=policy.initial_delay.total_seconds(), max=policy.max_delay.total_seconds()
+    )
+
+    def wait(state: RetryCallState) -> float:
+        delay = backoff(state)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RefresherError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, policy.max_delay.total_seconds()))
+        return delay
+
+    return wait

@@ -1,0 +1,182 @@
+"""APScheduler cron jobs per app: each tick runs a sweep. And the arithmetic that proves a schedule safe.
+
+APScheduler 3 pitfalls (STYLE.md): ``misfire_grace_time`` defaults to 1 s (late runs silently dropped), so
+it is set explicitly with ``coalesce`` and ``max_instances=1``: a suspended host catches up with one sweep,
+not a stampede. ``shutdown(wait=True)`` cancels running async jobs, so the daemon pauses, drains its own
+in-flight sweeps, then shuts the scheduler down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from refresher.config import AppSettings, Settings, cron_trigger_from
+from refresher.platforms.base import Platform
+from refresher.refresh import AppPolicy
+
+log = structlog.get_logger("refresher.scheduler")
+
+Tick = Callable[[str], Awaitable[Any]]
+
+
+def schedule_of(app: AppSettings, platform: type[Platform]) -> str:
+    """The app's schedule as text: its interval, its cron, or the platform's default cron."""
+    if app.interval is not None:
+        return f"every {int(app.interval.total_seconds())}s"
+    return app.schedule or platform.default_schedule
+
+
+def build_trigger(app: AppSettings, platform: type[Platform]) -> CronTrigger | IntervalTrigger:
+    if app.interval is not None:
+        return IntervalTrigger(seconds=max(app.interval.total_seconds(), 0.1), timezone=app.timezone)
+    trigger: CronTrigger = cron_trigger_from(app.schedule or platform.default_schedule, app.timezone, CronTrigger)
+    return trigger
+
+
+def max_tick_gap(
+    trigger: CronTrigger | IntervalTrigger, start: dt.datetime, horizon: dt.timedelta = dt.timedelta(days=35)
+) -> dt.timedelta:
+    """The longest time between two consecutive ticks over ``horizon`` (covers monthly cron patterns)."""
+    if isinstance(trigger, IntervalTrigger):
+        return trigger.interval  # type: ignore[no-any-return]
+    previous: dt.datetime | None = None
+    current: dt.datetime | None = trigger.get_next_fire_time(None, start)
+    gap = dt.timedelta(0)
+    end = start + horizon
+    count = 0
+    while current is not None and current <= end and count < 100_000:
+        if previous is not None:
+            gap = max(gap, current - previous)
+        previous, current = current, trigger.get_next_fire_time(current, current + dt.timedelta(microseconds=1))
+        count += 1
+    if previous is None or count < 2:
+        return horizon  # fires at most once in the horizon: treat as unsafe
+    return gap
+
+
+@dataclass(frozen=True)
+class ScheduleMargin:
+    """How much slack an app's schedule leaves before a token could expire unrefreshed."""
+
+    app: str
+    schedule: str
+    refresh_before: dt.timedelta
+    max_gap: dt.timedelta
+    retry_budget: dt.timedelta
+
+    @property
+    def margin(self) -> dt.timedelta:
+        """Worst case: a token enters the window just after a tick, the next tick comes ``max_gap`` later
+        and its refresh takes the whole retry budget."""
+        return self.refresh_before - self.max_gap - self.retry_budget
+
+    @property
+    def safe(self) -> bool:
+        return self.margin > dt.timedelta(0)
+
+
+def schedule_margins(
+    settings: Settings, platforms: Mapping[str, type[Platform]], now: dt.datetime
+) -> list[ScheduleMargin]:
+    margins = []
+    for name, app in settings.apps.items():
+        cls = platforms.get(app.platform)
+        if cls is None:
+            continue
+        policy = AppPolicy.resolve(app, cls, settings.store.lease_ttl)
+        gap = max_tick_gap(build_trigger(app, cls), now)
+        margins.append(ScheduleMargin(name, schedule_of(app, cls), policy.refresh_before, gap, policy.retry_budget))
+    return margins
+
+
+class Scheduler:
+    """One job per enabled app; each tick awaits ``tick(app)`` (a sweep plus its follow-ups)."""
+
+    def __init__(self, tick: Tick) -> None:
+        self._tick = tick
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._running: set[asyncio.Task[Any]] = set()
+        self._apps: dict[str, str] = {}  # app -> schedule text, to reschedule only what changed
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running) and not self._paused
+
+    _paused = False
+
+    def configure(self, settings: Settings, platforms: Mapping[str, type[Platform]]) -> None:
+        """Add, change or remove jobs to match ``settings`` (start and SIGHUP reload)."""
+        wanted = {
+            name: app for name, app in settings.apps.items() if app.enabled and app.platform in platforms
+        }
+        for name in list(self._apps):
+            if name not in wanted:
+                self._scheduler.remove_job(name)
+                del self._apps[name]
+        for name, app in wanted.items():
+            cls = platforms[app.platform]
+            text = f"{schedule_of(app, cls)}@{app.timezone}"
+            if self._apps.get(name) == text:
+                continue
+            trigger = build_trigger(app, cls)
+            gap = max_tick_gap(trigger, dt.datetime.now(dt.UTC), dt.timedelta(days=2))
+            self._scheduler.add_job(
+                self._run,
+                trigger,
+                args=[name],
+                id=name,
+                name=f"sweep {name}",
+                replace_existing=True,
+                coalesce=True,
+                max_instances=1,
+                # A late tick still runs if it is late by less than one interval; later than that, the
+                # next tick is as good.
+                misfire_grace_time=max(int(gap.total_seconds()), 1),
+                next_run_time=dt.datetime.now(dt.UTC),  # sweep once at start: catch up after downtime
+            )
+            self._apps[name] = text
+
+    async def _run(self, app: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await self._tick(app)
+        except Exception:  # noqa: BLE001 - one bad sweep must not kill the job
+            log.exception("sweep.crashed", app=app)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def pause(self) -> None:
+        """Stop firing new ticks (shutdown step one)."""
+        self._paused = True
+        if self._scheduler.running:
+            self._scheduler.pause()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for running sweeps to finish; ``False`` if they are still running after ``timeout``."""
+        if not self._running:
+            return True
+        done, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        return not pending
+
+    def cancel_running(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)

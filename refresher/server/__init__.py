@@ -1,0 +1,1 @@
+"""The daemon's HTTP server: health, metrics, onboarding, token API and signing proxy."""

@@ -1,0 +1,47 @@
+"""The ASGI application: operational endpoints here, feature routers mounted from their modules."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from refresher.server.runtime import Runtime
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="refresher",
+        version=_version(),
+        description="Keeps e-commerce OAuth tokens alive; hands them to the services that need them.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process is alive and its event loop answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        """Ready to work: the store answers and the scheduler runs."""
+        problems = await runtime.readiness()
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = runtime.metrics_payload()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("refresher")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"

@@ -1,0 +1,54 @@
+"""Run an ASGI app with uvicorn inside the daemon's event loop, without uvicorn owning the signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn's server minus its signal capture: the daemon drains refreshes before the server stops
+    (STYLE.md pitfall), so SIGTERM/SIGINT belong to the daemon."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def start_server(app: Any, host: str, port: int) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
+    """Start serving ``app``; returns the server, its task and the bound port (``port=0`` picks one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
+    while not server.started:
+        if task.done():
+            task.result()  # raises the startup error
+        await asyncio.sleep(0.01)
+    return server, task, bound
+
+
+async def stop_server(server: EmbeddedServer, task: asyncio.Task[None], timeout: float = 5.0) -> None:
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(task, timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        server.force_exit = True
+        task.cancel()

@@ -1,0 +1,28 @@
+"""What the HTTP routes may use of the running daemon (a protocol, so the server never imports it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from refresher.config import Settings
+from refresher.domain import Clock
+from refresher.platforms.base import Platform
+from refresher.refresh import Refresher
+from refresher.store.base import Store
+
+
+class Runtime(Protocol):
+    settings: Settings
+    store: Store
+    clock: Clock
+    refresher: Refresher
+
+    @property
+    def platforms(self) -> Mapping[str, Platform]: ...
+
+    async def readiness(self) -> dict[str, str]:
+        """Problems by component; empty when ready (store reachable, scheduler running)."""
+
+    def metrics_payload(self) -> tuple[bytes, str]:
+        """The Prometheus exposition body and its content type."""
