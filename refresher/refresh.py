@@ -12,6 +12,7 @@ The order of things on success is the whole point of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import time
@@ -174,10 +175,18 @@ class Refresher:
         policy = self.policies[app]
         result = SweepResult(app)
         batch = self._batch_size or max(policy.concurrency * 4, 16)
+        seen: set[int] = set()
         while not self.stopping:
             claimed = await self.store.claim_due(
                 app, policy.refresh_before, batch, self.owner, policy.lease_ttl
             )
+            # An account claimed twice in one sweep is one whose fresh token is already inside the window
+            # (a platform lifetime shorter than refresh_before): refreshing it again now would loop.
+            again = [a for a in claimed if a.id in seen]
+            for account in again:
+                await self._release(account)
+            claimed = [a for a in claimed if a.id not in seen]
+            seen.update(a.id for a in claimed)
             if not claimed:
                 break
             result.claimed += len(claimed)
@@ -387,10 +396,8 @@ class Refresher:
         return RefreshResult(saved, "failure", error, attempts, duration)
 
     async def _release(self, account: Account) -> None:
-        try:
+        with contextlib.suppress(LeaseLost):  # someone else's now: nothing of ours to release
             await self.store.release(account.id, self.owner)
-        except LeaseLost:
-            pass
 
     async def _audit(
         self, account: Account, outcome: str, duration: int, attempts: int, error: RefresherError | None
@@ -410,7 +417,7 @@ class Refresher:
                     message=error.message[:300] if error else None,
                 )
             )
-        except Exception:  # noqa: BLE001 - the audit trail must never undo a committed refresh
+        except Exception:
             log.exception("refresh.audit_failed", app=account.app, account=account.key)
 
     async def _notify(
@@ -440,7 +447,7 @@ class Refresher:
         for listener in self.listeners:
             try:
                 await listener(event, account, tokens)
-            except Exception:  # noqa: BLE001 - a listener never breaks refreshing
+            except Exception:
                 log.exception("refresh.listener_failed", app=account.app, account=account.key)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from refresher.cli.common import main
-
 # Importing the command modules registers their commands on ``main``.
-from refresher.cli import commands_config as _commands_config  # noqa: E402,F401
-from refresher.cli import commands_platform as _commands_platform  # noqa: E402,F401
+from refresher.cli import commands_config as _commands_config  # noqa: F401
+from refresher.cli import commands_daemon as _commands_daemon  # noqa: F401
+from refresher.cli import commands_platform as _commands_platform  # noqa: F401
+from refresher.cli import commands_sandbox as _commands_sandbox  # noqa: F401
+from refresher.cli.common import main
 
 __all__ = ["main"]
 

@@ -1,15 +1,78 @@
-"""``refresher check-config``."""
+"""``refresher check-config``: validate a config file and show what its schedules guarantee."""
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import sys
+from urllib.parse import urlsplit
+
 import click
 
+from refresher import platforms
 from refresher.cli.common import config_option, load_settings, main
+from refresher.config import Settings, format_duration
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Problems that do not stop the daemon but will hurt: unsafe schedules, plain-http redirects."""
+    from refresher.scheduler import schedule_margins
+
+    warnings: list[str] = []
+    classes = platforms.available()
+    for margin in schedule_margins(settings, classes, dt.datetime.now(dt.UTC)):
+        if not margin.safe:
+            warnings.append(
+                f"apps.{margin.app}.schedule: ticks up to {format_duration(margin.max_gap)} apart plus a retry "
+                f"budget of {format_duration(margin.retry_budget)} exceed refresh_before "
+                f"{format_duration(margin.refresh_before)}: a token could expire unrefreshed; tick more often "
+                "or widen refresh_before"
+            )
+    for name, app in settings.apps.items():
+        if app.redirect_uri and not _safe_redirect(app.redirect_uri):
+            warnings.append(
+                f"apps.{name}.redirect_uri: plain http on a non-loopback host; the authorization code would "
+                "travel unencrypted — use https"
+            )
+    if settings.server.enabled and not _is_loopback(settings.server.host) and not settings.server.api_tokens:
+        warnings.append("server.host: listening beyond loopback without server.api_tokens")
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_redirect(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme == "https" or _is_loopback(parts.hostname or "")
 
 
 @main.command("check-config")
 @config_option
-def check_config(config_path: str | None) -> None:
-    """Validate a config file: exit 0 when it is usable, 2 (one line per problem) when not."""
+@click.option("--strict", is_flag=True, help="Exit 1 when there are warnings.")
+def check_config(config_path: str | None, strict: bool) -> None:
+    """Validate a config file: exit 0 when it is usable, 2 (one line per problem) when not.
+
+    Also prints, for each app, the worst-case margin its schedule leaves before a token could expire.
+    """
+    from refresher.scheduler import schedule_margins
+
     settings = load_settings(config_path)
     click.echo(f"{settings.source}: OK ({len(settings.apps)} app{'s' if len(settings.apps) != 1 else ''})")
+    classes = platforms.available()
+    for margin in schedule_margins(settings, classes, dt.datetime.now(dt.UTC)):
+        click.echo(
+            f"  {margin.app}: schedule {margin.schedule}, refresh_before {format_duration(margin.refresh_before)}, "
+            f"worst-case margin {format_duration(margin.margin) if margin.safe else 'NONE'}"
+        )
+    warnings = config_warnings(settings)
+    for warning in warnings:
+        click.echo(f"warning: {settings.source}: {warning}", err=True)
+    if strict and warnings:
+        sys.exit(1)

@@ -1,3 +1,38 @@
-"""Platform commands: ``sign``, ``auth-url``, ``exchange``, ``refresh`` (filled in by the plugins work)."""
+"""``refresher sign``: sign one exact request as an app would, to debug "invalid sign" answers."""
 
 from __future__ import annotations
+
+import json
+
+import click
+
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
+
+
+@main.command("sign")
+@config_option
+@click.argument("app")
+@click.argument("url")
+@click.option("--method", "-X", default="GET", show_default=True)
+@click.option("--body", default=None, metavar="JSON", help="Request body exactly as it will be sent.")
+@friendly_errors
+def sign(config_path: str | None, app: str, url: str, method: str, body: str | None) -> None:
+    """Print, as JSON, the signature and the signed request of URL as APP would send it.
+
+    The timestamp in the URL is used if present; the access token in it, if any, is signed but the
+    output shows it only where the request itself carries it.
+    """
+    from refresher.platforms.sign_debug import SignError, sign_url
+
+    settings = load_settings(config_path)
+    if app not in settings.apps:
+        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
+    if body is not None:
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            fail(f"--body: not JSON ({exc.args[0].split(':')[0]})")
+    try:
+        click.echo(json.dumps(sign_url(settings.apps[app], method, url, body), indent=2, ensure_ascii=False))
+    except SignError as exc:
+        fail(str(exc))

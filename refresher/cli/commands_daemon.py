@@ -1,0 +1,173 @@
+"""``refresher run``, ``status`` and ``refresh``: the daemon and a look at (or a push on) what it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Sequence
+
+import click
+
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
+from refresher.config import Settings, format_duration
+from refresher.domain import AccountStatus, SystemClock
+from refresher.store.base import Account
+
+
+@main.command("run")
+@config_option
+@friendly_errors
+def run(config_path: str | None) -> None:
+    """Run the daemon: keep every account of every app fresh until SIGTERM (SIGHUP reloads the config)."""
+    from refresher.daemon import Daemon
+    from refresher.logging import configure_logging
+
+    settings = load_settings(config_path)
+    configure_logging(settings.logging, secrets=settings.secrets())
+    daemon = Daemon(settings, config_path=settings.source)
+    sys.exit(asyncio.run(daemon.run()))
+
+
+def status_rows(accounts: Sequence[Account], now: dt.datetime) -> list[list[str]]:
+    """One row per account: what an operator needs to know at a glance, never a token."""
+
+    def until(when: dt.datetime | None) -> str:
+        if when is None:
+            return "-"
+        left = when - now
+        return format_duration(left) if left.total_seconds() >= 0 else f"expired {format_duration(-left)} ago"
+
+    rows = []
+    for account in accounts:
+        tokens = account.tokens
+        error = account.last_error
+        rows.append(
+            [
+                account.app,
+                account.key,
+                account.identity.name or "",
+                str(account.status),
+                until(tokens.access_expires_at if tokens else None),
+                until(tokens.refresh_expires_at if tokens else None),
+                str(account.consecutive_failures),
+                f"{error.error_class}: {error.code or ''} {error.message[:60]}".strip() if error else "",
+            ]
+        )
+    return rows
+
+
+STATUS_HEADERS = [
+    "app",
+    "account",
+    "name",
+    "status",
+    "access expires in",
+    "refresh expires in",
+    "failures",
+    "last error",
+]
+
+
+async def _load_accounts(settings: Settings, app: str | None, status: AccountStatus | None) -> list[Account]:
+    from refresher.store import open_store
+
+    store = open_store(settings.store, SystemClock())
+    await store.open()
+    try:
+        return list(await store.list(app=app, status=status, limit=10_000))
+    finally:
+        await store.close()
+
+
+def print_status(rows: list[list[str]], as_json: bool = False) -> None:
+    if as_json:
+        import json
+
+        click.echo(json.dumps([dict(zip(STATUS_HEADERS, row, strict=True)) for row in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*STATUS_HEADERS, title=None, show_lines=False)
+    for row in rows:
+        style = {"needs_reauth": "red", "disabled": "dim"}.get(row[3], "")
+        table.add_row(*row, style=style)
+    Console().print(table)
+
+
+@main.command("status")
+@config_option
+@click.option("--app", default=None, help="Only this app.")
+@click.option(
+    "--status",
+    "status_filter",
+    type=click.Choice([s.value for s in AccountStatus]),
+    default=None,
+    help="Only this status.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def status(config_path: str | None, app: str | None, status_filter: str | None, as_json: bool) -> None:
+    """Every account with its status and expiries (reads the store; the daemon need not run)."""
+    settings = load_settings(config_path)
+    if app is not None and app not in settings.apps:
+        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
+    accounts = asyncio.run(_load_accounts(settings, app, AccountStatus(status_filter) if status_filter else None))
+    print_status(status_rows(accounts, SystemClock().now()), as_json)
+    if not accounts and not as_json:
+        click.echo("no accounts yet: onboard one with `refresher authorize APP`", err=True)
+
+
+@main.command("refresh")
+@config_option
+@click.argument("app")
+@click.argument("account", required=False)
+@click.option("--all", "every", is_flag=True, help="Refresh every active account of APP now.")
+@friendly_errors
+def refresh(config_path: str | None, app: str, account: str | None, every: bool) -> None:
+    """Refresh ACCOUNT of APP now (or --all), whatever its expiry; waits for the result.
+
+    Safe while the daemon runs: the account's lease makes sure only one of them refreshes it.
+    """
+    settings = load_settings(config_path)
+    if app not in settings.apps:
+        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
+    if not account and not every:
+        fail("name an ACCOUNT or pass --all")
+    ok = asyncio.run(_refresh(settings, app, account, every))
+    sys.exit(0 if ok else 1)
+
+
+async def _refresh(settings: Settings, app: str, account: str | None, every: bool) -> bool:
+    from refresher.daemon import build_platforms, default_owner
+    from refresher.platforms.base import make_http_client
+    from refresher.refresh import Refresher
+    from refresher.store import open_store
+
+    clock = SystemClock()
+    store = open_store(settings.store, clock)
+    await store.open()
+    http = make_http_client()
+    try:
+        platforms = build_platforms(settings, http, clock)
+        refresher = Refresher(settings, store, platforms, clock, f"cli-{default_owner()}")
+        keys = (
+            [a.key for a in await store.list(app=app, status=AccountStatus.ACTIVE, limit=100_000)]
+            if every
+            else [account or ""]
+        )
+        ok = True
+        for key in keys:
+            result = await refresher.refresh_now(app, key)
+            line = f"{app} {key}: {result.outcome}"
+            if result.error is not None:
+                line += f" ({result.error.error_class}: {result.error})"
+                ok = False
+            elif result.account.tokens is not None:
+                line += f", access token expires {result.account.tokens.access_expires_at.isoformat()}"
+            click.echo(line)
+        return ok
+    finally:
+        await http.aclose()
+        await store.close()

@@ -1,0 +1,548 @@
+"""The platform-neutral part of the sandbox: token chains, consent tickets, faults, counters.
+
+The sandbox stands in for the platforms' authorization servers on loopback. Each platform module in
+this package speaks its platform's wire protocol (paths, parameters, signatures, error envelopes) and
+keeps its tokens here, so every platform shares one notion of "a grant", "a rotation", "a reuse" and
+"a fault". Rotation is strict on every platform: once a refresh token has been used, it is rejected
+and the attempt is counted as a reuse — the harshest behaviour any of them documents, so a client that
+survives the sandbox survives the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import random
+import re
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from refresher.domain import Clock, SystemClock
+
+# -------------------------------------------------------------------------------------------- lifetimes
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long what the sandbox issues lives. ``refresh_extends``: a refresh restarts the refresh
+    token's lifetime (Shopee, TikTok) instead of keeping the grant's original deadline (Lazada, TTS)."""
+
+    access: dt.timedelta
+    refresh: dt.timedelta
+    code: dt.timedelta = dt.timedelta(minutes=10)
+    refresh_extends: bool = True
+    previous_access_grace: dt.timedelta = dt.timedelta(0)
+
+    def scaled(self, access: dt.timedelta | None, refresh: dt.timedelta | None) -> Lifetimes:
+        return Lifetimes(
+            access=access or self.access,
+            refresh=refresh or self.refresh,
+            code=self.code,
+            refresh_extends=self.refresh_extends,
+            previous_access_grace=self.previous_access_grace,
+        )
+
+
+DEFAULT_LIFETIMES: dict[str, Lifetimes] = {
+    "shopee": Lifetimes(
+        dt.timedelta(hours=4), dt.timedelta(days=30), dt.timedelta(minutes=10), True, dt.timedelta(minutes=5)
+    ),
+    "tiktok_shop": Lifetimes(dt.timedelta(days=7), dt.timedelta(days=365), dt.timedelta(minutes=30), False),
+    "lazada": Lifetimes(dt.timedelta(days=30), dt.timedelta(days=180), dt.timedelta(minutes=30), False),
+    "tiktok": Lifetimes(dt.timedelta(hours=2), dt.timedelta(days=180), dt.timedelta(minutes=10), True),
+}
+
+# What the sandbox accepts out of the box; `refresher demo` and the tests use these. They are sandbox
+# values, published on purpose, and worthless anywhere else.
+SANDBOX_CREDENTIALS: dict[str, dict[str, Any]] = {
+    "shopee": {"partner_id": 100001, "partner_key": "sandbox-shopee-partner-key-0001"},
+    "tiktok_shop": {
+        "app_key": "sbxttsapp01",
+        "app_secret": "sandbox-tiktok-shop-app-secret-01",
+        "service_id": "7000000000000000001",
+    },
+    "lazada": {"app_key": "100001", "app_secret": "sandbox-lazada-app-secret-0001"},
+    "tiktok": {"client_key": "sbxtiktokclient01", "client_secret": "sandbox-tiktok-client-secret-01"},
+}
+
+
+def app_id_of(platform: str, credentials: Mapping[str, Any]) -> str:
+    """The public half of an app's credentials, as the platform sees it on the wire."""
+    for key in ("partner_id", "app_key", "client_key"):
+        if key in credentials:
+            return str(credentials[key])
+    raise ValueError(f"{platform}: credentials have no app id")
+
+
+def secret_of(credentials: Mapping[str, Any]) -> str:
+    for key in ("partner_key", "app_secret", "client_secret"):
+        if key in credentials:
+            return str(credentials[key])
+    raise ValueError("credentials have no secret")
+
+
+# --------------------------------------------------------------------------------------------- faults
+
+GENERIC_FAULTS = {"timeout", "500", "502", "503", "429", "html", "truncated", "empty", "slow", "big"}
+# Faults whose shape depends on the platform's protocol; the platform module renders them.
+PROTOCOL_FAULTS = {"revoked", "wrongtypes", "error200", "lost"}
+FAULT_KINDS = GENERIC_FAULTS | PROTOCOL_FAULTS
+FAULT_OPS = {"consent", "token", "refresh", "api"}
+_FAULT_RE = re.compile(
+    r"^(?P<platform>[a-z_*]+):(?P<op>[a-z*]+):(?P<kind>[a-z0-9]+)(?:@(?P<prob>[0-9.]+))?(?:\|x(?P<times>\d+))?$"
+)
+
+
+class FaultSpecError(ValueError):
+    pass
+
+
+@dataclass
+class FaultRule:
+    platform: str
+    op: str
+    kind: str
+    probability: float = 1.0
+    remaining: int | None = None  # None: unlimited
+
+    def matches(self, platform: str, op: str) -> bool:
+        return self.platform in ("*", platform) and self.op in ("*", op) and self.remaining != 0
+
+
+class FaultPlan:
+    """Faults to inject, from a spec like ``shopee:refresh:503@0.3,lazada:token:html|x2``.
+
+    ``platform:op:kind`` with an optional ``@probability`` and an optional ``|xN`` (at most N times).
+    """
+
+    def __init__(self, rules: Iterable[FaultRule] = (), seed: int | None = None) -> None:
+        self.rules = list(rules)
+        self._random = random.Random(seed)
+
+    @classmethod
+    def parse(cls, spec: str | None, seed: int | None = None) -> FaultPlan:
+        rules: list[FaultRule] = []
+        for part in (spec or "").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            match = _FAULT_RE.match(part)
+            if match is None:
+                raise FaultSpecError(f"fault {part!r}: expected platform:op:kind[@probability][|xN]")
+            kind, op = match["kind"], match["op"]
+            if kind not in FAULT_KINDS:
+                raise FaultSpecError(f"fault {part!r}: unknown kind {kind!r} (one of {', '.join(sorted(FAULT_KINDS))})")
+            if op != "*" and op not in FAULT_OPS:
+                raise FaultSpecError(
+                    f"fault {part!r}: unknown operation {op!r} (one of {', '.join(sorted(FAULT_OPS))})"
+                )
+            prob = float(match["prob"]) if match["prob"] else 1.0
+            if not 0.0 <= prob <= 1.0:
+                raise FaultSpecError(f"fault {part!r}: probability must be between 0 and 1")
+            times = int(match["times"]) if match["times"] else None
+            rules.append(FaultRule(match["platform"], op, kind, prob, times))
+        return cls(rules, seed)
+
+    def take(self, platform: str, op: str) -> str | None:
+        """The fault to inject into this call, if any (consumes one use of a counted rule)."""
+        for rule in self.rules:
+            if rule.matches(platform, op) and self._random.random() < rule.probability:
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                return rule.kind
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"platform": r.platform, "op": r.op, "kind": r.kind, "probability": r.probability, "remaining": r.remaining}
+            for r in self.rules
+        ]
+
+
+# ------------------------------------------------------------------------------------- tokens & grants
+
+
+class SandboxRejection(Exception):
+    """Why the sandbox refuses a code or a token; the platform module turns ``reason`` into its error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # unknown | expired | used | reused | revoked | mismatch
+
+
+@dataclass
+class Subject:
+    """One authorized thing: a shop, a merchant, a seller, a user."""
+
+    id: str
+    kind: str
+    name: str
+    region: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Chain:
+    """One grant's line of token sets: each refresh rotates both tokens."""
+
+    id: int
+    platform: str
+    app_id: str
+    subjects: list[Subject]
+    scopes: list[str]
+    access_token: str
+    refresh_token: str
+    access_expires_at: dt.datetime
+    refresh_expires_at: dt.datetime
+    granted_at: dt.datetime
+    previous_access: str | None = None
+    previous_access_until: dt.datetime | None = None
+    revoked: bool = False
+    rotations: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """What the admin endpoints show: never a token, only a short fingerprint of it."""
+        return {
+            "id": self.id,
+            "platform": self.platform,
+            "app_id": self.app_id,
+            "subjects": [s.__dict__ for s in self.subjects],
+            "scopes": self.scopes,
+            "access_fingerprint": fingerprint(self.access_token),
+            "refresh_fingerprint": fingerprint(self.refresh_token),
+            "access_expires_at": self.access_expires_at.isoformat(),
+            "refresh_expires_at": self.refresh_expires_at.isoformat(),
+            "revoked": self.revoked,
+            "rotations": self.rotations,
+        }
+
+
+def fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass
+class PendingCode:
+    code: str
+    platform: str
+    app_id: str
+    subjects: list[Subject]
+    scopes: list[str]
+    expires_at: dt.datetime
+    redirect_uri: str | None = None
+    code_challenge: str | None = None
+    used: bool = False
+    chain_id: int | None = None  # set when redeemed, so a resent code can find the grant
+
+
+@dataclass
+class ConsentTicket:
+    """A seller looking at the consent page: what the platform's authorize endpoint received."""
+
+    id: str
+    platform: str
+    app_id: str
+    redirect_uri: str
+    state: str | None
+    scopes: list[str]
+    params: dict[str, str]
+
+
+class SandboxState:
+    """Everything the sandbox remembers, shared by the platform modules. Single event loop, no locks."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        lifetimes: Mapping[str, Lifetimes] | None = None,
+        credentials: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+        faults: FaultPlan | None = None,
+        auto_approve: bool = False,
+        fault_delay: float = 30.0,
+        seed: int | None = None,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.lifetimes = dict(DEFAULT_LIFETIMES)
+        self.lifetimes.update(lifetimes or {})
+        self.apps: dict[str, dict[str, str]] = {p: {} for p in DEFAULT_LIFETIMES}
+        # Everything else an app's entry said (service_id, desktop, redirect_uri …), for platform modules
+        # whose protocol depends on registration details the wire does not carry.
+        self.app_details: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in DEFAULT_LIFETIMES}
+        for platform, creds in SANDBOX_CREDENTIALS.items():
+            self.add_app(platform, creds)
+        for platform, many in (credentials or {}).items():
+            for creds in many:
+                self.add_app(platform, creds)
+        self.faults = faults or FaultPlan()
+        self.auto_approve = auto_approve
+        self.fault_delay = fault_delay
+        self.counters: Counter[str] = Counter()
+        self.chains: dict[int, Chain] = {}
+        self.codes: dict[str, PendingCode] = {}
+        self.tickets: dict[str, ConsentTicket] = {}
+        self._by_access: dict[str, int] = {}
+        self._by_refresh: dict[str, int] = {}
+        self._used_refresh: dict[str, int] = {}
+        self._next_chain = 1
+        self._random = random.Random(seed)
+
+    # -- apps
+
+    def add_app(self, platform: str, credentials: Mapping[str, Any]) -> None:
+        self.apps.setdefault(platform, {})[app_id_of(platform, credentials)] = secret_of(credentials)
+        self.app_details.setdefault(platform, {})[app_id_of(platform, credentials)] = dict(credentials)
+
+    def secret(self, platform: str, app_id: str) -> str | None:
+        return self.apps.get(platform, {}).get(app_id)
+
+    def count(self, platform: str, name: str) -> None:
+        self.counters[f"{platform}.{name}"] += 1
+
+    def new_id(self, digits: int = 9) -> str:
+        return str(self._random.randrange(10 ** (digits - 1), 10**digits))
+
+    # -- consent
+
+    def open_ticket(
+        self,
+        platform: str,
+        app_id: str,
+        redirect_uri: str,
+        state: str | None,
+        scopes: list[str],
+        params: Mapping[str, str],
+    ) -> ConsentTicket:
+        ticket = ConsentTicket(secrets.token_urlsafe(12), platform, app_id, redirect_uri, state, scopes, dict(params))
+        self.tickets[ticket.id] = ticket
+        self.count(platform, "consent")
+        return ticket
+
+    def issue_code(
+        self,
+        platform: str,
+        app_id: str,
+        subjects: list[Subject],
+        scopes: list[str],
+        *,
+        redirect_uri: str | None = None,
+        code_challenge: str | None = None,
+    ) -> PendingCode:
+        code = PendingCode(
+            code=secrets.token_hex(16),
+            platform=platform,
+            app_id=app_id,
+            subjects=subjects,
+            scopes=scopes,
+            expires_at=self.clock.now() + self.lifetimes[platform].code,
+            redirect_uri=redirect_uri,
+            code_challenge=code_challenge,
+        )
+        self.codes[code.code] = code
+        return code
+
+    def redeem_code(self, platform: str, app_id: str, code: str) -> tuple[PendingCode, Chain]:
+        pending = self.codes.get(code)
+        if pending is None or pending.platform != platform:
+            raise SandboxRejection("unknown")
+        if pending.app_id != app_id:
+            raise SandboxRejection("mismatch")
+        if pending.used:
+            self.count(platform, "code_reuse")
+            raise SandboxRejection("used")
+        if self.clock.now() >= pending.expires_at:
+            raise SandboxRejection("expired")
+        pending.used = True
+        chain = self._new_chain(pending)
+        pending.chain_id = chain.id
+        self.count(platform, "token")
+        return pending, chain
+
+    def resend_code(self, platform: str, chain: Chain) -> PendingCode:
+        """A fresh code for an existing grant (Shopee's get_token_by_resend_code recovery)."""
+        code = self.issue_code(platform, chain.app_id, chain.subjects, chain.scopes)
+        code.chain_id = chain.id
+        return code
+
+    def redeem_resent(self, platform: str, app_id: str, code: str) -> Chain:
+        pending = self.codes.get(code)
+        if pending is None or pending.chain_id is None or pending.used or pending.platform != platform:
+            raise SandboxRejection("unknown")
+        if self.clock.now() >= pending.expires_at:
+            raise SandboxRejection("expired")
+        pending.used = True
+        chain = self.chains[pending.chain_id]
+        if chain.revoked:
+            raise SandboxRejection("revoked")
+        self._rotate(chain)
+        return chain
+
+    # -- tokens
+
+    def _tokens(self, platform: str) -> tuple[str, str]:
+        prefix = {"shopee": "sp", "tiktok_shop": "tts", "lazada": "lz", "tiktok": "tk"}.get(platform, "sb")
+        return f"{prefix}a_{secrets.token_hex(16)}", f"{prefix}r_{secrets.token_hex(16)}"
+
+    def _new_chain(self, pending: PendingCode) -> Chain:
+        now = self.clock.now()
+        life = self.lifetimes[pending.platform]
+        access, refresh = self._tokens(pending.platform)
+        chain = Chain(
+            id=self._next_chain,
+            platform=pending.platform,
+            app_id=pending.app_id,
+            subjects=pending.subjects,
+            scopes=pending.scopes,
+            access_token=access,
+            refresh_token=refresh,
+            access_expires_at=now + life.access,
+            refresh_expires_at=now + life.refresh,
+            granted_at=now,
+        )
+        self._next_chain += 1
+        self.chains[chain.id] = chain
+        self._by_access[access] = chain.id
+        self._by_refresh[refresh] = chain.id
+        return chain
+
+    def _rotate(self, chain: Chain) -> None:
+        now = self.clock.now()
+        life = self.lifetimes[chain.platform]
+        self._by_refresh.pop(chain.refresh_token, None)
+        self._used_refresh[chain.refresh_token] = chain.id
+        if life.previous_access_grace:
+            chain.previous_access = chain.access_token
+            chain.previous_access_until = now + life.previous_access_grace
+        else:
+            self._by_access.pop(chain.access_token, None)
+        access, refresh = self._tokens(chain.platform)
+        chain.access_token, chain.refresh_token = access, refresh
+        chain.access_expires_at = now + life.access
+        if life.refresh_extends:
+            chain.refresh_expires_at = now + life.refresh
+        chain.rotations += 1
+        self._by_access[access] = chain.id
+        self._by_refresh[refresh] = chain.id
+
+    def refresh(self, platform: str, app_id: str, refresh_token: str) -> Chain:
+        """Rotate a chain; raises :class:`SandboxRejection` for an unknown, reused, expired or revoked token."""
+        self.count(platform, "refresh")
+        chain_id = self._by_refresh.get(refresh_token)
+        if chain_id is None:
+            if refresh_token in self._used_refresh:
+                self.count(platform, "reuse")
+                raise SandboxRejection("reused")
+            raise SandboxRejection("unknown")
+        chain = self.chains[chain_id]
+        if chain.platform != platform:
+            raise SandboxRejection("unknown")
+        if chain.app_id != app_id:
+            raise SandboxRejection("mismatch")
+        if chain.revoked:
+            raise SandboxRejection("revoked")
+        if self.clock.now() >= chain.refresh_expires_at:
+            raise SandboxRejection("expired")
+        self._rotate(chain)
+        self.count(platform, "rotated")
+        return chain
+
+    def refresh_subject(self, platform: str, app_id: str, refresh_token: str, subject_id: str) -> Chain:
+        """Rotate for one subject of a grant (Shopee refreshes per shop_id / merchant_id).
+
+        A grant covering several subjects (a Shopee main account) hands out one shared first pair;
+        each subject's first refresh with it splits that subject off into a chain of its own. The
+        shared refresh token then stays usable for the subjects that have not split yet, and is spent
+        (a reuse) once every subject has, or when a subject that already split presents it again.
+        """
+        chain_id = self._by_refresh.get(refresh_token)
+        chain = self.chains.get(chain_id) if chain_id is not None else None
+        if chain is None or chain.platform != platform or len(chain.subjects) < 2:
+            if chain is not None and chain.platform == platform and all(s.id != subject_id for s in chain.subjects):
+                self.count(platform, "refresh")
+                raise SandboxRejection("mismatch")
+            return self.refresh(platform, app_id, refresh_token)
+        self.count(platform, "refresh")
+        subject = next((s for s in chain.subjects if s.id == subject_id), None)
+        if subject is None or chain.app_id != app_id:
+            raise SandboxRejection("mismatch")
+        if chain.revoked:
+            raise SandboxRejection("revoked")
+        now = self.clock.now()
+        if now >= chain.refresh_expires_at:
+            raise SandboxRejection("expired")
+        split: list[str] = chain.extra.setdefault("split", [])
+        if subject_id in split:
+            self.count(platform, "reuse")
+            raise SandboxRejection("reused")
+        split.append(subject_id)
+        life = self.lifetimes[platform]
+        access, refresh = self._tokens(platform)
+        child = Chain(
+            id=self._next_chain,
+            platform=platform,
+            app_id=app_id,
+            subjects=[subject],
+            scopes=list(chain.scopes),
+            access_token=access,
+            refresh_token=refresh,
+            access_expires_at=now + life.access,
+            refresh_expires_at=now + life.refresh if life.refresh_extends else chain.refresh_expires_at,
+            granted_at=chain.granted_at,
+            rotations=1,
+            extra={"parent": chain.id},
+        )
+        self._next_chain += 1
+        self.chains[child.id] = child
+        self._by_access[access] = child.id
+        self._by_refresh[refresh] = child.id
+        if len(split) == len(chain.subjects):
+            self._by_refresh.pop(refresh_token, None)
+            self._used_refresh[refresh_token] = chain.id
+        self.count(platform, "rotated")
+        return child
+
+    def check_access(self, platform: str, access_token: str) -> Chain:
+        """The chain an access token belongs to, if it is valid right now."""
+        chain_id = self._by_access.get(access_token)
+        if chain_id is None:
+            raise SandboxRejection("unknown")
+        chain = self.chains[chain_id]
+        if chain.platform != platform:
+            raise SandboxRejection("unknown")
+        if chain.revoked:
+            raise SandboxRejection("revoked")
+        now = self.clock.now()
+        if access_token == chain.access_token:
+            if now >= chain.access_expires_at:
+                raise SandboxRejection("expired")
+            return chain
+        if chain.previous_access == access_token and chain.previous_access_until and now < chain.previous_access_until:
+            return chain
+        raise SandboxRejection("expired")
+
+    def revoke(self, platform: str, subject_id: str | None = None, chain_id: int | None = None) -> int:
+        revoked = 0
+        for chain in self.chains.values():
+            if chain.platform != platform:
+                continue
+            if chain_id is not None and chain.id != chain_id:
+                continue
+            if subject_id is not None and all(s.id != subject_id for s in chain.subjects):
+                continue
+            chain.revoked = True
+            revoked += 1
+        return revoked
+
+    def find_chain(self, platform: str, subject_id: str) -> Chain | None:
+        for chain in reversed(list(self.chains.values())):
+            if chain.platform == platform and any(s.id == subject_id for s in chain.subjects):
+                return chain
+        return None
+
+    async def delay(self, seconds: float | None = None) -> None:
+        await asyncio.sleep(self.fault_delay if seconds is None else seconds)
