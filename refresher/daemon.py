@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from refresher.scheduler import Scheduler
 from refresher.server.app import create_app
 from refresher.server.http import EmbeddedServer, start_server, stop_server
 from refresher.store.base import Account, Store
-from refresher.store.sql import open_store
+from refresher.store import open_store
 from refresher.systemd import Notifier
 
 log = structlog.get_logger("refresher.daemon")
@@ -212,6 +212,30 @@ class Daemon:
         app = self.settings.apps.get(event.app)
         if app is not None:
             await self.hooks.refreshed(app, event, account, tokens)
+
+    async def accounts_authorized(self, app: str, accounts: Sequence[Account]) -> None:
+        """A seller (re-)authorized: what was wrong with these accounts is fixed, so close their alarms."""
+        for account in accounts:
+            event = RefreshEvent(
+                app=app,
+                platform=account.platform,
+                account_key=account.key,
+                account_name=account.identity.name,
+                outcome="success",
+                error=None,
+                consecutive_failures=0,
+                status=account.status,
+                access_expires_at=account.tokens.access_expires_at if account.tokens else None,
+                refresh_expires_at=account.tokens.refresh_expires_at if account.tokens else None,
+                at=self.clock.now(),
+                attempts=0,
+                duration_ms=0,
+            )
+            try:
+                await self.alerts.observe(event)
+            except Exception:  # noqa: BLE001 - alarms never undo an authorization that is stored
+                log.exception("alerts.observe_failed", app=app, account=account.key)
+            log.info("account.authorized", app=app, account=account.key, name=account.identity.name)
 
     async def reload(self) -> bool:
         """Re-read the config file; apply it if valid, else keep running on the old one."""

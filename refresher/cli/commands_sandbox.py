@@ -14,7 +14,7 @@ from typing import Any
 import click
 import yaml
 
-from refresher.cli.common import fail, friendly_errors, main
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
 from refresher.config import parse_duration
 
 PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
@@ -44,7 +44,8 @@ def sandbox_apps(sandbox: Any, redirect_base: str, **overrides: Any) -> dict[str
 
 @main.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8700, show_default=True, type=int)
+@config_option
+@click.option("--port", default=8780, show_default=True, type=int)
 @click.option("--auto-approve", is_flag=True, help="Skip the consent page: approve every authorization at once.")
 @click.option(
     "--faults", default=None, metavar="SPEC", help="Inject faults, e.g. 'shopee:refresh:503@0.2,*:api:html|x1'."
@@ -53,19 +54,27 @@ def sandbox_apps(sandbox: Any, redirect_base: str, **overrides: Any) -> dict[str
 @click.option("--refresh-ttl", default=None, metavar="DURATION", help="Refresh token lifetime for every platform.")
 @friendly_errors
 def sandbox_command(
-    host: str, port: int, auto_approve: bool, faults: str | None, access_ttl: str | None, refresh_ttl: str | None
-) -> None:
+    config_path: str | None,
+    host: str,
+    port: int,
+    auto_approve: bool,
+    faults: str | None,
+    access_ttl: str | None,
+    refresh_ttl: str | None) -> None:
     """Serve the built-in sandbox platforms (Shopee, TikTok Shop, Lazada, TikTok) for local testing.
 
     Prints an `apps:` config block that points refresher at it.
     """
     from refresher.sandbox import FaultSpecError, SandboxServer
 
+    credentials = _config_credentials(load_settings(config_path), host, port) if config_path else {}
+
     async def serve() -> None:
         try:
             server = SandboxServer(
                 host=host,
                 port=port,
+                credentials=credentials,
                 auto_approve=auto_approve,
                 faults=faults,
                 lifetimes=_lifetimes(access_ttl, refresh_ttl),
@@ -87,6 +96,20 @@ def sandbox_command(
         await server.stop()
 
     asyncio.run(serve())
+
+
+def _config_credentials(settings: Any, host: str, port: int) -> dict[str, list[dict[str, Any]]]:
+    """The credentials of every app in the config whose hosts point at this sandbox, so one config file
+    drives both sides."""
+    roots = {f"http://{host}:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}"}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for app in settings.apps.values():
+        urls = [app.base_url or "", *app.hosts.values()]
+        if any(url.startswith(root) for url in urls for root in roots):
+            model = app.credentials
+            fields = type(model).model_fields if model is not None else {}
+            found.setdefault(app.platform, []).append({name: app.credential(name) for name in fields})
+    return found
 
 
 # ----------------------------------------------------------------------------------------------- demo

@@ -23,15 +23,26 @@ class UnknownPlatform(LookupError):
     pass
 
 
+_broken: dict[str, str] = {}
+
+
 @cache
 def _discover() -> dict[str, type[Platform]]:
     found: dict[str, type[Platform]] = {}
+    _broken.clear()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found:
             continue  # first distribution wins; duplicates are a packaging mistake
-        cls = ep.load()
+        # One broken third-party plugin must not take the built-in platforms down with it: remember why
+        # it failed and say so when (and only when) an app asks for it.
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of someone else's code
+            _broken[ep.name] = f"{ep.value} failed to load: {type(exc).__name__}: {str(exc)[:200]}"
+            continue
         if not (isinstance(cls, type) and issubclass(cls, Platform)):
-            raise TypeError(f"entry point {ep.name} = {ep.value} is not a refresher Platform subclass")
+            _broken[ep.name] = f"{ep.value} is not a refresher Platform subclass"
+            continue
         found[ep.name] = cls
     return found
 
@@ -51,6 +62,8 @@ def get(name: str) -> type[Platform]:
     try:
         return plugins[name]
     except KeyError:
+        if name in _broken:
+            raise UnknownPlatform(f"platform {name!r}: {_broken[name]}") from None
         known = ", ".join(sorted(plugins)) or "none"
         raise UnknownPlatform(f"unknown platform {name!r} (installed: {known})") from None
 
