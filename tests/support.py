@@ -1,0 +1,50 @@
+"""Small helpers shared by the end-to-end tests: configs that point at a running sandbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from refresher import platforms
+from refresher.config import AppSettings, Settings, parse_config
+
+PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
+
+# One business-API call per platform that the sandbox answers only with a valid signature and token.
+ECHO_CALLS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "shopee": ("/api/v2/shop/get_shop_info", []),
+    "tiktok_shop": ("/authorization/202309/shops", []),
+    "lazada": ("/seller/get", []),
+    "tiktok": ("/v2/user/info/", [("fields", "open_id,union_id,avatar_url,display_name")]),
+}
+
+# What a seller picks on the consent page so that each platform yields a typical grant.
+GRANT_OPTIONS: dict[str, dict[str, str]] = {
+    "shopee": {},
+    "tiktok_shop": {},
+    "lazada": {},
+    "tiktok": {},
+}
+
+
+def settings_for(sandbox: Any, apps: dict[str, str] | None = None, **top: Any) -> Settings:
+    """Settings with one app per platform (named like the platform) pointing at ``sandbox``."""
+    chosen = apps or {p: p for p in PLATFORMS}
+    document: dict[str, Any] = {"apps": {}}
+    for name, platform in chosen.items():
+        document["apps"][name] = {**sandbox.app_config(platform), "timeout": "2s"}
+    for key, value in top.items():
+        if key == "app_overrides":
+            for name in document["apps"]:
+                document["apps"][name].update(value)
+        else:
+            document[key] = value
+    return parse_config(yaml.safe_dump(document), file="test.yaml", credential_models=platforms.credential_models())
+
+
+def app_for(sandbox: Any, platform: str, **overrides: Any) -> AppSettings:
+    settings = settings_for(sandbox, {platform: platform}, app_overrides=overrides) if overrides else settings_for(
+        sandbox, {platform: platform}
+    )
+    return settings.apps[platform]
