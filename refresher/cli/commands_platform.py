@@ -15,8 +15,12 @@ from refresher.cli.common import config_option, fail, friendly_errors, load_sett
 @click.argument("url")
 @click.option("--method", "-X", default="GET", show_default=True)
 @click.option("--body", default=None, metavar="JSON", help="Request body exactly as it will be sent.")
+@click.option("--content-type", default="application/json", show_default=True)
+@click.option("--as-is", is_flag=True, help="Sign exactly the URL's parameters; add no app key or timestamp.")
 @friendly_errors
-def sign(config_path: str | None, app: str, url: str, method: str, body: str | None) -> None:
+def sign(
+    config_path: str | None, app: str, url: str, method: str, body: str | None, content_type: str, as_is: bool
+) -> None:
     """Print, as JSON, the signature and the signed request of URL as APP would send it.
 
     The timestamp in the URL is used if present; the access token in it, if any, is signed but the
@@ -27,12 +31,18 @@ def sign(config_path: str | None, app: str, url: str, method: str, body: str | N
     settings = load_settings(config_path)
     if app not in settings.apps:
         fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
-    if body is not None:
+    if body is not None and content_type.startswith("application/json"):
         try:
             json.loads(body)
         except ValueError as exc:
             fail(f"--body: not JSON ({exc.args[0].split(':')[0]})")
     try:
-        click.echo(json.dumps(sign_url(settings.apps[app], method, url, body), indent=2, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                sign_url(settings.apps[app], method, url, body, as_is=as_is, content_type=content_type),
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     except SignError as exc:
         fail(str(exc))

@@ -31,9 +31,20 @@ def _relative_path(path: str, marker: str | None) -> str:
 
 
 def sign_url(
-    app: AppSettings, method: str, url: str, body: str | None = None, now: float | None = None
+    app: AppSettings,
+    method: str,
+    url: str,
+    body: str | None = None,
+    now: float | None = None,
+    *,
+    as_is: bool = False,
+    content_type: str = "application/json",
 ) -> dict[str, Any]:
-    """The signature of ``url`` for ``app`` and the signed request, as a JSON-ready dict."""
+    """The signature of ``url`` for ``app`` and the signed request, as a JSON-ready dict.
+
+    Missing system parameters (app key, timestamp, sign method) are added unless ``as_is``: then exactly
+    the URL's parameters are signed, which is what reproducing someone else's signature needs.
+    """
     parts = urlsplit(url)
     if not parts.scheme or not parts.netloc:
         raise SignError(f"not an absolute URL: {url!r}")
@@ -57,13 +68,13 @@ def sign_url(
         params.update({"partner_id": partner_id, "timestamp": timestamp, "sign": sign})
         explained: dict[str, Any] = {"base_string": base.replace(access_token or "\0", "<access_token>")}
     elif app.platform == "tiktok_shop":
-        params.setdefault("app_key", str(app.credential("app_key")))
-        params.setdefault("timestamp", str(int(now if now is not None else time.time())))
+        if not as_is:
+            params.setdefault("app_key", str(app.credential("app_key")))
+            params.setdefault("timestamp", str(int(now if now is not None else time.time())))
         path = parts.path
         api_root = urlsplit(app.hosts.get("api") or app.base_url or "").path.rstrip("/")
         if api_root and path.startswith(api_root + "/"):
             path = path[len(api_root) :]
-        content_type = "application/json"
         sign = tiktok_shop_sign(str(app.credential("app_secret")), path, list(params.items()), body, content_type)
         params["sign"] = sign
         if body:
@@ -74,9 +85,10 @@ def sign_url(
     elif app.platform == "lazada":
         path = _relative_path(parts.path, "/rest/")
         path = path[len("/rest") :] if path.startswith("/rest/") else path
-        params.setdefault("app_key", str(app.credential("app_key")))
-        params.setdefault("sign_method", "sha256")
-        params.setdefault("timestamp", str(int((now if now is not None else time.time()) * 1000)))
+        if not as_is:
+            params.setdefault("app_key", str(app.credential("app_key")))
+            params.setdefault("sign_method", "sha256")
+            params.setdefault("timestamp", str(int((now if now is not None else time.time()) * 1000)))
         try:
             sign = lazada_sign(str(app.credential("app_secret")), path, params)
         except ValueError as exc:
