@@ -133,7 +133,9 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, schedule: bool = True) -> None:
+        """Open the store, build the plugins, start the scheduler (unless ``schedule`` is false: simulated
+        time drives :meth:`tick` itself) and the HTTP server."""
         register_secrets(self.settings.secrets())
         self.notifier.status("opening the token store")
         await self.store.open()
@@ -148,7 +150,8 @@ class Daemon:
         await self.dispatcher.start()
         plugin_classes = {n: type(p) for n, p in self._platforms.items()}
         self.scheduler.configure(self.settings, {a.platform: plugin_classes[n] for n, a in self.settings.apps.items()})
-        self.scheduler.start()
+        if schedule:
+            self.scheduler.start()
         if self.settings.server.enabled:
             app = create_app(self)
             for router in self.extra_routes:
@@ -191,14 +194,7 @@ class Daemon:
 
     async def _after_sweep(self, app: str) -> None:
         now = self.clock.now()
-        horizon = now + self.settings.alerts.reauth_warning
-        expiring = [
-            account
-            for account in await self.store.list(app=app, status=AccountStatus.ACTIVE, limit=100_000)
-            if account.tokens is not None
-            and account.tokens.refresh_expires_at is not None
-            and account.tokens.refresh_expires_at <= horizon
-        ]
+        expiring = await self.store.accounts_refresh_expiring(app, now + self.settings.alerts.reauth_warning)
         if expiring:
             await self.alerts.check_expiring(expiring)
         for status in AccountStatus:

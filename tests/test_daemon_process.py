@@ -1,0 +1,233 @@
+"""``refresher run`` as a real process: sd_notify, refreshes, SIGHUP reload (good and bad), graceful
+SIGTERM, and a log in which none of the secrets, tokens or codes of the run appear."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from refresher import platforms
+from refresher.config import parse_config
+from refresher.domain import SystemClock
+from refresher.platforms.base import make_http_client
+from refresher.sandbox import SandboxServer
+from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, secret_of
+from refresher.store import open_store
+
+pytestmark = pytest.mark.slow
+
+APPS = ("shopee", "tiktok_shop", "lazada", "tiktok")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Run:
+    def __init__(self, tmp: Path, sandbox: SandboxServer) -> None:
+        self.tmp, self.sandbox = tmp, sandbox
+        self.port = free_port()
+        self.config = tmp / "refresher.yaml"
+        self.secrets: set[str] = {secret_of(SANDBOX_CREDENTIALS[p]) for p in APPS}
+        self.admin_token = "admin-token-" + os.urandom(8).hex()
+        self.secrets.add(self.admin_token)
+        self.document: dict[str, Any] = {
+            "store": {"url": f"sqlite:///{tmp / 'tokens.db'}"},
+            "server": {"port": self.port, "admin_token": self.admin_token},
+            "logging": {"level": "info", "format": "json"},
+            "apps": {
+                p: {**sandbox.app_config(p), "interval": "1s", "refresh_before": "15s", "timeout": "3s"} for p in APPS
+            },
+        }
+        self.write()
+        self.notify_path = str(tmp / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.setblocking(False)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr: list[str] = []
+
+    def write(self, text: str | None = None) -> None:
+        self.config.write_text(text if text is not None else yaml.safe_dump(self.document))
+
+    async def onboard(self) -> None:
+        settings = parse_config(
+            self.config.read_text(), file=str(self.config), credential_models=platforms.credential_models()
+        )
+        store = open_store(settings.store, SystemClock())
+        await store.open()
+        http = make_http_client()
+        try:
+            for name, app in settings.apps.items():
+                plugin = platforms.get(app.platform)(app, http=http)
+                pkce = plugin.pkce_pair()
+                params = await self.sandbox.approve(plugin.authorize_url("s", app.redirect_uri, pkce))
+                self.secrets.add(params["code"])
+                for grant in await plugin.exchange_code(params, pkce, app.redirect_uri):
+                    self.secrets.update({grant.tokens.access_token, grant.tokens.refresh_token})
+                    await store.upsert_grant(name, app.platform, grant)
+        finally:
+            await http.aclose()
+            await store.close()
+
+    async def start(self) -> None:
+        env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, "PYTHONUNBUFFERED": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "refresher",
+            "run",
+            "-c",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def events(self) -> list[dict[str, Any]]:
+        parsed = []
+        for line in self.stderr:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                pytest.fail(f"a log line that is not JSON: {line[:300]}")
+        return parsed
+
+    async def wait_event(self, name: str, timeout: float = 20, after: int = 0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for event in self.events()[after:]:
+                if event.get("event") == name:
+                    return event
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        pytest.fail(f"no {name!r} log event; last lines: {self.stderr[-15:]}")
+
+    async def notifications(self, wanted: str, timeout: float = 20) -> list[str]:
+        seen: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                seen.append(self.notify.recv(4096).decode())
+            except BlockingIOError:
+                if any(wanted in s for s in seen):
+                    return seen
+                await asyncio.sleep(0.05)
+        pytest.fail(f"no {wanted} notification; got {seen}")
+
+
+@pytest.fixture
+async def run(tmp_path: Path) -> AsyncIterator[Run]:
+    lifetimes = {p: life.scaled(dt.timedelta(seconds=20), None) for p, life in DEFAULT_LIFETIMES.items()}
+    async with SandboxServer(lifetimes=lifetimes, auto_approve=True) as sandbox:
+        r = Run(tmp_path, sandbox)
+        try:
+            yield r
+        finally:
+            if r.proc is not None and r.proc.returncode is None:
+                r.proc.kill()
+                await r.proc.wait()
+            r.notify.close()
+
+
+async def test_daemon_lifecycle_reload_and_clean_logs(run: Run) -> None:
+    await run.onboard()
+    await run.start()
+    await run.notifications("READY=1")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.port}") as client:
+        for _ in range(100):
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("daemon never became ready")
+
+        # Tokens live 20 s and are refreshed 15 s before expiry: within ~10 s every account rotated.
+        for platform in APPS:
+            await wait_for_refresh(run, platform)
+
+        # A good reload: a changed interval is applied without a restart.
+        mark = len(run.stderr)
+        run.document["apps"]["tiktok"]["interval"] = "2s"
+        run.write()
+        assert run.proc is not None
+        run.proc.send_signal(signal.SIGHUP)
+        await run.wait_event("config.reloaded", after=mark)
+        await run.notifications("READY=1")
+
+        # A bad reload is refused with one clear reason, and the daemon keeps running on the old config.
+        mark = len(run.stderr)
+        run.write("apps:\n  broken:\n    platform: shopee\n    partner_id: not-a-number\n")
+        run.proc.send_signal(signal.SIGHUP)
+        refused = await run.wait_event("config.reload_refused", after=mark)
+        assert "partner_id" in refused["reason"]
+        assert (await client.get("/readyz")).status_code == 200
+        mark = len(run.stderr)
+        await wait_for_refresh(run, "shopee", after=mark)
+
+    # Graceful stop: exit 0, in-flight work drained, STOPPING announced.
+    run.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(run.proc.wait(), 30)
+    await run._reader
+    assert code == 0, run.stderr[-20:]
+    assert any(e.get("event") == "daemon.stopped" for e in run.events())
+
+    # The whole log, every line JSON, carries none of the secrets, tokens or codes the run used.
+    await collect_current_tokens(run)
+    counters = run.sandbox.state.counters
+    assert sum(v for k, v in counters.items() if k.endswith(".reuse")) == 0, dict(counters)
+    log_text = "\n".join(run.stderr)
+    for secret in run.secrets:
+        assert secret not in log_text, "a secret reached the log"
+    assert len(run.secrets) > 10
+
+
+async def wait_for_refresh(run: Run, app: str, after: int = 0, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        for event in run.events()[after:]:
+            if event.get("event") == "refresh" and event.get("app") == app and event.get("outcome") == "success":
+                return
+        await asyncio.sleep(0.2)
+    pytest.fail(f"{app} was never refreshed; last lines: {run.stderr[-10:]}")
+
+
+async def collect_current_tokens(run: Run) -> None:
+    """Every token the daemon issued during the run is in the store (current) or its history."""
+    settings = parse_config(
+        yaml.safe_dump(run.document), file=str(run.config), credential_models=platforms.credential_models()
+    )
+    store = open_store(settings.store, SystemClock())
+    await store.open()
+    try:
+        for account in await store.list(limit=1000):
+            assert account.tokens is not None
+            run.secrets.update({account.tokens.access_token, account.tokens.refresh_token})
+    finally:
+        await store.close()
