@@ -2,9 +2,11 @@
 
 What runs for real here: ``systemd-analyze verify`` and ``security --offline`` on the unit, hadolint on
 the Dockerfile, the Kubernetes OpenAPI schemas (kubernetes-validate, bundled, offline), the image's
-HEALTHCHECK command against a real HTTP server, the Python stack under a W^X memory policy (what
-``MemoryDenyWriteExecute=`` enforces), and every shipped config through ``refresher.config``. Docker,
-Kubernetes and systemd as PID 1 are not available on these machines, so images and pods are not run.
+HEALTHCHECK command against a real HTTP server and against the real daemon, the daemon started with the
+container config under a W^X memory policy (what ``MemoryDenyWriteExecute=`` enforces) and sd_notify,
+the unit's ``ExecStartPre=`` and the Kubernetes init container (migrate; the latter on PostgreSQL), and
+every shipped config through ``refresher.config`` and the platform plugins. Docker, Kubernetes and
+systemd as PID 1 are not available on these machines, so images and pods are not run.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from __future__ import annotations
 import ast
 import http.server
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
+from refresher import platforms
 from refresher.config import ConfigFileError, Settings, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -601,3 +610,206 @@ def test_configmap_error_names_the_missing_secret_key_not_its_neighbours(tmp_pat
     for name, value in env.items():
         if "SECRET" in name or "TOKEN" in name or "KEY" in name or value.startswith("postgresql://"):
             assert value not in message
+
+
+# ------------------------------------------------------------- the shipped configs vs the plugins
+
+
+def credential_models() -> Any:
+    try:
+        platforms.reload()
+        models = platforms.credential_models()
+    except (ImportError, AttributeError, TypeError) as exc:  # a plugin still being written
+        pytest.skip(f"platform plugins not importable yet ({type(exc).__name__}: {exc})")
+    return models
+
+
+def test_shipped_configs_pass_the_platform_credential_models(tmp_path: Path) -> None:
+    """What `refresher check-config` checks beyond the schema: each app's keys, by its plugin."""
+    models = credential_models()
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    systemd_config = DEPLOY / "systemd" / "config.yaml"
+    for name in re.findall(r"\$\{CREDENTIALS_DIRECTORY\}/(\w+)", systemd_config.read_text()):
+        (creds / name).write_text("secret-0123456789abcdef")
+    systemd_env = {**env_file(DEPLOY / "systemd" / "refresher.env.example"), "CREDENTIALS_DIRECTORY": str(creds)}
+    checked = [
+        load_config(systemd_config, env=systemd_env, credential_models=models),
+        load_config(DEPLOY / "docker" / "config.yaml", env=container_env(tmp_path), credential_models=models),
+    ]
+    docs = manifests()
+    text = docs[("ConfigMap", "refresher-config")]["data"]["config.yaml"].replace(
+        "/run/secrets/refresher/", f"{creds}/"
+    )
+    (creds / "encryption_keys").write_text("a-key-0123456789abcdef")
+    checked.append(parse_config(text, env=docs[("Secret", "refresher-env")]["stringData"], credential_models=models))
+    for settings in checked:
+        assert settings.apps["shopee-sg"].credential("partner_id") == 2001234
+
+
+# ------------------------------------------- the daemon as the unit and the image would start it
+
+DAEMON_UNDER_MDWE = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN: MemoryDenyWriteExecute=yes
+    sys.exit(77)
+sys.argv = ["refresher", *sys.argv[1:]]
+from refresher.cli import main
+main()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class NotifyListener:
+    """The systemd side of sd_notify: a datagram socket that collects what the daemon says."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, line: str, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append(message)
+            if line in message.splitlines():
+                return self.messages
+        raise AssertionError(f"no {line} within {timeout}s; got {self.messages}")
+
+
+@pytest.mark.slow
+def test_daemon_with_the_container_config_under_systemd_conditions(tmp_path: Path) -> None:
+    """The shipped container config, started as the unit would (sd_notify, watchdog, W^X, umask 077):
+    READY=1, the image's HEALTHCHECK passes, /readyz answers, SIGHUP reloads, SIGTERM drains to exit 0,
+    the database is private and no secret reaches the output."""
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text((DEPLOY / "docker" / "config.yaml").read_text().replace("port: 8765", f"port: {port}"))
+    env = {
+        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
+        **container_env(tmp_path),
+        "REFRESHER_STORE_URL": f"sqlite:///{tmp_path}/tokens.db",
+        "REFRESHER_HOST": "127.0.0.1",
+        "WATCHDOG_USEC": "1000000",
+    }
+    secrets = [v for k, v in env.items() if "SECRET" in k or k.endswith(("PARTNER_KEY", "_TOKEN"))]
+    secrets += (tmp_path / "encryption_keys").read_text().split()
+    short = Path(tempfile.mkdtemp(prefix="sdn", dir="/tmp"))  # AF_UNIX paths are limited to 108 bytes
+    listener = NotifyListener(short / "notify")
+    env["NOTIFY_SOCKET"] = str(short / "notify")
+    log = (tmp_path / "daemon.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-c", DAEMON_UNDER_MDWE, "run", "-c", str(config)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.umask(0o077),
+    )
+    try:
+        listener.wait_for("READY=1", 60)
+        assert run_healthcheck(port) == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            assert answer.status == 200
+        listener.wait_for("WATCHDOG=1", 5)
+        process.send_signal(signal.SIGHUP)
+        listener.wait_for("RELOADING=1", 10)
+        listener.wait_for("READY=1", 10)
+        process.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING=1", 10)
+        assert process.wait(timeout=45) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        listener.sock.close()
+        shutil.rmtree(short, ignore_errors=True)
+    log.seek(0)
+    output = log.read()
+    log.close()
+    if process.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    assert (tmp_path / "tokens.db").stat().st_mode & 0o777 == 0o600
+    leaked = [s for s in secrets if s in output]
+    assert not leaked, "secrets in the daemon's output"
+
+
+def unit_command(key: str) -> list[str]:
+    """An Exec*= line of the unit, with the venv's refresher standing in for /opt/refresher."""
+    argv = service_value(key).split()
+    assert argv[0] == "/opt/refresher/bin/refresher"
+    return [str(Path(sys.executable).parent / "refresher"), *argv[1:]]
+
+
+def test_unit_exec_start_pre_migrates_with_the_systemd_config(tmp_path: Path) -> None:
+    """``ExecStartPre=`` exactly as written, in the environment systemd builds from the unit."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for value in service_values("LoadCredential"):
+        (creds / value.split(":", 1)[0]).write_text("secret-0123456789abcdef\n")
+    command = unit_command("ExecStartPre")
+    config = tmp_path / "config.yaml"
+    config.write_text((DEPLOY / "systemd" / "config.yaml").read_text())
+    command[command.index("/etc/refresher/config.yaml")] = str(config)
+    env = {
+        "PATH": os.environ["PATH"],
+        **env_file(DEPLOY / "systemd" / "refresher.env.example"),
+        "CREDENTIALS_DIRECTORY": str(creds),
+        # StateDirectory= would be /var/lib/refresher; the same file name in tmp_path here.
+        "REFRESHER_STORE_URL": f"sqlite:///{tmp_path}/tokens.db",
+    }
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "tokens.db").exists()
+    assert "0123456789abcdef" not in result.stdout + result.stderr
+
+
+@pytest.mark.postgres
+def test_kubernetes_init_container_migrates_postgres(tmp_path: Path) -> None:
+    """The init container's command with the ConfigMap's config, against a fresh PostgreSQL database."""
+    psycopg = pytest.importorskip("psycopg")
+    base_url = os.environ.get("REFRESHER_TEST_PG_URL")
+    if not base_url:
+        pytest.skip("REFRESHER_TEST_PG_URL is not set")
+    database = f"refresher_deploy_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    with psycopg.connect(base_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        docs = manifests()
+        mount = tmp_path / "secret-files"
+        mount.mkdir()
+        for key, value in docs[("Secret", "refresher-files")]["stringData"].items():
+            (mount / key).write_text(value)
+        config = tmp_path / "config.yaml"
+        text = docs[("ConfigMap", "refresher-config")]["data"]["config.yaml"]
+        config.write_text(text.replace("/run/secrets/refresher/", f"{mount}/"))
+        env = {
+            "PATH": os.environ["PATH"],
+            **docs[("Secret", "refresher-env")]["stringData"],
+            "REFRESHER_STORE_URL": base_url.rsplit("/", 1)[0] + f"/{database}",
+        }
+        (init,) = pod_spec()["initContainers"]
+        args = [str(config) if a == "/etc/refresher/config.yaml" else a for a in init["args"]]
+        command = [str(Path(sys.executable).parent / "refresher"), *args]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with psycopg.connect(env["REFRESHER_STORE_URL"]) as conn:
+            tables = {row[0] for row in conn.execute("select tablename from pg_tables where schemaname='public'")}
+        assert "alembic_version" in tables and len(tables) > 1
+        # The second replica's init container finds nothing to do.
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
