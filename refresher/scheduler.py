@@ -35,9 +35,14 @@ def schedule_of(app: AppSettings, platform: type[Platform]) -> str:
     return app.schedule or platform.default_schedule
 
 
-def build_trigger(app: AppSettings, platform: type[Platform]) -> CronTrigger | IntervalTrigger:
+def build_trigger(
+    app: AppSettings, platform: type[Platform], start: dt.datetime | None = None
+) -> CronTrigger | IntervalTrigger:
+    """The app's trigger; ``start`` anchors an interval (simulated time starts where its clock does)."""
     if app.interval is not None:
-        return IntervalTrigger(seconds=max(app.interval.total_seconds(), 0.1), timezone=app.timezone)
+        return IntervalTrigger(
+            seconds=max(app.interval.total_seconds(), 0.1), timezone=app.timezone, start_date=start
+        )
     trigger: CronTrigger = cron_trigger_from(app.schedule or platform.default_schedule, app.timezone, CronTrigger)
     return trigger
 
@@ -193,7 +198,7 @@ async def simulate(
     next and await ``tick(app)`` there, as the real scheduler would, until ``until``. Returns the number
     of ticks. The triggers are the very ones the daemon uses, so a soak run proves the real schedule."""
     triggers = {
-        name: build_trigger(app, platforms[app.platform])
+        name: build_trigger(app, platforms[app.platform], clock.now())
         for name, app in settings.apps.items()
         if app.enabled and app.platform in platforms
     }

@@ -1,0 +1,346 @@
+"""Lazada Open Platform (platforms.md §3).
+
+Token calls go to ``auth.lazada.com/rest`` for every country and are signed like every Lazada call:
+uppercase hex HMAC-SHA256 over the API path (after ``/rest``) and the sorted parameters. Access tokens
+live 30 days (``expires_in``, relative seconds); a refresh returns a new refresh token but never moves the
+grant's deadline (``refresh_expires_in`` counts down, 180 days from the authorization).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from refresher.domain import (
+    AccessTokenInvalid,
+    ClockSkew,
+    ConfigError,
+    Grant,
+    Identity,
+    MalformedAnswer,
+    ReauthRequired,
+    RefresherError,
+    RefreshTokenRejected,
+    TokenSet,
+    TransientError,
+)
+from refresher.platforms.base import (
+    PKCE,
+    Answer,
+    ApiCall,
+    Platform,
+    SignedCall,
+    as_seconds,
+    http_status_error,
+    retry_after_seconds,
+    safe_excerpt,
+)
+from refresher.platforms.signing import lazada_sign
+
+CREATE_PATH = "/auth/token/create"
+REFRESH_PATH = "/auth/token/refresh"
+
+# The regional API gateways; token calls always go to the auth host.
+COUNTRY_API_HOSTS: Mapping[str, str] = {
+    "sg": "https://api.lazada.sg/rest",
+    "my": "https://api.lazada.com.my/rest",
+    "th": "https://api.lazada.co.th/rest",
+    "vn": "https://api.lazada.vn/rest",
+    "ph": "https://api.lazada.com.ph/rest",
+    "id": "https://api.lazada.co.id/rest",
+}
+
+# System parameters refresher adds itself; a caller's copies are dropped rather than signed twice.
+_SYSTEM_PARAMS = frozenset({"app_key", "timestamp", "sign_method", "sign", "access_token"})
+
+_TRANSIENT_CODES = frozenset(
+    {"ApiCallLimit", "OPEN_API_CALL_EXCEED_LIMIT", "TRAFFIC_CONTROL", "SYSTEM_ERROR", "ServiceTimeout", "SYS_ERROR"}
+)
+_CONFIG_CODES = frozenset(
+    {
+        "IncompleteSignature",
+        "MissingParameter",
+        "APP_KEY_INVALID",
+        "InvalidAppKey",
+        "AUTH_TYPE_UNSUPPORTED",  # a Service Market app cannot refresh: a policy to fix, not a retry
+        "InvalidParameter",
+    }
+)
+
+
+class LazadaCredentials(BaseModel):
+    """``app_key`` and ``app_secret``; ``country`` picks the regional API gateway (default Singapore)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app_key: str = Field(min_length=1)
+    app_secret: SecretStr
+    country: Literal["sg", "my", "th", "vn", "ph", "id"] | None = None
+
+
+class LazadaPlatform(Platform):
+    """Lazada Open Platform: signed token create/refresh, one account per seller."""
+
+    name: ClassVar[str] = "lazada"
+    credentials_model: ClassVar[type[BaseModel]] = LazadaCredentials
+    default_hosts: ClassVar[Mapping[str, str]] = {
+        "auth": "https://auth.lazada.com",
+        "api": COUNTRY_API_HOSTS["sg"],
+    }
+    # Access tokens live 30 days and Lazada recommends refreshing well ahead: an hourly sweep that
+    # refreshes in the last 10 days leaves days of retries before anything expires.
+    default_schedule: ClassVar[str] = "23 * * * *"
+    default_refresh_before: ClassVar[dt.timedelta] = dt.timedelta(days=10)
+    code_lifetime: ClassVar[dt.timedelta] = dt.timedelta(minutes=30)
+    supports_pkce: ClassVar[bool] = False
+    secret_callback_params: ClassVar[frozenset[str]] = frozenset({"code"})
+
+    def host(self, role: str) -> str:
+        """``api`` follows the app's ``country`` unless overridden; with a ``base_url`` (a sandbox or a
+        test server standing in for the auth host) the API lives under its ``/rest``, as on Lazada."""
+        if role == "api" and role not in self.app.hosts:
+            if self.app.base_url:
+                return f"{self.app.base_url.rstrip('/')}/rest"
+            country = self.app.credential("country")
+            if country:
+                return COUNTRY_API_HOSTS[country]
+        return super().host(role)
+
+    def _timestamp_ms(self, seconds: int | None = None) -> str:
+        if seconds is not None:
+            # A caller's timestamp (``refresher sign`` takes it from the URL) may already be milliseconds.
+            return str(seconds if seconds > 10**11 else seconds * 1000)
+        return str(int(self.now().timestamp() * 1000))
+
+    def _signed(self, api_path: str, params: Mapping[str, str], body: bytes | None = None) -> dict[str, str]:
+        try:
+            sign = lazada_sign(str(self.app.credential("app_secret")), api_path, params, body)
+        except ValueError as exc:
+            raise ConfigError(str(exc), platform=self.name) from None
+        return {**params, "sign": sign}
+
+    # -- consent ---------------------------------------------------------------------------------
+
+    def authorize_url(self, state: str, redirect_uri: str | None = None, pkce: PKCE | None = None) -> str:
+        target = redirect_uri or self.app.redirect_uri
+        if not target:
+            raise ConfigError(f"app {self.app.name or '?'}: redirect_uri is not configured", platform=self.name)
+        query = {
+            "response_type": "code",
+            "force_auth": "true",
+            "redirect_uri": target,
+            "client_id": str(self.app.credential("app_key")),
+            "state": state,
+        }
+        return f"{self.host('auth')}/oauth/authorize?{urlencode(query)}"
+
+    # -- tokens ----------------------------------------------------------------------------------
+
+    async def exchange_code(
+        self, callback_params: Mapping[str, str], pkce: PKCE | None = None, redirect_uri: str | None = None
+    ) -> list[Grant]:
+        """Token create: one grant for the seller, keyed by the first ``country_user_info`` seller_id."""
+        denied = self.callback_error(callback_params)
+        if denied is not None:
+            raise denied
+        code = callback_params.get("code")
+        if not code:
+            raise MalformedAnswer("callback carries no code", platform=self.name)
+        data = await self._call(CREATE_PATH, {"code": code}, "token exchange", "token")
+        tokens = self._token_set(data)
+        return [Grant(self._identity(data), tokens)]
+
+    async def refresh(self, identity: Identity, refresh_token: str) -> TokenSet:
+        """Token refresh: new access and refresh token; the grant's deadline stays where it was."""
+        data = await self._call(REFRESH_PATH, {"refresh_token": refresh_token}, "token refresh", "refresh")
+        return self._token_set(data)
+
+    async def _call(self, api_path: str, business: Mapping[str, str], what: str, context: str) -> dict[str, Any]:
+        params = self._signed(
+            api_path,
+            {
+                "app_key": str(self.app.credential("app_key")),
+                "timestamp": self._timestamp_ms(),
+                "sign_method": "sha256",
+                **business,
+            },
+        )
+        # Form-encoded POST: the code and tokens stay out of URLs (and so out of access logs).
+        answer = await self.send("POST", f"{self.host('auth')}/rest{api_path}", data=params, what=what)
+        return self._checked(answer, what, context)
+
+    def _checked(self, answer: Answer, what: str, context: str) -> dict[str, Any]:
+        status_error = http_status_error(answer, self.name)
+        try:
+            data = answer.json_object(self.name)
+        except MalformedAnswer as exc:
+            if status_error is not None:
+                raise status_error from None
+            exc.message = f"{what}: {exc.message}"
+            raise
+        error = self._error_of(data, answer, what, context)
+        if isinstance(error, MalformedAnswer) and status_error is not None:
+            error = status_error  # a 429/5xx whose JSON is not the platform's envelope (a proxy's page)
+        if error is not None:
+            raise error
+        if status_error is not None:
+            status_error.request_id = _request_id(data)
+            raise status_error
+        if answer.status >= 400:
+            raise MalformedAnswer(
+                f"{what}: HTTP {answer.status} without an error code",
+                platform=self.name,
+                http_status=answer.status,
+                request_id=_request_id(data),
+            )
+        return data
+
+    def _error_of(self, data: Mapping[str, Any], answer: Answer, what: str, context: str) -> RefresherError | None:
+        """Classify ``{code, type, message, request_id}``; ``code == "0"`` is success."""
+        request_id = _request_id(data)
+        code = data.get("code")
+        if code is None:
+            if "access_token" in data or "data" in data:
+                return None  # older gateways omit code on success
+            return MalformedAnswer(f"{what}: answer has no code", platform=self.name, request_id=request_id)
+        if isinstance(code, bool) or not isinstance(code, str | int):
+            return MalformedAnswer(
+                f"{what}: code has the wrong type ({type(code).__name__})", platform=self.name, request_id=request_id
+            )
+        code = str(code)
+        if code == "0":
+            return None
+        raw_message = data.get("message")
+        message = safe_excerpt(raw_message.encode(), 100) if isinstance(raw_message, str) else ""
+        text = f"{what} refused by Lazada ({message or 'no message'})"
+        kwargs: dict[str, Any] = {
+            "code": code,
+            "request_id": request_id,
+            "platform": self.name,
+            "http_status": answer.status,
+        }
+        if code in _TRANSIENT_CODES:
+            retry_after = retry_after_seconds(answer.headers)
+            if code == "ApiCallLimit" and retry_after is None:
+                retry_after = 1.0  # "this ban will last 1 seconds"
+            return TransientError(text, retry_after=retry_after, **kwargs)
+        if code == "IllegalRefreshToken":
+            return RefreshTokenRejected(text, **kwargs)
+        if code == "IllegalAccessToken":
+            if context == "api":
+                return AccessTokenInvalid(text, **kwargs)
+            return ReauthRequired(text, **kwargs)
+        if code == "InvalidCode":
+            return ReauthRequired(text, **kwargs)
+        if code == "OPEN_API_TIMESTAMP_INVALID":
+            return ClockSkew(text, **kwargs)
+        if code in _CONFIG_CODES:
+            return ConfigError(text, **kwargs)
+        return TransientError(
+            f"{what}: unknown Lazada error ({message or 'no message'})",
+            retry_after=retry_after_seconds(answer.headers),
+            **kwargs,
+        )
+
+    def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
+        request_id = _request_id(data)
+        try:
+            access = _token(data, "access_token", self.name)
+            refresh = _token(data, "refresh_token", self.name)
+            # Relative seconds; the docs' samples show strings, live answers numbers: both are read.
+            expires_in = as_seconds(data, "expires_in", self.name)
+            refresh_expires_in = as_seconds(data, "refresh_expires_in", self.name, required=False)
+        except MalformedAnswer as exc:
+            exc.request_id = request_id
+            raise
+        now = self.now()
+        raw = {k: v for k, v in data.items() if k not in ("access_token", "refresh_token")}
+        return TokenSet(
+            access_token=access,
+            refresh_token=refresh,
+            access_expires_at=now + dt.timedelta(seconds=expires_in or 0),
+            refresh_expires_at=(
+                now + dt.timedelta(seconds=refresh_expires_in) if refresh_expires_in is not None else None
+            ),
+            raw=raw,
+        )
+
+    def _identity(self, data: Mapping[str, Any]) -> Identity:
+        # token/create says country_user_info, token/refresh country_user_info_list: accept either.
+        infos = data.get("country_user_info")
+        if infos is None:
+            infos = data.get("country_user_info_list")
+        request_id = _request_id(data)
+        if not isinstance(infos, list) or not infos or not all(isinstance(i, dict) for i in infos):
+            raise MalformedAnswer("answer lacks country_user_info", platform=self.name, request_id=request_id)
+        seller_id = infos[0].get("seller_id")
+        if isinstance(seller_id, bool) or not isinstance(seller_id, str | int) or str(seller_id) == "":
+            raise MalformedAnswer("country_user_info lacks a seller_id", platform=self.name, request_id=request_id)
+        country = data.get("country")
+        account = data.get("account")
+        keep = ("seller_id", "user_id", "country", "short_code")
+        return Identity(
+            key=str(seller_id),
+            kind="seller",
+            platform_id=str(seller_id),
+            name=account if isinstance(account, str) and account else None,
+            region=country if isinstance(country, str) and country else None,
+            extra={
+                "country_user_info": [{k: i[k] for k in keep if k in i} for i in infos],
+                "account_platform": data.get("account_platform"),
+            },
+        )
+
+    # -- business API ----------------------------------------------------------------------------
+
+    def sign_call(self, call: ApiCall, access_token: str | None = None, identity: Identity | None = None) -> SignedCall:
+        """System parameters and the sign go into the query; ``call.path`` is the path after ``/rest``."""
+        api_path = call.path.removeprefix("/rest") or "/"
+        params: dict[str, str] = {k: v for k, v in call.query if k not in _SYSTEM_PARAMS}
+        params.update(
+            {
+                "app_key": str(self.app.credential("app_key")),
+                "timestamp": self._timestamp_ms(call.timestamp),
+                "sign_method": "sha256",
+            }
+        )
+        if access_token is not None:
+            params["access_token"] = access_token
+        signed = self._signed(api_path, params, call.body)
+        headers = dict(call.headers)
+        if call.body is not None:
+            headers.setdefault("content-type", call.content_type or "application/json")
+        base = self.host("api")
+        return SignedCall(
+            method=call.method.upper(),
+            url=f"{base}{api_path}?{urlencode(signed)}",
+            headers=headers,
+            body=call.body,
+            sign=signed["sign"],
+            base_url=base,
+        )
+
+    def classify_api_answer(self, answer: Answer) -> RefresherError | None:
+        try:
+            self._checked(answer, "API call", "api")
+        except RefresherError as exc:
+            return exc
+        return None
+
+
+def _request_id(data: Mapping[str, Any]) -> str | None:
+    value = data.get("request_id")
+    return value if isinstance(value, str) and value else None
+
+
+def _token(data: Mapping[str, Any], key: str, platform: str) -> str:
+    value = data.get(key)
+    if value is None or value == "":
+        raise MalformedAnswer(f"answer lacks {key}", platform=platform)
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"{key} has the wrong type ({type(value).__name__})", platform=platform)
+    return value

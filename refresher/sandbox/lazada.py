@@ -1,0 +1,312 @@
+"""Lazada Open Platform as the sandbox speaks it (platforms.md §3).
+
+Endpoints, relative to the ``/lazada`` prefix (the app's ``auth`` host; its ``api`` host is ``/lazada/rest``):
+
+* ``GET      /oauth/authorize`` — consent (``client_id``, ``redirect_uri``, ``response_type=code``, ``state``).
+* ``GET|POST /rest/auth/token/create`` — code → tokens, signed, parameters in the query or a form body.
+* ``GET|POST /rest/auth/token/refresh`` — rotation; the grant's deadline does not move.
+* ``GET|POST /rest/seller/get`` — signed echo API that checks the access token.
+
+Errors come back with HTTP 200 and ``{"type", "code", "message", "request_id"}``, as Lazada does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from refresher.platforms.signing import lazada_value
+from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
+from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
+
+TIMESTAMP_WINDOW = 7200  # seconds, either way (platforms.md §3.5)
+COUNTRIES = ("sg", "my", "th", "vn", "ph", "id")
+
+
+class LazadaError(Exception):
+    def __init__(self, code: str, message: str, kind: str = "ISV") -> None:
+        super().__init__(code)
+        self.code, self.message, self.kind = code, message, kind
+
+
+def missing(name: str) -> LazadaError:
+    return LazadaError(
+        "MissingParameter",
+        f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
+    )
+
+
+def _request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def error_answer(code: str, message: str, kind: str = "ISV") -> JSONResponse:
+    return JSONResponse({"type": kind, "code": code, "message": message, "request_id": _request_id()})
+
+
+def _signs(secret: str, api_path: str, params: Mapping[str, str]) -> list[str]:
+    """The signatures a genuine client may have sent. Lazada's own SDKs disagree on empty values (the
+    Python SDK signs the key, the Java/C# samples skip it: vector L07), so both are accepted."""
+    keys = sorted(k for k in params if k != "sign")
+    variants = {
+        api_path + "".join(k + lazada_value(params[k]) for k in keys),
+        api_path + "".join(k + lazada_value(params[k]) for k in keys if params[k] != ""),
+    }
+    return [hmac.new(secret.encode(), v.encode(), hashlib.sha256).hexdigest().upper() for v in variants]
+
+
+def _timestamp(raw: str) -> float | None:
+    """Milliseconds since the epoch, or ISO-8601 UTC (both documented)."""
+    if raw.isdigit():
+        return int(raw) / 1000
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value.timestamp() if value.tzinfo is not None else None
+
+
+class LazadaSandbox(SandboxPlatform):
+    name = "lazada"
+    prefix = "/lazada"
+
+    def hosts(self, base_url: str) -> dict[str, str]:
+        root = f"{base_url.rstrip('/')}{self.prefix}"
+        return {"auth": root, "api": f"{root}/rest"}
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/oauth/authorize", self.authorize, methods=["GET"]),
+            Route("/rest/auth/token/create", self.token_create, methods=["GET", "POST"]),
+            Route("/rest/auth/token/refresh", self.token_refresh, methods=["GET", "POST"]),
+            Route("/rest/seller/get", self.seller_get, methods=["GET", "POST"]),
+        ]
+
+    # -- verification ------------------------------------------------------------------------------
+
+    async def params(self, request: Request) -> dict[str, str]:
+        """Query and form parameters together (the gateway takes either). The form is parsed here
+        rather than by Starlette, which would need python-multipart for a plain urlencoded body."""
+        merged = dict(request.query_params)
+        if request.method == "POST" and request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            body = (await request.body()).decode("utf-8", "replace")
+            merged.update(parse_qsl(body, keep_blank_values=True))
+        return merged
+
+    def verify(self, params: Mapping[str, str], api_path: str) -> str:
+        """Check app_key, timestamp and sign; returns the app key."""
+        app_key = params.get("app_key", "")
+        if not app_key:
+            raise missing("app_key")
+        secret = self.state.secret(self.name, app_key)
+        if secret is None:
+            raise LazadaError("APP_KEY_INVALID", "App key is invalid, please contact lazada tech team.")
+        for name in ("timestamp", "sign"):
+            if not params.get(name):
+                raise missing(name)
+        method = params.get("sign_method", "sha256")
+        if method != "sha256":
+            raise LazadaError("IncompleteSignature", "The request signature does not conform to lazop standards")
+        if not any(hmac.compare_digest(s, params["sign"].upper()) for s in _signs(secret, api_path, params)):
+            self.state.count(self.name, "bad_sign")
+            raise LazadaError("IncompleteSignature", "The request signature does not conform to lazop standards")
+        when = _timestamp(params["timestamp"])
+        if when is None or abs(self.state.clock.now().timestamp() - when) > TIMESTAMP_WINDOW:
+            self.state.count(self.name, "bad_timestamp")
+            raise LazadaError("OPEN_API_TIMESTAMP_INVALID", "The input timestamp is invalid")
+        return app_key
+
+    # -- consent -----------------------------------------------------------------------------------
+
+    async def authorize(self, request: Request) -> Response:
+        fault = await self.fault("consent")
+        if isinstance(fault, Response):
+            return fault
+        query = request.query_params
+        client_id = query.get("client_id", "")
+        if self.state.secret(self.name, client_id) is None:
+            return HTMLResponse("<p>Invalid client_id.</p>", status_code=400)
+        if query.get("response_type") != "code":
+            return HTMLResponse("<p>response_type must be code.</p>", status_code=400)
+        redirect = query.get("redirect_uri", "")
+        if not redirect:
+            return HTMLResponse("<p>redirect_uri is required.</p>", status_code=400)
+        ticket = self.state.open_ticket(self.name, client_id, redirect, query.get("state"), [], dict(query))
+        return await self.consent(ticket, base_url_of(request))
+
+    def subjects_for(self, ticket: ConsentTicket, options: Mapping[str, str]) -> list[Subject]:
+        """``countries=sg,my`` (a cross-border seller: one entry per venture); ``id=`` re-authorizes the
+        seller whose first seller_id that is."""
+        countries = [c.strip() for c in options.get("countries", "sg").split(",") if c.strip() in COUNTRIES]
+        countries = countries or ["sg"]
+        existing = options.get("id")
+        if existing:
+            chain = self.state.find_chain(self.name, existing)
+            if chain is not None:
+                return list(chain.subjects)
+        subjects = []
+        for index, country in enumerate(countries):
+            seller_id = existing if existing and index == 0 else self.state.new_id(9)
+            subjects.append(
+                Subject(
+                    seller_id,
+                    "seller",
+                    f"Sandbox Seller {seller_id}",
+                    country,
+                    {"user_id": self.state.new_id(9), "short_code": f"{country.upper()}{seller_id[-4:]}"},
+                )
+            )
+        return subjects
+
+    def approved_redirect(self, ticket: ConsentTicket, code: str, subjects: Sequence[Subject]) -> str:
+        return with_query(ticket.redirect_uri, {"code": code, "state": ticket.state})
+
+    def denied_redirect(self, ticket: ConsentTicket) -> str:
+        # Lazada documents no denial shape; the sandbox answers the OAuth 2 way (UNCERTAIN).
+        return with_query(
+            ticket.redirect_uri,
+            {
+                "error": "access_denied",
+                "error_description": "The seller denied the authorization",
+                "state": ticket.state,
+            },
+        )
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    def _protocol_fault(self, kind: str, op: str) -> Response | None:
+        if kind == "error200":
+            return error_answer("SYS_ERROR", "inner service fail", "ISP")
+        if kind == "wrongtypes":
+            return JSONResponse(
+                {
+                    "access_token": 50000601,
+                    "refresh_token": {"v": 1},
+                    "expires_in": "abc",
+                    "code": "0",
+                    "request_id": _request_id(),
+                }
+            )
+        if kind == "revoked":
+            if op == "token":
+                return error_answer("InvalidCode", "Invalid authorization code")
+            if op == "api":
+                return error_answer("IllegalAccessToken", "The specified access token is invalid or expired")
+            return error_answer("IllegalRefreshToken", "The specified refresh token is invalid or expired")
+        return None
+
+    def _token_answer(self, chain: Chain, list_key: str) -> JSONResponse:
+        now = self.state.clock.now()
+        countries = {s.region for s in chain.subjects}
+        info = [
+            {
+                "country": s.region,
+                "seller_id": s.id,
+                "user_id": s.extra.get("user_id", ""),
+                "short_code": s.extra.get("short_code", ""),
+            }
+            for s in chain.subjects
+        ]
+        return JSONResponse(
+            {
+                "access_token": chain.access_token,
+                "refresh_token": chain.refresh_token,
+                "expires_in": int((chain.access_expires_at - now).total_seconds()),
+                "refresh_expires_in": max(0, int((chain.refresh_expires_at - now).total_seconds())),
+                "country": countries.pop() if len(countries) == 1 else "cb",
+                "account_id": None,
+                "account": f"seller{chain.subjects[0].id}@sandbox.example",
+                "account_platform": "seller_center",
+                list_key: info,
+                "code": "0",
+                "request_id": _request_id(),
+            }
+        )
+
+    async def _begin(self, op: str) -> Response | str | None:
+        """The fault for this call: a finished response, ``"lost"``, or None."""
+        fault = await self.fault(op)
+        if isinstance(fault, str) and fault != "lost":
+            return self._protocol_fault(fault, op)
+        return fault
+
+    async def token_create(self, request: Request) -> Response:
+        fault = await self._begin("token")
+        if isinstance(fault, Response):
+            return fault
+        try:
+            params = await self.params(request)
+            app_key = self.verify(params, "/auth/token/create")
+            code = params.get("code", "")
+            if not code:
+                raise missing("code")
+            try:
+                _, chain = self.state.redeem_code(self.name, app_key, code)
+            except SandboxRejection:
+                raise LazadaError("InvalidCode", "Invalid authorization code") from None
+        except LazadaError as exc:
+            return error_answer(exc.code, exc.message, exc.kind)
+        if fault == "lost":
+            return Response("upstream trouble", status_code=500, media_type="text/plain")
+        return self._token_answer(chain, "country_user_info")
+
+    async def token_refresh(self, request: Request) -> Response:
+        fault = await self._begin("refresh")
+        if isinstance(fault, Response):
+            return fault
+        try:
+            params = await self.params(request)
+            app_key = self.verify(params, "/auth/token/refresh")
+            token = params.get("refresh_token", "")
+            if not token:
+                raise missing("refresh_token")
+            try:
+                chain = self.state.refresh(self.name, app_key, token)
+            except SandboxRejection:
+                raise LazadaError("IllegalRefreshToken", "The specified refresh token is invalid or expired") from None
+        except LazadaError as exc:
+            return error_answer(exc.code, exc.message, exc.kind)
+        if fault == "lost":
+            return Response("upstream trouble", status_code=500, media_type="text/plain")
+        # Lazada's refresh names the list country_user_info_list (platforms.md §3.4).
+        return self._token_answer(chain, "country_user_info_list")
+
+    # -- business API ------------------------------------------------------------------------------
+
+    async def seller_get(self, request: Request) -> Response:
+        fault = await self._begin("api")
+        if isinstance(fault, Response):
+            return fault
+        try:
+            params = await self.params(request)
+            self.verify(params, "/seller/get")
+            token = params.get("access_token", "")
+            if not token:
+                raise missing("access_token")
+            try:
+                chain = self.state.check_access(self.name, token)
+            except SandboxRejection:
+                raise LazadaError("IllegalAccessToken", "The specified access token is invalid or expired") from None
+        except LazadaError as exc:
+            return error_answer(exc.code, exc.message, exc.kind)
+        self.state.count(self.name, "api")
+        seller: Subject = chain.subjects[0]
+        data: dict[str, Any] = {
+            "name": seller.name,
+            "seller_id": int(seller.id),
+            "short_code": seller.extra.get("short_code", ""),
+            "location": seller.region.upper(),
+            "verified": True,
+        }
+        return JSONResponse({"code": "0", "data": data, "request_id": _request_id()})

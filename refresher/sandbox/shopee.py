@@ -1,0 +1,367 @@
+"""Shopee Open Platform v2 as the sandbox speaks it (platforms.md §1).
+
+Endpoints, relative to the ``/shopee`` prefix (the app's ``api`` host):
+
+* ``GET  /api/v2/shop/auth_partner`` — signed consent link; opens the consent page.
+* ``POST /api/v2/auth/token/get`` — code → tokens (``shop_id`` or ``main_account_id`` in the JSON body).
+* ``POST /api/v2/auth/access_token/get`` — single-use refresh per ``shop_id`` / ``merchant_id``.
+* ``POST /api/v2/public/get_token_by_resend_code`` — recovery with a console "resend code".
+* ``GET  /api/v2/shop/get_shop_info`` and ``/api/v2/merchant/get_merchant_info`` — signed echo APIs.
+* ``POST /console/resend_code`` — sandbox only: what the Open Platform console's "resend code" button
+  does (``{"shop_id": N}`` or ``{"merchant_id": N}`` → ``{"resend_code": …}``).
+
+Envelope: ``{"error": "", "message": "", "request_id": …}`` plus fields; ``error`` non-empty on failure.
+Whether Shopee's errors carry HTTP 4xx is undocumented: the sandbox uses 400/403, and the plugin
+classifies on ``error`` alone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from refresher.platforms.signing import shopee_sign
+from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
+from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
+
+AUTH_PARTNER = "/api/v2/shop/auth_partner"
+TOKEN_GET = "/api/v2/auth/token/get"
+REFRESH = "/api/v2/auth/access_token/get"
+RESEND = "/api/v2/public/get_token_by_resend_code"
+SHOP_INFO = "/api/v2/shop/get_shop_info"
+MERCHANT_INFO = "/api/v2/merchant/get_merchant_info"
+
+TIMESTAMP_WINDOW = 300  # seconds, either way (platforms.md §1.5)
+
+
+class ShopeeError(Exception):
+    """A Shopee error answer, raised inside a handler and rendered as the envelope."""
+
+    def __init__(self, error: str, message: str, status: int = 400) -> None:
+        super().__init__(error)
+        self.error, self.message, self.status = error, message, status
+
+
+def _request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def envelope(fields: Mapping[str, Any]) -> JSONResponse:
+    return JSONResponse({**fields, "error": "", "message": "", "request_id": _request_id()})
+
+
+def error_answer(error: str, message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, "request_id": _request_id()}, status_code=status)
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ShopeeError("error_param", f"Wrong parameters, detail: {name} must be an integer.")
+    return value
+
+
+class ShopeeSandbox(SandboxPlatform):
+    name = "shopee"
+    prefix = "/shopee"
+
+    def hosts(self, base_url: str) -> dict[str, str]:
+        return {"api": f"{base_url.rstrip('/')}{self.prefix}"}
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(AUTH_PARTNER, self.auth_partner, methods=["GET"]),
+            Route(TOKEN_GET, self.token_get, methods=["POST"]),
+            Route(REFRESH, self.refresh, methods=["POST"]),
+            Route(RESEND, self.resend_token, methods=["POST"]),
+            Route(SHOP_INFO, self.shop_info, methods=["GET"]),
+            Route(MERCHANT_INFO, self.shop_info, methods=["GET"]),
+            Route("/console/resend_code", self.console_resend_code, methods=["POST"]),
+        ]
+
+    # -- verification ------------------------------------------------------------------------------
+
+    def verify(self, request: Request, path: str, access_token: str | None = None) -> tuple[str, int]:
+        """Check partner_id, timestamp and sign of a call; returns (partner_id, timestamp)."""
+        query = request.query_params
+        partner_id = query.get("partner_id", "")
+        if not partner_id:
+            raise ShopeeError("error_param", "There is no partner_id in query.")
+        secret = self.state.secret(self.name, partner_id)
+        if secret is None:
+            raise ShopeeError("error_param", "Invalid partner_id.")
+        raw_ts = query.get("timestamp", "")
+        if not raw_ts:
+            raise ShopeeError("error_param", "no timestamp")
+        if not raw_ts.isdigit():
+            raise ShopeeError("error_param", "Invalid timestamp")
+        sign = query.get("sign", "")
+        if not sign:
+            raise ShopeeError("error_param", "There is no sign in query.")
+        shop_id = query.get("shop_id") if access_token is not None else None
+        merchant_id = query.get("merchant_id") if access_token is not None and shop_id is None else None
+        expected = shopee_sign(secret, partner_id, path, raw_ts, access_token, shop_id, merchant_id)
+        if not hmac.compare_digest(expected, sign):
+            self.state.count(self.name, "bad_sign")
+            raise ShopeeError("error_sign", "Wrong sign.", 403)
+        now = self.state.clock.now().timestamp()
+        if abs(now - int(raw_ts)) > TIMESTAMP_WINDOW:
+            self.state.count(self.name, "bad_timestamp")
+            raise ShopeeError("error_param", "Invalid timestamp")
+        return partner_id, int(raw_ts)
+
+    async def body(self, request: Request, partner_id: str) -> dict[str, Any]:
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            raise ShopeeError("error_param", "Wrong parameters, detail: invalid json body.") from None
+        if not isinstance(data, dict):
+            raise ShopeeError("error_param", "Wrong parameters, detail: body must be an object.")
+        if _int(data.get("partner_id"), "partner_id") != int(partner_id):
+            raise ShopeeError("error_param", "Invalid partner_id.")
+        return data
+
+    # -- consent -----------------------------------------------------------------------------------
+
+    async def auth_partner(self, request: Request) -> Response:
+        fault = await self.fault("consent")
+        if isinstance(fault, Response):
+            return fault
+        try:
+            partner_id, _ = self.verify(request, AUTH_PARTNER)
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        redirect = request.query_params.get("redirect", "")
+        if not redirect:
+            return error_answer("error_param", "Wrong parameters, detail: redirect is required.")
+        ticket = self.state.open_ticket(self.name, partner_id, redirect, None, [], dict(request.query_params))
+        return await self.consent(ticket, base_url_of(request))
+
+    def subjects_for(self, ticket: ConsentTicket, options: Mapping[str, str]) -> list[Subject]:
+        """``as=shop`` (default) or ``as=main`` with ``shops=N`` and ``merchants=M``; ``id=`` re-authorizes
+        the same shop (or the same main account with its shops and merchants)."""
+        existing = options.get("id")
+        if options.get("as", "shop") == "main":
+            if existing:
+                for chain in self.state.chains.values():
+                    if (
+                        chain.platform == self.name
+                        and any(s.extra.get("main_account_id") == existing for s in chain.subjects)
+                        and len(chain.subjects) > 1
+                    ):
+                        return list(chain.subjects)
+            main_id = existing or self.state.new_id(7)
+            shops = int(options.get("shops", "2"))
+            merchants = int(options.get("merchants", "1"))
+            subjects = [
+                Subject(self.state.new_id(9), "shop", f"Sandbox Shop {i}", "SG", {"main_account_id": main_id})
+                for i in range(1, shops + 1)
+            ]
+            subjects += [
+                Subject(self.state.new_id(7), "merchant", f"Sandbox Merchant {i}", "CN", {"main_account_id": main_id})
+                for i in range(1, merchants + 1)
+            ]
+            return subjects
+        shop_id = existing or self.state.new_id(9)
+        return [Subject(shop_id, "shop", "Sandbox Shop 1", "SG")]
+
+    def approved_redirect(self, ticket: ConsentTicket, code: str, subjects: Sequence[Subject]) -> str:
+        main_id = subjects[0].extra.get("main_account_id") if subjects else None
+        if main_id is not None:
+            return with_query(ticket.redirect_uri, {"code": code, "main_account_id": main_id})
+        return with_query(ticket.redirect_uri, {"code": code, "shop_id": subjects[0].id})
+
+    def denied_redirect(self, ticket: ConsentTicket) -> str:
+        # Shopee documents no denial parameters: the browser comes back without a code.
+        return ticket.redirect_uri
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    def _protocol_fault(self, kind: str, op: str) -> Response | None:
+        if kind == "error200":
+            return error_answer("error_server", "Something wrong. Please try later.", 200)
+        if kind == "wrongtypes":
+            return envelope({"access_token": 12345, "refresh_token": ["x"], "expire_in": "abc"})
+        if kind == "revoked":
+            if op == "token":
+                return error_answer("invalid_code", "The code is expired or used or invalid")
+            if op == "api":
+                return error_answer("invalid_acceess_token", "Invalid access_token.", 403)
+            return error_answer("shop_no_linked", "Partner and shop has no linked")
+        return None
+
+    def _token_answer(self, chain: Chain, extra: Mapping[str, Any]) -> JSONResponse:
+        remaining = int((chain.access_expires_at - self.state.clock.now()).total_seconds())
+        return envelope(
+            {
+                "access_token": chain.access_token,
+                "refresh_token": chain.refresh_token,
+                "expire_in": remaining,
+                **extra,
+            }
+        )
+
+    @staticmethod
+    def _lists(subjects: Sequence[Subject]) -> dict[str, list[int]]:
+        return {
+            "shop_id_list": [int(s.id) for s in subjects if s.kind == "shop"],
+            "merchant_id_list": [int(s.id) for s in subjects if s.kind == "merchant"],
+        }
+
+    async def token_get(self, request: Request) -> Response:
+        fault = await self.fault("token")
+        if isinstance(fault, Response):
+            return fault
+        if isinstance(fault, str) and fault != "lost" and (answer := self._protocol_fault(fault, "token")):
+            return answer
+        try:
+            partner_id, _ = self.verify(request, TOKEN_GET)
+            body = await self.body(request, partner_id)
+            code = body.get("code")
+            if not isinstance(code, str) or not code:
+                raise ShopeeError("error_param", "Wrong parameters, detail: code is required.")
+            has_shop, has_main = "shop_id" in body, "main_account_id" in body
+            if has_shop == has_main:
+                raise ShopeeError("error_param", "Wrong parameters, detail: give shop_id or main_account_id.")
+            pending = self.state.codes.get(code)
+            if pending is not None and pending.platform == self.name and not pending.used:
+                if has_shop:
+                    shop_id = str(_int(body["shop_id"], "shop_id"))
+                    if [s.id for s in pending.subjects] != [shop_id]:
+                        raise ShopeeError("invalid_shop_id", "The code or shop_id is wrong")
+                else:
+                    main_id = str(_int(body["main_account_id"], "main_account_id"))
+                    if not pending.subjects or pending.subjects[0].extra.get("main_account_id") != main_id:
+                        raise ShopeeError("invalid_main_acount_id", "The code or main_account_id is wrong")
+            try:
+                pending, chain = self.state.redeem_code(self.name, partner_id, code)
+            except SandboxRejection:
+                raise ShopeeError("invalid_code", "The code is expired or used or invalid") from None
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        self._supersede(chain)
+        if fault == "lost":
+            return Response("upstream trouble", status_code=500, media_type="text/plain")
+        extra = self._lists(chain.subjects) if "main_account_id" in body else {}
+        return self._token_answer(chain, extra)
+
+    def _supersede(self, chain: Chain) -> None:
+        """A re-authorization replaces the pair the subjects had before (platforms.md §1.4)."""
+        ids = {s.id for s in chain.subjects}
+        for other in self.state.chains.values():
+            if other.platform == self.name and other.id != chain.id and ids & {s.id for s in other.subjects}:
+                other.revoked = True
+
+    async def refresh(self, request: Request) -> Response:
+        fault = await self.fault("refresh")
+        if isinstance(fault, Response):
+            return fault
+        if isinstance(fault, str) and fault != "lost" and (answer := self._protocol_fault(fault, "refresh")):
+            return answer
+        try:
+            partner_id, _ = self.verify(request, REFRESH)
+            body = await self.body(request, partner_id)
+            token = body.get("refresh_token")
+            if not isinstance(token, str) or not token:
+                raise ShopeeError("error_param", "Wrong parameters, detail: refresh_token is required.")
+            has_shop, has_merchant = "shop_id" in body, "merchant_id" in body
+            if has_shop == has_merchant:
+                raise ShopeeError("error_param", "Wrong parameters, detail: give shop_id or merchant_id.")
+            kind = "shop" if has_shop else "merchant"
+            subject_id = str(_int(body[f"{kind}_id"], f"{kind}_id"))
+            try:
+                chain = self.state.refresh_subject(self.name, partner_id, token, subject_id)
+            except SandboxRejection as exc:
+                raise self._refresh_rejection(exc.reason, kind) from None
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        if fault == "lost":
+            return Response("upstream trouble", status_code=500, media_type="text/plain")
+        return self._token_answer(chain, {"partner_id": int(partner_id), f"{kind}_id": int(subject_id)})
+
+    @staticmethod
+    def _refresh_rejection(reason: str, kind: str) -> ShopeeError:
+        if reason == "expired":
+            return ShopeeError("refresh_token_expired", "Your refresh_token expired.")
+        if reason == "revoked":
+            return ShopeeError(f"{kind}_no_linked", "Partner and shop has no linked")
+        if reason == "mismatch":
+            return ShopeeError(
+                f"error_{kind}_refresh_token",
+                "Your refresh token is error, please check refresh token or shopid/merchant_id",
+            )
+        return ShopeeError("error_auth", "Invalid refresh_token.")
+
+    async def console_resend_code(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = {}
+        subject = str(body.get("shop_id") or body.get("merchant_id") or "")
+        chain = self.state.find_chain(self.name, subject) if subject else None
+        if chain is None:
+            return JSONResponse({"error": "no such authorization"}, status_code=404)
+        return JSONResponse({"resend_code": self.state.resend_code(self.name, chain).code})
+
+    async def resend_token(self, request: Request) -> Response:
+        fault = await self.fault("token")
+        if isinstance(fault, Response):
+            return fault
+        if isinstance(fault, str) and fault != "lost" and (answer := self._protocol_fault(fault, "token")):
+            return answer
+        try:
+            partner_id, _ = self.verify(request, RESEND)
+            try:
+                data = json.loads(await request.body() or b"null")
+            except ValueError:
+                data = None
+            code = data.get("resend_code") if isinstance(data, dict) else None
+            if not isinstance(code, str) or not code:
+                raise ShopeeError("error_param", "Wrong parameters, detail: resend_code is required.")
+            try:
+                chain = self.state.redeem_resent(self.name, partner_id, code)
+            except SandboxRejection:
+                raise ShopeeError("invalid_code", "The code is expired or used or invalid") from None
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        self.state.count(self.name, "resend_code")
+        if fault == "lost":
+            return Response("upstream trouble", status_code=500, media_type="text/plain")
+        extra = self._lists(chain.subjects) if len(chain.subjects) > 1 else {}
+        return self._token_answer(chain, extra)
+
+    # -- business API ------------------------------------------------------------------------------
+
+    async def shop_info(self, request: Request) -> Response:
+        fault = await self.fault("api")
+        if isinstance(fault, Response):
+            return fault
+        if isinstance(fault, str) and (answer := self._protocol_fault(fault, "api")):
+            return answer
+        merchant = request.url.path.endswith(MERCHANT_INFO)
+        kind = "merchant" if merchant else "shop"
+        access_token = request.query_params.get("access_token", "")
+        subject_id = request.query_params.get(f"{kind}_id", "")
+        try:
+            if not access_token or not subject_id:
+                raise ShopeeError("error_param", f"Wrong parameters, detail: access_token and {kind}_id are required.")
+            self.verify(request, MERCHANT_INFO if merchant else SHOP_INFO, access_token)
+            try:
+                chain = self.state.check_access(self.name, access_token)
+            except SandboxRejection:
+                raise ShopeeError("invalid_acceess_token", "Invalid access_token.", 403) from None
+            subject = next((s for s in chain.subjects if s.id == subject_id and s.kind == kind), None)
+            if subject is None:
+                raise ShopeeError("error_auth", "Invalid access_token.", 403)
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        self.state.count(self.name, "api")
+        if merchant:
+            return envelope({"merchant_name": subject.name, "merchant_region": subject.region})
+        return envelope({"shop_name": subject.name, "region": subject.region, "status": "NORMAL"})

@@ -1,0 +1,334 @@
+"""Lazada plugin against the Lazada sandbox on a real port: consent link, code exchange with
+country_user_info, rotation without moving the grant's deadline, signed API calls, every fault
+classified, and no token, code or secret in any error text."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from refresher import platforms
+from refresher.config import parse_config
+from refresher.domain import (
+    AccessTokenInvalid,
+    AuthorizationDenied,
+    ClockSkew,
+    ConfigError,
+    FakeClock,
+    Grant,
+    MalformedAnswer,
+    ReauthRequired,
+    RefresherError,
+    RefreshTokenRejected,
+    TransientError,
+)
+from refresher.platforms.base import Answer, ApiCall
+from refresher.platforms.lazada import LazadaPlatform
+from refresher.platforms.signing import lazada_sign
+from refresher.sandbox import SandboxServer
+from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from tests.support import app_for
+
+SECRET = SANDBOX_CREDENTIALS["lazada"]["app_secret"]
+APP_KEY = SANDBOX_CREDENTIALS["lazada"]["app_key"]
+START = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Rig:
+    sandbox: SandboxServer
+    plugin: LazadaPlatform
+    clock: FakeClock
+    http: httpx.AsyncClient
+    secrets: set[str] = field(default_factory=set)
+
+    def check(self, error: BaseException) -> None:
+        texts = [str(error), repr(error)]
+        if isinstance(error, RefresherError):
+            texts.append(repr(error.info()))
+        for secret in self.secrets | {SECRET}:
+            for text in texts:
+                assert secret not in text, f"secret leaked into {type(error).__name__}: {text[:200]}"
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    clock = FakeClock(START)
+    async with SandboxServer(clock=clock, fault_delay=1.5, seed=5) as sandbox, httpx.AsyncClient() as http:
+        plugin = LazadaPlatform(app_for(sandbox, "lazada", timeout="1s"), http=http, clock=clock)
+        yield Rig(sandbox, plugin, clock, http)
+
+
+def offline(**credentials: object) -> LazadaPlatform:
+    entry = {"platform": "lazada", "app_key": "123", "app_secret": "s3cret", "redirect_uri": "https://e.x/cb"}
+    text = yaml.safe_dump({"apps": {"a": {**entry, **credentials}}})
+    return LazadaPlatform(parse_config(text, credential_models=platforms.credential_models()).apps["a"])
+
+
+async def onboard(rig: Rig, **options: str) -> tuple[dict[str, str], Grant]:
+    params = await rig.sandbox.approve(rig.plugin.authorize_url("st-1"), **options)
+    rig.secrets.add(params["code"])
+    [grant] = await rig.plugin.exchange_code(params)
+    rig.secrets |= {grant.tokens.access_token, grant.tokens.refresh_token}
+    return params, grant
+
+
+async def api(rig: Rig, access_token: str, tamper: bool = False) -> RefresherError | None:
+    signed = rig.plugin.sign_call(ApiCall("GET", "/seller/get"), access_token)
+    url = signed.url
+    if tamper:
+        url = url.replace(f"sign={signed.sign}", f"sign={signed.sign[:-1]}{'0' if signed.sign[-1] != '0' else '1'}")
+    answer = await rig.plugin.send(signed.method, url, headers=signed.headers)
+    return rig.plugin.classify_api_answer(answer)
+
+
+# ------------------------------------------------------------------------------------------- consent
+
+
+async def test_authorize_url_shape(rig: Rig) -> None:
+    url = rig.plugin.authorize_url("state-abc", "https://erp.example.com/cb")
+    parts = urlsplit(url)
+    assert parts.path == "/lazada/oauth/authorize"
+    assert dict(parse_qsl(parts.query)) == {
+        "response_type": "code",
+        "force_auth": "true",
+        "redirect_uri": "https://erp.example.com/cb",
+        "client_id": APP_KEY,
+        "state": "state-abc",
+    }
+
+
+def test_production_hosts_and_country_gateway() -> None:
+    assert offline().authorize_url("s").startswith("https://auth.lazada.com/oauth/authorize?")
+    assert offline().host("api") == "https://api.lazada.sg/rest"
+    assert offline(country="th").host("api") == "https://api.lazada.co.th/rest"
+    assert offline(base_url="http://127.0.0.1:9/lazada").host("api") == "http://127.0.0.1:9/lazada/rest"
+    signed = offline(country="my").sign_call(ApiCall("GET", "/seller/get", timestamp=1717000000), "tok")
+    query = dict(parse_qsl(urlsplit(signed.url).query))
+    assert signed.url.startswith("https://api.lazada.com.my/rest/seller/get?")
+    assert query["timestamp"] == "1717000000000" and query["sign_method"] == "sha256"
+    expected = lazada_sign("s3cret", "/seller/get", {k: v for k, v in query.items() if k != "sign"})
+    assert query["sign"] == signed.sign == expected
+
+
+def test_empty_parameter_is_refused_not_signed() -> None:
+    with pytest.raises(ConfigError, match="'offset' is empty"):
+        offline().sign_call(ApiCall("GET", "/orders/get", query=[("offset", "")]), "tok")
+
+
+async def test_denied_consent_is_authorization_denied(rig: Rig) -> None:
+    params = await rig.sandbox.deny(rig.plugin.authorize_url("st-d"))
+    assert params["error"] == "access_denied" and params["state"] == "st-d"
+    assert isinstance(rig.plugin.callback_error(params), AuthorizationDenied)
+    with pytest.raises(AuthorizationDenied):
+        await rig.plugin.exchange_code(params)
+
+
+# ------------------------------------------------------------------------------------------- tokens
+
+
+async def test_onboarding_refresh_and_rotation(rig: Rig) -> None:
+    params, grant = await onboard(rig)
+    assert params["state"] == "st-1"
+    identity = grant.identity
+    assert identity.kind == "seller" and identity.key == identity.platform_id and identity.key.isdigit()
+    assert identity.region == "sg"
+    assert identity.extra["country_user_info"][0]["seller_id"] == identity.key
+    assert grant.tokens.access_expires_at == START + dt.timedelta(days=30)
+    assert grant.tokens.refresh_expires_at == START + dt.timedelta(days=180)
+    assert "access_token" not in grant.tokens.raw and grant.tokens.raw["request_id"]
+    assert await api(rig, grant.tokens.access_token) is None
+
+    rig.clock.advance(dt.timedelta(days=20))
+    fresh = await rig.plugin.refresh(identity, grant.tokens.refresh_token)
+    rig.secrets |= {fresh.access_token, fresh.refresh_token}
+    assert fresh.refresh_token != grant.tokens.refresh_token
+    assert fresh.access_expires_at == rig.clock.now() + dt.timedelta(days=30)
+    assert fresh.refresh_expires_at == START + dt.timedelta(days=180)  # the grant's deadline does not move
+    assert "country_user_info_list" in fresh.raw
+    assert await api(rig, fresh.access_token) is None
+
+    with pytest.raises(RefreshTokenRejected) as reused:
+        await rig.plugin.refresh(identity, grant.tokens.refresh_token)
+    assert reused.value.code == "IllegalRefreshToken" and reused.value.request_id
+    rig.check(reused.value)
+    assert rig.sandbox.state.counters["lazada.reuse"] == 1
+
+    rig.clock.advance(dt.timedelta(days=31))
+    expired = await api(rig, fresh.access_token)
+    assert isinstance(expired, AccessTokenInvalid) and expired.code == "IllegalAccessToken"
+    rig.check(expired)
+
+
+async def test_cross_border_seller_keeps_every_country(rig: Rig) -> None:
+    _, grant = await onboard(rig, countries="sg,my,th")
+    infos = grant.identity.extra["country_user_info"]
+    assert [i["country"] for i in infos] == ["sg", "my", "th"]
+    assert grant.identity.key == infos[0]["seller_id"] and grant.identity.region == "cb"
+    _, again = await onboard(rig, id=grant.identity.key)
+    assert again.identity.key == grant.identity.key
+
+
+async def test_expired_and_reused_codes_are_rejected(rig: Rig) -> None:
+    params = await rig.sandbox.approve(rig.plugin.authorize_url("st"))
+    rig.secrets.add(params["code"])
+    rig.clock.advance(dt.timedelta(minutes=31))
+    with pytest.raises(ReauthRequired) as expired:
+        await rig.plugin.exchange_code(params)
+    assert expired.value.code == "InvalidCode"
+    rig.check(expired.value)
+    params, _ = await onboard(rig)
+    with pytest.raises(ReauthRequired) as reused:
+        await rig.plugin.exchange_code(params)
+    rig.check(reused.value)
+
+
+async def test_refresh_after_the_grant_ended_is_rejected(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    rig.clock.advance(dt.timedelta(days=181))
+    with pytest.raises(RefreshTokenRejected) as err:
+        await rig.plugin.refresh(grant.identity, grant.tokens.refresh_token)
+    rig.check(err.value)
+
+
+# ----------------------------------------------------------------------------------- config errors
+
+
+async def test_tampered_signature_is_a_config_error(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    error = await api(rig, grant.tokens.access_token, tamper=True)
+    assert isinstance(error, ConfigError) and error.code == "IncompleteSignature"
+    rig.check(error)
+
+
+async def test_wrong_app_secret_is_a_config_error(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    wrong = LazadaPlatform(
+        app_for(rig.sandbox, "lazada", app_secret="wrong-secret-0001"), http=rig.http, clock=rig.clock
+    )
+    rig.secrets.add("wrong-secret-0001")
+    with pytest.raises(ConfigError) as err:
+        await wrong.refresh(grant.identity, grant.tokens.refresh_token)
+    assert err.value.code == "IncompleteSignature"
+    rig.check(err.value)
+
+
+async def test_skewed_clock_is_clock_skew(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    skewed = LazadaPlatform(rig.plugin.app, http=rig.http, clock=FakeClock(START + dt.timedelta(hours=3)))
+    with pytest.raises(ClockSkew) as err:
+        await skewed.refresh(grant.identity, grant.tokens.refresh_token)
+    assert err.value.code == "OPEN_API_TIMESTAMP_INVALID"
+    rig.check(err.value)
+    # within Lazada's two hours either way it is fine
+    near = LazadaPlatform(rig.plugin.app, http=rig.http, clock=FakeClock(START - dt.timedelta(hours=1)))
+    assert (await near.refresh(grant.identity, grant.tokens.refresh_token)).access_token
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+FAULTS = [
+    ("timeout", TransientError),
+    ("502", TransientError),
+    ("429", TransientError),
+    ("error200", TransientError),
+    ("html", MalformedAnswer),
+    ("truncated", MalformedAnswer),
+    ("empty", MalformedAnswer),
+    ("big", MalformedAnswer),
+    ("wrongtypes", MalformedAnswer),
+    ("revoked", RefreshTokenRejected),
+    ("lost", TransientError),
+]
+
+
+@pytest.mark.parametrize(("kind", "expected"), FAULTS)
+async def test_refresh_faults_are_classified(rig: Rig, kind: str, expected: type[RefresherError]) -> None:
+    _, grant = await onboard(rig)
+    rig.sandbox.set_faults(f"lazada:refresh:{kind}|x1")
+    with pytest.raises(RefresherError) as err:
+        await rig.plugin.refresh(grant.identity, grant.tokens.refresh_token)
+    assert type(err.value) is expected, f"{kind}: {type(err.value).__name__}: {err.value}"
+    rig.check(err.value)
+    if kind == "error200":
+        assert err.value.code == "SYS_ERROR" and err.value.request_id
+    if kind == "lost":
+        with pytest.raises(RefreshTokenRejected):
+            await rig.plugin.refresh(grant.identity, grant.tokens.refresh_token)
+    elif kind != "revoked":
+        assert (await rig.plugin.refresh(grant.identity, grant.tokens.refresh_token)).access_token
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("revoked", ReauthRequired), ("503", TransientError)])
+async def test_token_faults_are_classified(rig: Rig, kind: str, expected: type[RefresherError]) -> None:
+    params = await rig.sandbox.approve(rig.plugin.authorize_url("st"))
+    rig.secrets.add(params["code"])
+    rig.sandbox.set_faults(f"lazada:token:{kind}|x1")
+    with pytest.raises(expected) as err:
+        await rig.plugin.exchange_code(params)
+    rig.check(err.value)
+
+
+async def test_api_revoked_fault_is_access_token_invalid(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    rig.sandbox.set_faults("lazada:api:revoked|x1")
+    error = await api(rig, grant.tokens.access_token)
+    assert isinstance(error, AccessTokenInvalid)
+    rig.check(error)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"code": "IllegalRefreshToken"}, RefreshTokenRejected),
+        ({"code": "InvalidCode"}, ReauthRequired),
+        ({"code": "IncompleteSignature"}, ConfigError),
+        ({"code": "APP_KEY_INVALID"}, ConfigError),
+        ({"code": "AUTH_TYPE_UNSUPPORTED"}, ConfigError),
+        ({"code": "OPEN_API_TIMESTAMP_INVALID"}, ClockSkew),
+        ({"code": "ApiCallLimit"}, TransientError),
+        ({"code": "ServiceTimeout"}, TransientError),
+        ({"code": "SomethingNew"}, TransientError),
+        ({"code": ["0"]}, MalformedAnswer),
+        ({"message": "no code at all"}, MalformedAnswer),
+    ],
+)
+def test_error_codes(body: dict[str, object], expected: type[RefresherError]) -> None:
+    answer = Answer(200, httpx.Headers(), json.dumps({**body, "type": "ISV", "request_id": "rq-9"}).encode())
+    with pytest.raises(RefresherError) as err:
+        offline()._checked(answer, "token refresh", "refresh")
+    assert type(err.value) is expected
+    assert err.value.request_id == "rq-9"
+    if body.get("code") == "ApiCallLimit":
+        assert err.value.retry_after == 1.0
+
+
+def test_numeric_string_lifetimes_are_read() -> None:
+    body = {
+        "access_token": "a" * 30,
+        "refresh_token": "r" * 30,
+        "expires_in": "60",
+        "refresh_expires_in": "120",
+        "code": "0",
+        "country_user_info": [{"country": "sg", "seller_id": "1001"}],
+    }
+    plugin = offline()
+    plugin.clock = FakeClock(START)
+    tokens = plugin._token_set(body)
+    assert tokens.access_expires_at == START + dt.timedelta(seconds=60)
+    assert tokens.refresh_expires_at == START + dt.timedelta(seconds=120)
+
+
+async def test_consent_checks_client_id_and_redirect(rig: Rig) -> None:
+    url = rig.plugin.authorize_url("st")
+    assert (await rig.http.get(url)).status_code == 200
+    assert (await rig.http.get(url.replace(f"client_id={APP_KEY}", "client_id=999"))).status_code == 400
+    no_redirect = url.replace("redirect_uri=", "redirect_urx=")
+    assert (await rig.http.get(no_redirect)).status_code == 400
