@@ -108,7 +108,10 @@ def _config_credentials(settings: Any, host: str, port: int) -> dict[str, list[d
         if any(url.startswith(root) for url in urls for root in roots):
             model = app.credentials
             fields = type(model).model_fields if model is not None else {}
-            found.setdefault(app.platform, []).append({name: app.credential(name) for name in fields})
+            entry = {name: app.credential(name) for name in fields}
+            if app.redirect_uri:  # TikTok Shop redirects to the registered URI: its links carry none
+                entry["redirect_uri"] = app.redirect_uri
+            found.setdefault(app.platform, []).append(entry)
     return found
 
 

@@ -1,0 +1,416 @@
+"""TikTok Shop Partner API, Open API 202309+ (platforms.md §2).
+
+The token calls are *unsigned* GETs on ``auth.tiktok-shops.com`` that carry the app secret in the query,
+so no URL of theirs ever reaches a message. Both expiries in the token answer are **absolute** Unix
+times. One token chain belongs to one seller (``open_id``); the seller's shops (with the ``cipher``
+that shop-scoped calls need) come from Get Authorized Shops, called right after the exchange.
+
+Business calls are signed ``hex(HMAC(secret, secret + path + sorted(k+v) + body + secret))`` with the
+access token in the ``x-tts-access-token`` header. The official samples disagree on how a literal ``{}``
+body is signed (vector T11), so refresher never sends one: an empty body is dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from refresher.domain import (
+    AccessTokenInvalid,
+    ClockSkew,
+    ConfigError,
+    Grant,
+    Identity,
+    MalformedAnswer,
+    ReauthRequired,
+    RefresherError,
+    RefreshTokenRejected,
+    TokenSet,
+    TransientError,
+    from_epoch,
+)
+from refresher.platforms.base import (
+    PKCE,
+    Answer,
+    ApiCall,
+    Platform,
+    SignedCall,
+    as_seconds,
+    http_status_error,
+    parse_json_object,
+    safe_excerpt,
+)
+from refresher.platforms.signing import tiktok_shop_sign
+
+log = structlog.get_logger(__name__)
+
+AUTHORIZE_PATH = "/open/authorize"
+LEGACY_AUTHORIZE_PATH = "/oauth/authorize"
+TOKEN_GET_PATH = "/api/v2/token/get"
+TOKEN_REFRESH_PATH = "/api/v2/token/refresh"
+SHOPS_PATH = "/authorization/202309/shops"
+
+# Error codes (platforms.md §2.8).
+CODE_INVALID_AUTH_CODE = 36004004
+CODE_NO_AUTH_RECORD = 36004005  # unknown / used / revoked refresh token
+CODE_RT_EXPIRED = 36004001
+CODE_ACCESS_EXPIRED = 105002
+CODE_DEAUTHORIZED = 105001
+CODE_SCOPE_DENIED = 105005
+CODE_BAD_TOKEN_FOR_SHOP = 101000
+CODE_BAD_SIGN = 106001
+CODE_CREDENTIALS = 36009004  # many failures share it; the message tells them apart
+CODE_IP_NOT_ALLOWED = 36009033
+CODE_MISSING_CIPHER = 106013
+TRANSIENT_CODES = frozenset({36009002, 36009003, 36009007})
+TOKEN_REJECTED_CODES = frozenset({CODE_INVALID_AUTH_CODE, CODE_NO_AUTH_RECORD, CODE_RT_EXPIRED})
+CONFIG_CODES = frozenset({CODE_BAD_TOKEN_FOR_SHOP, CODE_BAD_SIGN, CODE_IP_NOT_ALLOWED, CODE_MISSING_CIPHER})
+
+# Values below this are no plausible "absolute Unix time" (it is 2001-09-09): see _absolute.
+_EPOCH_FLOOR = 1_000_000_000
+
+
+class TikTokShopCredentials(BaseModel):
+    """The app's keys from Partner Center. ``service_id`` selects the current consent URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app_key: str = Field(min_length=1)
+    app_secret: SecretStr
+    service_id: str | None = None
+
+
+class TikTokShopPlatform(Platform):
+    name = "tiktok_shop"
+    credentials_model = TikTokShopCredentials
+    default_hosts: ClassVar[Mapping[str, str]] = {
+        "consent": "https://services.tiktokshop.com",
+        "auth": "https://auth.tiktok-shops.com",
+        "api": "https://open-api.tiktokglobalshop.com",
+    }
+    # Access tokens live 7 days; refreshing a day ahead leaves room for a long outage.
+    default_schedule = "17 * * * *"
+    default_refresh_before = dt.timedelta(days=1)
+    code_lifetime = dt.timedelta(minutes=30)
+    supports_pkce = False
+    secret_callback_params = frozenset({"code"})
+
+    # -- credentials -------------------------------------------------------------------------------
+
+    @property
+    def app_key(self) -> str:
+        return str(self.app.credential("app_key"))
+
+    @property
+    def _secret(self) -> str:
+        return str(self.app.credential("app_secret"))
+
+    # -- consent -----------------------------------------------------------------------------------
+
+    def authorize_url(self, state: str, redirect_uri: str | None = None, pkce: PKCE | None = None) -> str:
+        """The consent link. The redirect URI is registered in Partner Center, never sent."""
+        service_id = self.app.credential("service_id")
+        if service_id:
+            return f"{self.host('consent')}{AUTHORIZE_PATH}?{urlencode({'service_id': service_id, 'state': state})}"
+        # Apps without a service id use the legacy page, which takes the app key (platforms.md §2.1).
+        return f"{self.host('auth')}{LEGACY_AUTHORIZE_PATH}?{urlencode({'app_key': self.app_key, 'state': state})}"
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    async def exchange_code(
+        self, callback_params: Mapping[str, str], pkce: PKCE | None = None, redirect_uri: str | None = None
+    ) -> list[Grant]:
+        # A denial arrives as error=auth_denied (or access_denied) with code=null (platforms.md §2.2).
+        denial = self.callback_error(callback_params)
+        if denial is not None:
+            raise denial
+        if callback_params.get("code") in (None, "", "null"):
+            raise MalformedAnswer("callback without an authorization code", platform=self.name)
+        params = {
+            "app_key": self.app_key,
+            "app_secret": self._secret,
+            "auth_code": callback_params["code"],
+            "grant_type": "authorized_code",
+        }
+        data, request_id = await self._token_call(TOKEN_GET_PATH, params, "code exchange", refresh=False)
+        tokens = self._token_set(data, request_id)
+        open_id = _text(data, "open_id", self.name, request_id)
+        extra: dict[str, Any] = {"user_type": data.get("user_type"), "shops": []}
+        try:
+            extra["shops"] = await self.authorized_shops(tokens.access_token)
+        except RefresherError as exc:
+            # The tokens are what matters: a failed shop listing must not lose them (it is repeated later).
+            extra["shops_error"] = str(exc)
+            log.warning("tiktok_shop.shops_failed", app=self.app.name, error=str(exc), request_id=exc.request_id)
+        identity = Identity(
+            key=open_id,
+            kind="seller",
+            platform_id=open_id,
+            name=_optional_text(data, "seller_name"),
+            region=_optional_text(data, "seller_base_region"),
+            extra=extra,
+        )
+        return [Grant(identity, tokens)]
+
+    async def refresh(self, identity: Identity, refresh_token: str) -> TokenSet:
+        params = {
+            "app_key": self.app_key,
+            "app_secret": self._secret,
+            "refresh_token": refresh_token,
+            # The docs say refresh_token; the official Node SDK sends authorized_code (a quirk, §2.4).
+            "grant_type": "refresh_token",
+        }
+        data, request_id = await self._token_call(TOKEN_REFRESH_PATH, params, "refresh", refresh=True)
+        return self._token_set(data, request_id)
+
+    async def _token_call(
+        self, path: str, params: Mapping[str, str], what: str, *, refresh: bool
+    ) -> tuple[dict[str, Any], str | None]:
+        # GET only: a POST with a JSON body answers 404 (platforms.md §2.3).
+        answer = await self.send("GET", f"{self.host('auth')}{path}", params=params, what=what)
+        envelope = self._envelope(answer, what)
+        request_id = _request_id(envelope)
+        error = self._judge(envelope, answer, what, token_call=True, refresh=refresh)
+        if error is not None:
+            raise error
+        data = envelope.get("data")
+        if not isinstance(data, dict):
+            raise MalformedAnswer(f"{what}: answer lacks data", platform=self.name, request_id=request_id)
+        return data, request_id
+
+    def _token_set(self, data: Mapping[str, Any], request_id: str | None) -> TokenSet:
+        access = _token(data, "access_token", self.name, request_id)
+        refresh = _token(data, "refresh_token", self.name, request_id)
+        access_at = self._absolute(data, "access_token_expire_in", request_id, required=True)
+        assert access_at is not None  # required=True
+        refresh_at = self._absolute(data, "refresh_token_expire_in", request_id, required=False)
+        scopes = data.get("granted_scopes") or []
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise MalformedAnswer("granted_scopes is not a list of names", platform=self.name, request_id=request_id)
+        raw = {k: v for k, v in data.items() if k not in ("access_token", "refresh_token")}
+        if request_id:
+            raw["request_id"] = request_id
+        return TokenSet(access, refresh, access_at, refresh_at, tuple(scopes), raw)
+
+    def _absolute(
+        self, data: Mapping[str, Any], key: str, request_id: str | None, *, required: bool
+    ) -> dt.datetime | None:
+        try:
+            value = as_seconds(data, key, self.name, required=required)
+        except MalformedAnswer as exc:
+            exc.request_id = request_id
+            raise
+        if value is None or value == 0:
+            return None  # creator authorizations have no end
+        if value < _EPOCH_FLOOR:
+            # The field is documented as an absolute time; a small number can only be a duration. Reading
+            # it as 1970 would refresh in a loop, rejecting it would lose a token the platform already rotated.
+            return self.now() + dt.timedelta(seconds=value)
+        return from_epoch(value)
+
+    # -- shops -------------------------------------------------------------------------------------
+
+    async def authorized_shops(self, access_token: str) -> list[dict[str, Any]]:
+        """Get Authorized Shops: the seller's shops with the cipher shop-scoped calls need."""
+        signed = self.sign_call(ApiCall("GET", SHOPS_PATH), access_token)
+        answer = await self.send("GET", signed.url, headers=signed.headers, what="get authorized shops")
+        envelope = self._envelope(answer, "get authorized shops")
+        request_id = _request_id(envelope)
+        error = self._judge(envelope, answer, "get authorized shops", token_call=False, refresh=False)
+        if error is not None:
+            raise error
+        data = envelope.get("data")
+        shops = data.get("shops") if isinstance(data, dict) else None
+        if not isinstance(shops, list) or not all(isinstance(s, dict) for s in shops):
+            raise MalformedAnswer("shops: answer lacks data.shops", platform=self.name, request_id=request_id)
+        keep = ("id", "name", "region", "seller_type", "cipher", "code")
+        return [{k: shop.get(k) for k in keep if k in shop} for shop in shops]
+
+    # -- business API ------------------------------------------------------------------------------
+
+    def sign_call(self, call: ApiCall, access_token: str | None = None, identity: Identity | None = None) -> SignedCall:
+        query = [(k, v) for k, v in call.query if k not in ("sign", "access_token", "app_key")]
+        stamp = call.timestamp
+        if stamp is None:
+            given = [v for k, v in query if k == "timestamp"]
+            stamp = int(given[0]) if given and given[0].isdigit() else self.timestamp()
+        query = [(k, v) for k, v in query if k != "timestamp"]
+        query += [("app_key", self.app_key), ("timestamp", str(stamp))]
+        if identity is not None and not any(k == "shop_cipher" for k, _ in query):
+            cipher = _only_cipher(identity)
+            # Shop-scoped calls need the cipher; /authorization and /seller calls must not carry it.
+            if cipher and not call.path.startswith(("/authorization/", "/seller/")):
+                query.append(("shop_cipher", cipher))
+        body = call.body
+        if body is not None and body.strip() in (b"", b"{}"):
+            body = None  # never send an empty object: its signature is ambiguous (vector T11)
+        content_type = call.content_type or "application/json"
+        sign = tiktok_shop_sign(self._secret, call.path, query, body, content_type)
+        headers = {k: v for k, v in call.headers.items() if k.lower() not in ("x-tts-access-token", "content-type")}
+        # The gateway wants a content type even on GET (get-authorized-shops spec).
+        headers["content-type"] = content_type
+        if access_token is not None:
+            headers["x-tts-access-token"] = access_token
+        base = self.host("api")
+        url = f"{base}{call.path}?{urlencode([*query, ('sign', sign)])}"
+        return SignedCall(call.method.upper(), url, headers, body, sign, base)
+
+    def classify_api_answer(self, answer: Answer) -> RefresherError | None:
+        transient = http_status_error(answer, self.name)
+        try:
+            envelope = parse_json_object(answer.body, self.name, answer.status)
+        except MalformedAnswer as exc:
+            if transient is not None:
+                return transient
+            # A non-JSON success (a file) is not ours to judge.
+            return exc if answer.status >= 400 or _looks_like_api_answer(answer) else None
+        return self._judge(envelope, answer, "api call", token_call=False, refresh=False)
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    def _envelope(self, answer: Answer, what: str) -> dict[str, Any]:
+        try:
+            return answer.json_object(self.name)
+        except MalformedAnswer as exc:
+            transient = http_status_error(answer, self.name)
+            if transient is not None:
+                raise transient from None
+            exc.message = f"{what}: {exc.message}"
+            # An unreadable body has no request id of its own; the gateway's log id header is the next best.
+            exc.request_id = exc.request_id or answer.headers.get("x-tt-logid")
+            raise
+
+    def _judge(
+        self, envelope: Mapping[str, Any], answer: Answer, what: str, *, token_call: bool, refresh: bool
+    ) -> RefresherError | None:
+        """The envelope's verdict, with the HTTP status's ``Retry-After`` kept on transient ones."""
+        error = self._classify(envelope, answer, what, token_call=token_call, refresh=refresh)
+        status_error = http_status_error(answer, self.name)
+        if status_error is not None and (error is None or type(error) is TransientError):
+            if error is None:
+                status_error.request_id = _request_id(envelope)
+                return status_error
+            error.retry_after = status_error.retry_after
+        return error
+
+    def _classify(
+        self, envelope: Mapping[str, Any], answer: Answer, what: str, *, token_call: bool, refresh: bool
+    ) -> RefresherError | None:
+        request_id = _request_id(envelope)
+        code = envelope.get("code")
+        if isinstance(code, bool) or not isinstance(code, int):
+            if answer.status == 429 or answer.status >= 500:
+                return http_status_error(answer, self.name)
+            return MalformedAnswer(
+                f"{what}: answer has no numeric code ({safe_excerpt(answer.body, 60)!r})",
+                platform=self.name,
+                request_id=request_id,
+                http_status=answer.status,
+            )
+        if code == 0:
+            if answer.status >= 400:
+                return http_status_error(answer, self.name) or MalformedAnswer(
+                    f"{what}: code 0 with HTTP {answer.status}", platform=self.name, request_id=request_id
+                )
+            return None
+        message = _message(envelope)
+        kwargs: dict[str, Any] = {
+            "code": str(code),
+            "request_id": request_id,
+            "platform": self.name,
+            "http_status": answer.status,
+        }
+        lowered = message.lower()
+        if code in TOKEN_REJECTED_CODES:
+            if refresh:
+                return RefreshTokenRejected(f"{what}: refresh token rejected ({message})", **kwargs)
+            if token_call:
+                return ReauthRequired(f"{what}: authorization code invalid, used or expired ({message})", **kwargs)
+            return ReauthRequired(f"{what}: authorization not found ({message})", **kwargs)
+        if code in (CODE_ACCESS_EXPIRED, CODE_DEAUTHORIZED):
+            # 105001 "deauthorized" deserves one refresh before the account is declared lost.
+            return AccessTokenInvalid(f"{what}: access token refused ({message})", **kwargs)
+        if code == CODE_SCOPE_DENIED:
+            return ReauthRequired(f"{what}: the grant lacks a scope, re-authorize ({message})", **kwargs)
+        if code in TRANSIENT_CODES:
+            return TransientError(f"{what}: platform busy ({message})", **kwargs)
+        if code in CONFIG_CODES:
+            return ConfigError(f"{what}: {_config_hint(code)} ({message})", **kwargs)
+        if code == CODE_CREDENTIALS:
+            # One code, many causes: the message is the only discriminator (platforms.md §2.8).
+            if "timestamp" in lowered:
+                return ClockSkew(f"{what}: timestamp refused, check the clock ({message})", **kwargs)
+            if "access-token" in lowered or "access_token" in lowered:
+                return AccessTokenInvalid(f"{what}: access token refused ({message})", **kwargs)
+            return ConfigError(f"{what}: credentials refused, check app_key/app_secret ({message})", **kwargs)
+        if answer.status in (401, 403) and not token_call:
+            return AccessTokenInvalid(f"{what}: access refused ({message})", **kwargs)
+        # An unknown code in a well-formed envelope: keep the code, try again later.
+        return TransientError(f"{what}: unrecognised platform error ({message})", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _config_hint(code: int) -> str:
+    return {
+        CODE_BAD_SIGN: "signature refused, check app_secret",
+        CODE_IP_NOT_ALLOWED: "this IP is not in the app's allow list",
+        CODE_MISSING_CIPHER: "shop_cipher missing",
+        CODE_BAD_TOKEN_FOR_SHOP: "token does not match the shop or user type",
+    }.get(code, "configuration error")
+
+
+def _request_id(envelope: Mapping[str, Any]) -> str | None:
+    value = envelope.get("request_id")
+    return str(value)[:128] if isinstance(value, str | int) and not isinstance(value, bool) and value != "" else None
+
+
+def _message(envelope: Mapping[str, Any]) -> str:
+    # Messages are the platform's words: safe_excerpt masks anything token-like they might quote.
+    value = envelope.get("message")
+    text = value if isinstance(value, str) else ""
+    return safe_excerpt(text.encode(), 160) or "no message"
+
+
+def _token(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:
+    value = data.get(key)
+    if value is None or value == "":
+        raise MalformedAnswer(f"answer lacks {key}", platform=platform, request_id=request_id)
+    if not isinstance(value, str):
+        raise MalformedAnswer(
+            f"{key} has the wrong type ({type(value).__name__})", platform=platform, request_id=request_id
+        )
+    return value
+
+
+def _text(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise MalformedAnswer(f"answer lacks {key} or it has the wrong type", platform=platform, request_id=request_id)
+    return str(value)
+
+
+def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _only_cipher(identity: Identity) -> str | None:
+    shops: Sequence[Any] = identity.extra.get("shops") or ()
+    ciphers = [s.get("cipher") for s in shops if isinstance(s, Mapping) and s.get("cipher")]
+    return str(ciphers[0]) if len(ciphers) == 1 else None
+
+
+def _looks_like_api_answer(answer: Answer) -> bool:
+    """A body that claims to be JSON, or an HTML page where JSON was due (a gateway's error page).
+
+    Anything else that is not JSON with a 2xx status is a download (a label PDF, an image) and no error.
+    """
+    content_type = answer.headers.get("content-type", "").lower()
+    return "json" in content_type or "html" in content_type or answer.body.lstrip()[:1] in (b"<", b"{", b"")
