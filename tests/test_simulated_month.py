@@ -147,8 +147,10 @@ async def test_thirty_days_of_a_thousand_accounts_without_an_expiry(tmp_path: Pa
         counters = sandbox.state.counters
         rotations = sum(v for k, v in counters.items() if k.endswith(".rotated"))
         reuses = sum(v for k, v in counters.items() if k.endswith(".reuse"))
+        stretch = {n: scale_of(n) for n in MIX}
         print(
-            f"\nsimulated {DAYS} days x {onboarded} accounts (stretched { ({n: scale_of(n) for n in MIX}) }): {ticks} ticks, {rotations} refreshes "
+            f"\nsimulated {DAYS} days x {onboarded} accounts (stretched {stretch}): {ticks} ticks, "
+            f"{rotations} refreshes "
             f"in {run_seconds:.1f} s real ({rotations / max(run_seconds, 1e-9):.0f}/s); "
             f"onboarding {onboard_seconds:.1f} s"
         )
