@@ -141,7 +141,7 @@ Scope = Literal["tokens:read", "tokens:read_refresh", "accounts:read", "accounts
 class ApiToken(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     secret: SecretStr
-    scopes: list[Scope] = Field(default_factory=lambda: ["tokens:read", "accounts:read"])
+    scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["tokens:read", "accounts:read"]))
 
     @field_validator("secret")
     @classmethod

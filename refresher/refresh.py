@@ -458,7 +458,7 @@ def _ms(started: float) -> int:
 def _sweep_backoff(failures: int, policy: AppPolicy) -> dt.timedelta:
     """Delay before the next sweep may retry a failed account: doubling with jitter, capped."""
     cap = max(policy.refresh_before / 4, RETRY_BASE)
-    delay = min(RETRY_BASE * (2 ** min(failures - 1, 20)), cap)
+    delay: dt.timedelta = min(RETRY_BASE * (2 ** min(failures - 1, 20)), cap)
     return delay * random.uniform(0.8, 1.0)
 
 

@@ -12,8 +12,11 @@ import sys
 # Importing the command modules registers their commands on ``main``.
 from refresher.cli import commands_config as _commands_config  # noqa: F401
 from refresher.cli import commands_daemon as _commands_daemon  # noqa: F401
+from refresher.cli import commands_onboarding as _commands_onboarding  # noqa: F401
 from refresher.cli import commands_platform as _commands_platform  # noqa: F401
 from refresher.cli import commands_sandbox as _commands_sandbox  # noqa: F401
+from refresher.cli import commands_store as _commands_store  # noqa: F401
+from refresher.cli import commands_tokens as _commands_tokens  # noqa: F401
 from refresher.cli.common import main
 
 __all__ = ["main"]

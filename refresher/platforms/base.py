@@ -109,9 +109,7 @@ def parse_json_object(body: bytes, platform: str, status: int, content_type: str
             f"unreadable JSON ({safe_excerpt(body, 60)!r})", platform=platform, http_status=status
         ) from None
     if not isinstance(data, dict):
-        raise MalformedAnswer(
-            f"JSON {type(data).__name__} instead of an object", platform=platform, http_status=status
-        )
+        raise MalformedAnswer(f"JSON {type(data).__name__} instead of an object", platform=platform, http_status=status)
     return data
 
 
@@ -303,7 +301,7 @@ class Platform(ABC):
         try:
             async with asyncio.timeout(total):
                 request = self.http.build_request(
-                    method, url, params=params, data=data, json=json_body, content=content, headers=headers
+                    method, url, params=_query(params), data=data, json=json_body, content=content, headers=headers
                 )
                 response = await self.http.send(request, stream=True)
                 try:
@@ -340,6 +338,13 @@ class Platform(ABC):
         if encoding in ("gzip", "deflate", "br", "zstd"):
             raw = _decode_bounded(raw, encoding, max_bytes, self.name, what)
         return Answer(response.status_code, response.headers, raw)
+
+
+def _query(params: Sequence[tuple[str, str]] | Mapping[str, str] | None) -> httpx.QueryParams | None:
+    """Query parameters in their given order (a signature may depend on it)."""
+    if params is None:
+        return None
+    return httpx.QueryParams(list(params.items()) if isinstance(params, Mapping) else list(params))
 
 
 def _decode_bounded(raw: bytes, encoding: str, max_bytes: int, platform: str, what: str) -> bytes:

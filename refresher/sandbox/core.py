@@ -277,8 +277,8 @@ class SandboxState:
         for platform, creds in SANDBOX_CREDENTIALS.items():
             self.add_app(platform, creds)
         for platform, many in (credentials or {}).items():
-            for creds in many:
-                self.add_app(platform, creds)
+            for entry in many:
+                self.add_app(platform, entry)
         self.faults = faults or FaultPlan()
         self.auto_approve = auto_approve
         self.fault_delay = fault_delay

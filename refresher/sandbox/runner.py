@@ -57,7 +57,10 @@ class SandboxServer:
         return self.platforms[platform].hosts(self.url)
 
     def app_config(self, platform: str, redirect_uri: str = "http://127.0.0.1:3017/callback") -> dict[str, Any]:
-        """A complete app entry for the config, with the sandbox's own credentials."""
+        """A complete app entry for the config, with the sandbox's own credentials. The redirect URI is
+        registered with the sandbox too, as on a platform's console (TikTok Shop's consent link does not
+        carry one)."""
+        self.state.add_app(platform, {**SANDBOX_CREDENTIALS[platform], "redirect_uri": redirect_uri})
         return {
             "platform": platform,
             "hosts": self.hosts(platform),

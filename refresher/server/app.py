@@ -35,6 +35,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         body, content_type = runtime.metrics_payload()
         return Response(body, media_type=content_type)
 
+    from refresher.server import api, proxy  # token API and signing proxy (issue 6)
+
+    app.state.runtime = runtime  # read by refresher.server.auth.get_runtime
+    api.install(app)
+    app.include_router(proxy.router)
+    from refresher.server import onboarding  # connect/callback (issue 5)
+
+    app.include_router(onboarding.router(runtime))
     return app
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from refresher.config import Settings
 from refresher.domain import Clock
 from refresher.platforms.base import Platform
 from refresher.refresh import Refresher
-from refresher.store.base import Store
+from refresher.store.base import Account, Store
 
 
 class Runtime(Protocol):
@@ -26,3 +26,6 @@ class Runtime(Protocol):
 
     def metrics_payload(self) -> tuple[bytes, str]:
         """The Prometheus exposition body and its content type."""
+
+    async def accounts_authorized(self, app: str, accounts: Sequence[Account]) -> None:
+        """Called after a web callback stored these accounts (re-authorization resolves open alarms)."""

@@ -1,0 +1,342 @@
+"""Onboarding from the command line: ``auth-url``, ``exchange``, ``invite`` and the desktop ``authorize``.
+
+These run without the daemon: they open the store themselves. The flow is :mod:`refresher.onboarding`,
+the same code the web routes use. Nothing printed here ever contains a token or an authorization code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import sys
+import webbrowser
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
+from refresher.config import LoggingSettings, Settings, format_duration, parse_duration
+from refresher.domain import AuthorizationDenied, Clock, RefresherError, SystemClock
+from refresher.platforms.base import Platform
+from refresher.store.base import Account, Store, StoreError
+
+EXIT_GRANTED = 0
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 3
+EXIT_CANCELLED = 130
+DEFAULT_PORT = 3017
+
+
+def say(message: str) -> None:
+    """A progress line on stdout (click flushes, so a parent process reading a pipe sees it at once)."""
+    click.echo(message)
+
+
+def print_accounts(accounts: Sequence[Account], now: dt.datetime) -> None:
+    from refresher.server.onboarding import describe_account
+
+    for account in accounts:
+        rows = dict(describe_account(account, now))
+        say(f"  {rows.pop('account')} ({account.key})")
+        for key, value in rows.items():
+            say(f"    {key}: {value}")
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: Settings, app_name: str, clock: Clock) -> AsyncIterator[tuple[Store, Platform]]:
+    """The store and the app's plugin, closed again whatever happens."""
+    from refresher import platforms as registry
+    from refresher.platforms.base import make_http_client
+    from refresher.store.sql import open_store
+
+    app = settings.app(app_name)
+    http = make_http_client(timeout=app.timeout.total_seconds())
+    store = open_store(settings.store, clock)
+    try:
+        await store.open()
+        yield store, registry.get(app.platform)(app, http=http, clock=clock)
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+        await http.aclose()
+
+
+def _settings_for(config_path: str | None, app: str) -> Settings:
+    """The validated config, the app checked, and logs set up for a person at a terminal.
+
+    Logs go to stderr (stdout carries the URL and the progress lines scripts read) and only from
+    warnings up, unless the config asks for debug.
+    """
+    from refresher.logging import configure_logging
+
+    settings = load_settings(config_path)
+    if app not in settings.apps:
+        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
+    level = "debug" if settings.logging.level == "debug" else "warning"
+    configure_logging(LoggingSettings(level=level, format="console"), secrets=settings.secrets())
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        return asyncio.run(coro)
+    except StoreError as exc:
+        fail(f"token store: {exc}", EXIT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------- auth-url
+
+
+@main.command("auth-url")
+@config_option
+@click.argument("app")
+@click.option("--state", default=None, help="Use this state instead of a random one.")
+@click.option("--redirect-uri", default=None, help="Override the app's redirect_uri (must be registered).")
+@friendly_errors
+def auth_url(config_path: str | None, app: str, state: str | None, redirect_uri: str | None) -> None:
+    """Print an authorization URL for APP and store its state (use it with `refresher exchange`)."""
+    from refresher.onboarding import begin
+
+    settings = _settings_for(config_path, app)
+
+    async def run() -> int:
+        clock = SystemClock()
+        async with _opened(settings, app, clock) as (store, platform):
+            url, stored = await begin(
+                app,
+                platform,
+                store,
+                clock,
+                state=state,
+                redirect_uri=redirect_uri,
+                ttl=settings.server.state_ttl,
+            )
+        say(url)
+        click.echo(f"state stored; it expires at {stored.expires_at:%Y-%m-%d %H:%M:%S} UTC", err=True)
+        return 0
+
+    sys.exit(_run(run()))
+
+
+# ---------------------------------------------------------------------------------------- exchange
+
+
+@main.command("exchange")
+@config_option
+@click.argument("app")
+@click.argument("callback")
+@friendly_errors
+def exchange(config_path: str | None, app: str, callback: str) -> None:
+    """Complete a flow by hand: CALLBACK is the URL the platform redirected to (or its query string)."""
+    from refresher.onboarding import complete, parse_callback
+
+    settings = _settings_for(config_path, app)
+    params = parse_callback(callback)
+    if not params:
+        fail("CALLBACK: no query parameters found (paste the whole redirect URL, quoted)")
+
+    async def run() -> int:
+        clock = SystemClock()
+        async with _opened(settings, app, clock) as (store, platform):
+            accounts = await complete(app, platform, store, clock, params)
+        say(f"granted: {len(accounts)} account(s) of app {app} stored")
+        print_accounts(accounts, clock.now())
+        return 0
+
+    sys.exit(_run(run()))
+
+
+# ------------------------------------------------------------------------------------------ invite
+
+
+@main.command("invite")
+@config_option
+@click.argument("app")
+@click.option("--ttl", default="7d", show_default=True, help="How long the link works (e.g. 2h, 7d).")
+@friendly_errors
+def invite(config_path: str | None, app: str, ttl: str) -> None:
+    """Print an invitation URL a seller can open to authorize APP without the admin token."""
+    from refresher.invites import invite_url, make_invite
+
+    settings = _settings_for(config_path, app)
+    try:
+        lifetime = parse_duration(ttl)
+    except ValueError as exc:
+        fail(f"--ttl: {exc}")
+    server = settings.server
+    if server.invite_secret is None:
+        fail(f"{settings.source}: server.invite_secret is not set (invitations are signed with it)")
+    if not server.public_url:
+        fail(f"{settings.source}: server.public_url is not set (the link must point at this server)")
+    clock = SystemClock()
+    token = make_invite(app, lifetime, secret=server.invite_secret.get_secret_value(), clock=clock)
+    say(invite_url(server.public_url, app, token))
+    click.echo(f"valid for {format_duration(lifetime)} (until {clock.now() + lifetime:%Y-%m-%d %H:%M} UTC)", err=True)
+
+
+# --------------------------------------------------------------------------------------- authorize
+
+
+def loopback_target(redirect_uri: str | None, app: str, port: int | None) -> tuple[str, int, str]:
+    """(redirect URI to send, port to listen on, callback path) for the desktop flow, or exit 2."""
+    from refresher.onboarding import is_loopback_http
+
+    if not redirect_uri or not is_loopback_http(redirect_uri):
+        fail(
+            f"apps.{app}.redirect_uri must be a loopback URL such as http://127.0.0.1:{DEFAULT_PORT}/callback "
+            "for `refresher authorize` (use /connect on the daemon for a public one)"
+        )
+    parts = urlsplit(redirect_uri)
+    listen = port if port is not None else (parts.port or DEFAULT_PORT)
+    if parts.port != listen:
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        redirect_uri = urlunsplit((parts.scheme, f"{host}:{listen}", parts.path, parts.query, ""))
+        click.echo(f"note: redirecting to port {listen}; the platform must accept {redirect_uri}", err=True)
+    return redirect_uri, listen, parts.path or "/"
+
+
+async def desktop_flow(
+    settings: Settings,
+    app: str,
+    *,
+    port: int | None,
+    open_browser: bool,
+    wait: dt.timedelta,
+    clock: Clock,
+    target: tuple[str, int, str] | None = None,
+) -> int:
+    """Serve the callback on 127.0.0.1, wait for the seller, store the grant; returns the exit code."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from refresher.onboarding import OnboardingError, StateError, begin, complete_flow
+    from refresher.server import onboarding as pages
+    from refresher.server.http import start_server, stop_server
+
+    redirect_uri, listen, path = target or loopback_target(settings.app(app).redirect_uri, app, port)
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[int] = loop.create_future()
+    secrets = settings.secrets()
+
+    def settle(code: int) -> None:
+        if not outcome.done():
+            outcome.set_result(code)
+
+    async with _opened(settings, app, clock) as (store, platform):
+
+        async def callback(request: Request) -> Response:
+            params = dict(request.query_params)
+            if outcome.done():
+                return pages.message_page("Already handled", "done", ["This authorization is finished."], 409)
+            try:
+                if params.get("code") and not params.get("error"):
+                    say("exchanging the code…")
+                done = await complete_flow(app, platform, store, clock, params)
+            except AuthorizationDenied as exc:
+                say(f"denied: {exc.message}")
+                settle(EXIT_FAILED)
+                return pages.denied_page(exc)
+            except StateError as exc:
+                # Not our flow's redirect (a stale tab, a probe): refuse it and keep waiting.
+                say(f"ignored a request to the callback: {exc.message}")
+                return pages.state_page(exc)
+            except OnboardingError as exc:
+                say(f"failed: {exc.message}")
+                settle(EXIT_FAILED)
+                return pages.message_page("Authorization failed", "failed", [exc.message], 400)
+            except RefresherError as exc:
+                say(f"failed: {exc.error_class}: {exc.message}" + (f" (code {exc.code})" if exc.code else ""))
+                settle(EXIT_FAILED)
+                return pages.failure_page(exc, [*secrets, params.get("code", "")])
+            except StoreError as exc:
+                say(f"failed: the token store refused the accounts ({type(exc).__name__})")
+                settle(EXIT_FAILED)
+                return pages.message_page("Authorization failed", "failed", ["The token store failed."], 503)
+            say(f"granted: {len(done.accounts)} account(s) of app {app} stored")
+            print_accounts(done.accounts, clock.now())
+            settle(EXIT_GRANTED)
+            return pages.granted_page(app, done.accounts, clock.now())
+
+        async def not_here(request: Request) -> Response:
+            return Response("not found", status_code=404, media_type="text/plain")
+
+        web = Starlette(routes=[Route(path, callback)])
+        web.add_route("/{rest:path}", not_here)
+        try:
+            server, task, _ = await start_server(web, "127.0.0.1", listen)
+        except OSError as exc:
+            fail(f"cannot listen on 127.0.0.1:{listen} ({exc.strerror or exc}); choose another --port")
+
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            url, _ = await begin(
+                app,
+                platform,
+                store,
+                clock,
+                redirect_uri=redirect_uri,
+                ttl=max(settings.server.state_ttl, wait),
+            )
+            say(f"authorization URL: {url}")
+            if open_browser and not webbrowser.open(url):
+                say("could not open a browser; open the URL above yourself")
+            say(
+                f"waiting for the redirect to http://127.0.0.1:{listen}{path} "
+                f"(times out in {format_duration(wait)}; Ctrl-C cancels)…"
+            )
+            stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            waiting: set[asyncio.Future[Any]] = {outcome, stopper}
+            done_set, _ = await asyncio.wait(waiting, timeout=wait.total_seconds(), return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if outcome in done_set:
+                return outcome.result()
+            if stop.is_set():
+                say("cancelled")
+                return EXIT_CANCELLED
+            say(f"timed out after {format_duration(wait)} without a redirect")
+            return EXIT_TIMEOUT
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            # Lets the result page of a finished callback go out, then frees the port.
+            await stop_server(server, task)
+
+
+@main.command("authorize")
+@config_option
+@click.argument("app")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"Loopback port (default: the redirect_uri's, else {DEFAULT_PORT}).",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
+@click.option("--timeout", "timeout_text", default="60s", show_default=True, help="How long to wait.")
+@friendly_errors
+def authorize(config_path: str | None, app: str, port: int | None, no_browser: bool, timeout_text: str) -> None:
+    """Authorize APP from this machine: open the browser, wait for the redirect on 127.0.0.1, store it.
+
+    Exit codes: 0 granted, 1 denied or failed, 3 timed out, 130 cancelled.
+    """
+    settings = _settings_for(config_path, app)
+    try:
+        timeout = parse_duration(timeout_text)
+    except ValueError as exc:
+        fail(f"--timeout: {exc}")
+    if timeout <= dt.timedelta(0):
+        fail("--timeout: must be positive")
+    # Checked before the event loop starts, so a wrong redirect URI is one line and nothing else.
+    target = loopback_target(settings.app(app).redirect_uri, app, port)
+    flow = desktop_flow(
+        settings, app, port=port, open_browser=not no_browser, wait=timeout, clock=SystemClock(), target=target
+    )
+    sys.exit(_run(flow))

@@ -1,0 +1,86 @@
+"""Signed, expiring invitation links for ``/connect/{app}``.
+
+An operator runs ``refresher invite APP --ttl 7d`` and sends the printed URL to a seller; the daemon lets
+that URL start an authorization without the admin token until it expires. The token is
+``<expiry, base 36>.<HMAC-SHA256(server.invite_secret, app + expiry), base64url>``: the app travels in
+the URL path and is bound by the signature, so an invitation for one app cannot open another.
+Nothing is stored server-side; rotating ``server.invite_secret`` revokes every invitation at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import re
+from urllib.parse import quote
+
+from refresher.domain import Clock, RefresherError, from_epoch
+
+# A domain separator, so an invitation MAC can never be replayed as some other HMAC the project makes
+# with the same secret.
+_CONTEXT = b"refresher-invite-v1\x00"
+_TOKEN = re.compile(r"^([0-9a-z]{1,12})\.([A-Za-z0-9_-]{43})$")
+MIN_SECRET_LENGTH = 16
+
+
+class InviteError(RefresherError):
+    """An invitation that does not open the door. ``kind``: ``malformed`` | ``expired`` | ``invalid``."""
+
+    error_class = "invite"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message, code=kind)
+        self.kind = kind
+
+
+def _mac(secret: str, app: str, expires: int) -> str:
+    if len(secret) < MIN_SECRET_LENGTH:
+        # Said without the value: the message may reach a terminal or a log.
+        raise InviteError("config", f"server.invite_secret must be at least {MIN_SECRET_LENGTH} characters")
+    message = _CONTEXT + app.encode("utf-8") + b"\x00" + str(expires).encode("ascii")
+    digest = hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if number == 0:
+            return out
+
+
+def make_invite(app: str, ttl: dt.timedelta, *, secret: str, clock: Clock) -> str:
+    """A URL-safe invitation token for ``app`` that stops working after ``ttl``."""
+    if ttl <= dt.timedelta(0):
+        raise InviteError("malformed", "an invitation's lifetime must be positive (e.g. --ttl 7d)")
+    expires = int((clock.now() + ttl).timestamp())
+    return f"{_base36(expires)}.{_mac(secret, app, expires)}"
+
+
+def check_invite(token: str, app: str, *, secret: str, clock: Clock) -> dt.datetime:
+    """Return the invitation's expiry, or raise :class:`InviteError` saying why it is refused.
+
+    The signature is checked before the expiry, so a forged token is never reported as merely expired.
+    """
+    match = _TOKEN.match(token or "")
+    if match is None:
+        raise InviteError("malformed", "the invitation link is damaged (copy the whole URL)")
+    expires = int(match.group(1), 36)
+    if not hmac.compare_digest(match.group(2), _mac(secret, app, expires)):
+        raise InviteError("invalid", f"the invitation link is not valid for app {app!r}")
+    expires_at = from_epoch(expires)
+    if expires_at <= clock.now():
+        raise InviteError(
+            "expired", f"the invitation link expired at {expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one"
+        )
+    return expires_at
+
+
+def invite_url(public_url: str, app: str, token: str) -> str:
+    """The link a seller opens: the daemon's connect page with the invitation attached."""
+    return f"{public_url.rstrip('/')}/connect/{quote(app, safe='')}?invite={token}"

@@ -1,0 +1,206 @@
+"""The flow functions of refresher.onboarding on real stores (SQLite file and PostgreSQL) and the real
+sandbox, without the daemon; plus the pure helpers (allowlist, loopback check, callback parsing)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+
+from refresher import platforms as registry
+from refresher.domain import AuthorizationDenied, ConfigError, FakeClock
+from refresher.onboarding import (
+    MissingCode,
+    StateError,
+    begin,
+    complete,
+    complete_flow,
+    is_loopback_http,
+    parse_callback,
+    return_to_allowed,
+    take_state,
+)
+from refresher.platforms.base import Platform, make_http_client
+from refresher.sandbox import SandboxServer
+from refresher.store.sql import SqlStore
+from tests.onboarding_support import config_text, free_port, register_redirect, settings_from
+
+T0 = dt.datetime(2026, 5, 1, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqlStore]:
+    """A real store: a SQLite file, or a fresh schema on the test PostgreSQL (skipped if unreachable)."""
+    from tests.test_store import pg_schema
+
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/tokens.db" if request.param == "sqlite" else stack.enter_context(pg_schema())
+        s = SqlStore(url, clock=clock)
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
+
+
+@pytest.fixture
+async def sandbox(clock: FakeClock) -> AsyncIterator[SandboxServer]:
+    async with SandboxServer(clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    client = make_http_client(timeout=5)
+    yield client
+    await client.aclose()
+
+
+def plugin(sandbox: SandboxServer, name: str, http: httpx.AsyncClient, clock: FakeClock) -> Platform:
+    port = free_port()
+    settings = settings_from(config_text(sandbox, port, Path("/nonexistent/unused.db")))
+    app = settings.apps[name]
+    register_redirect(sandbox, name, app.redirect_uri or "")
+    return registry.get(app.platform)(app, http=http, clock=clock)
+
+
+async def test_begin_stores_a_single_use_state_with_pkce_where_supported(
+    store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    tiktok = plugin(sandbox, "tiktok", http, clock)
+    url, state = await begin("tiktok", tiktok, store, clock, ttl=dt.timedelta(minutes=5), return_to="https://x/y")
+    assert dict(parse_qsl(urlsplit(url).query))["state"] == state.state
+    assert state.pkce_verifier and state.expires_at == clock.now() + dt.timedelta(minutes=5)
+    assert "code_challenge=" in url and state.pkce_verifier not in url
+    lazada = plugin(sandbox, "lazada", http, clock)
+    _, plain = await begin("lazada", lazada, store, clock)
+    assert plain.pkce_verifier is None
+    taken = await take_state("tiktok", store, clock, state.state)
+    assert (taken.return_to, taken.pkce_verifier) == ("https://x/y", state.pkce_verifier)
+    with pytest.raises(StateError) as caught:
+        await take_state("tiktok", store, clock, state.state)
+    assert caught.value.kind == "reused"
+
+
+async def test_each_state_refusal_has_its_own_kind(
+    store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    shopee = plugin(sandbox, "shopee", http, clock)
+    kinds = {}
+    for label in ("missing", "unknown", "wrong_app", "expired"):
+        _, state = await begin("shopee", shopee, store, clock, ttl=dt.timedelta(minutes=1))
+        value = {"missing": "", "unknown": state.state + "x"}.get(label, state.state)
+        if label == "expired":
+            clock.advance(61)
+        app = "other" if label == "wrong_app" else "shopee"
+        with pytest.raises(StateError) as caught:
+            await take_state(app, store, clock, value)
+        kinds[label] = caught.value.kind
+        assert caught.value.message and state.state not in str(caught.value)
+    assert kinds == {"missing": "missing", "unknown": "unknown", "wrong_app": "wrong_app", "expired": "expired"}
+
+
+async def test_complete_exchanges_and_upserts_every_grant_in_place(
+    store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    shopee = plugin(sandbox, "shopee", http, clock)
+    url, _ = await begin("shopee", shopee, store, clock)
+    params = await sandbox.approve(url, **{"as": "main", "shops": "3", "merchants": "2"})
+    accounts = await complete("shopee", shopee, store, clock, params)
+    assert len(accounts) == 5 and len({a.id for a in accounts}) == 5
+    main_id = params["main_account_id"]
+    url, _ = await begin("shopee", shopee, store, clock)
+    again = await complete_flow(
+        "shopee", shopee, store, clock, await sandbox.approve(url, **{"as": "main", "id": main_id})
+    )
+    assert sorted(a.id for a in again.accounts) == sorted(a.id for a in accounts)
+    assert await store.count(app="shopee") == 5
+
+
+async def test_denial_and_missing_code(
+    store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    tiktok = plugin(sandbox, "tiktok", http, clock)
+    url, state = await begin("tiktok", tiktok, store, clock)
+    params = await sandbox.deny(url)
+    with pytest.raises(AuthorizationDenied):
+        await complete("tiktok", tiktok, store, clock, params)
+    # The denied flow's state is spent.
+    assert await store.consume_state(state.state) is None
+    _, state = await begin("tiktok", tiktok, store, clock)
+    with pytest.raises(MissingCode):
+        await complete("tiktok", tiktok, store, clock, {"state": state.state})
+
+
+async def test_begin_without_a_redirect_uri_is_a_config_error(
+    store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    lazada = plugin(sandbox, "lazada", http, clock)
+    lazada.app = lazada.app.model_copy(update={"redirect_uri": None})
+    with pytest.raises(ConfigError, match=r"apps\.lazada\.redirect_uri is not set"):
+        await begin("lazada", lazada, store, clock)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://erp.example.com/oauth/done", True),
+        ("https://erp.example.com/oauth/done?x=1", True),
+        ("https://ERP.example.com/oauth/", True),
+        ("https://erp.example.com/oauthx", False),
+        ("https://erp.example.com/", False),
+        ("http://erp.example.com/oauth/done", False),
+        ("https://erp.example.com.evil.test/oauth/done", False),
+        ("https://evil.test/?https://erp.example.com/oauth/", False),
+        ("https://a@erp.example.com/oauth/done", False),
+        ("https://erp.example.com\\@evil.test/oauth/", False),
+        ("javascript:alert(1)//https://erp.example.com/oauth/", False),
+        ("//erp.example.com/oauth/done", False),
+        ("", False),
+        ("https://app.example.net/anything", True),
+    ],
+)
+def test_return_to_allowlist_matches_origin_and_path(url: str, ok: bool) -> None:
+    assert return_to_allowed(url, ["https://erp.example.com/oauth/", "https://app.example.net"]) is ok
+
+
+def test_loopback_and_callback_parsing() -> None:
+    assert is_loopback_http("http://127.0.0.1:3017/callback")
+    assert is_loopback_http("http://localhost:3017/cb")
+    assert is_loopback_http("http://[::1]:3017/cb")
+    assert not is_loopback_http("https://127.0.0.1:3017/callback")
+    assert not is_loopback_http("http://10.0.0.1:3017/callback")
+    assert not is_loopback_http("http://localhost.evil.test/callback")
+    expected = {"code": "a*b!", "state": "s"}
+    assert parse_callback("http://127.0.0.1:3017/cb?code=a%2Ab%21&state=s") == expected
+    assert parse_callback("?code=a%2Ab%21&state=s") == expected
+    assert parse_callback("  code=a%2Ab%21&state=s\n") == expected
+
+
+def test_result_pages_escape_what_the_platform_sent_and_show_no_token() -> None:
+    from refresher.domain import AccountStatus, Identity, TokenSet, TransientError
+    from refresher.server.onboarding import failure_page, granted_page
+    from refresher.store.base import Account
+
+    now = T0
+    tokens = TokenSet("ACCESS-" + "a" * 30, "REFRESH-" + "r" * 30, now + dt.timedelta(hours=4), None, ("x<y>",))
+    identity = Identity("shop:1", "shop", "1", name='<script>alert("x")</script>', region="S&G")
+    account = Account(1, "app", "shopee", "shop:1", identity, AccountStatus.ACTIVE, tokens)
+    body = bytes(granted_page("app", [account], now).body).decode()
+    assert "<script>" not in body and "&lt;script&gt;" in body and "S&amp;G" in body and "x&lt;y&gt;" in body
+    assert tokens.access_token not in body and tokens.refresh_token not in body
+    assert "2026-05-01 12:00 UTC (in 4h)" in body
+    failed = failure_page(TransientError("upstream said <b>no</b> SECRETVALUE1", code="e<1>"), ["SECRETVALUE1"])
+    text = bytes(failed.body).decode()
+    assert failed.status_code == 502
+    assert "SECRETVALUE1" not in text and "<b>" not in text and "e&lt;1&gt;" in text
