@@ -197,6 +197,7 @@ class Daemon:
         expiring = await self.store.accounts_refresh_expiring(app, now + self.settings.alerts.reauth_warning)
         if expiring:
             await self.alerts.check_expiring(expiring)
+        await self.alerts.remind(app)  # needs_reauth accounts get no more refresh events to repeat on
         for status in AccountStatus:
             self.metrics.set_accounts(app, str(status), await self.store.count(app=app, status=status))
         earliest = await self.store.earliest_expiry(app)

@@ -6,9 +6,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -516,7 +518,7 @@ async def test_no_secret_in_alarms_or_logs(
     receiver: Receiver, make_policy: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from refresher.config import LoggingSettings
-    from refresher.logging import configure_logging, register_secrets
+    from refresher.logging import configure_logging, register_secrets, reset_logging
 
     configure_logging(LoggingSettings(level="debug"), secrets=[CHANNEL_SECRET])
     try:
@@ -542,9 +544,7 @@ async def test_no_secret_in_alarms_or_logs(
         assert "delivery.failed" in output  # the dead channel was logged ...
         assert CHANNEL_SECRET not in output and LEAKED_TOKEN not in output  # ... without its secret
     finally:
-        import structlog
-
-        structlog.reset_defaults()
+        reset_logging()
 
 
 def test_alarm_message_text_and_json() -> None:
@@ -571,3 +571,129 @@ def test_alarm_message_text_and_json() -> None:
     json.dumps(data)  # plain JSON types only
     resolved = dataclasses.replace(message, kind="resolved")
     assert resolved.title().startswith("[refresher] RESOLVED") and "Error:" not in resolved.text()
+
+
+# ------------------------------------------------------------------------------------- replicas
+
+PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A store URL on the real PostgreSQL, its tables in a throwaway schema."""
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable ({type(exc).__name__}); set REFRESHER_TEST_PG_URL")
+    schema = f"alerts_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.postgres
+async def test_two_replicas_share_dedupe_state(receiver: Receiver, pg_url: str) -> None:
+    clock = FakeClock(T0)
+    stores = [open_store(StoreSettings(url=pg_url), clock) for _ in range(2)]
+    dispatcher = Dispatcher(initial_delay=0.01, max_delay=0.05)
+    await dispatcher.start()
+    try:
+        for s in stores:
+            await s.open()
+        settings = AlertSettings(after_failures=1, delivery_attempts=1)
+        a, b = (
+            AlertPolicy(settings, s, [webhook(receiver)], clock, reauth_link=lambda *_: None, dispatcher=dispatcher)
+            for s in stores
+        )
+        await a.observe(event(failures=1))
+        await b.observe(event(failures=2))  # the other replica sees the open alarm: no second message
+        await b.observe(event("success"))  # and it may resolve what replica A opened
+        await a.observe(event("success"))
+        assert await dispatcher.drain(10)
+        assert [r.json()["kind"] for r in receiver.wait_for(2)] == ["alarm", "resolved"]
+    finally:
+        await dispatcher.aclose(grace=1)
+        for s in stores:
+            await s.close()
+
+
+async def test_reauth_alarm_is_repeated_and_resolved_by_reauthorization(
+    receiver: Receiver, make_policy: Any, store: Any
+) -> None:
+    from refresher.domain import Grant
+
+    key = "shop:1001"
+    tokens = account(key, dt.timedelta(days=30)).tokens
+    assert tokens is not None
+    grant = Grant(Identity(key, "shop", "1001", name="Demo Shop"), tokens)
+    await store.upsert_grant("shopee-sg", "shopee", grant)
+    await store.set_status("shopee-sg", key, AccountStatus.NEEDS_REAUTH)
+    h = await make_policy([webhook(receiver)], repeat_every="12h")
+    await h.policy.observe(event(failures=1, error_class="reauth_required", status=AccountStatus.NEEDS_REAUTH))
+    await h.policy.remind("shopee-sg")  # just sent: nothing to repeat yet
+    await h.settle()
+    assert len(receiver.wait_for(1)) == 1
+
+    h.clock.advance(dt.timedelta(hours=12))  # no refresh event comes for a needs_reauth account ...
+    await h.policy.remind("shopee-sg")  # ... so the sweep's follow-up repeats the alarm
+    await h.settle()
+    second = receiver.wait_for(2)[1].json()
+    assert (second["kind"], second["cause"]) == ("alarm", "reauth_required")
+    assert second["reauth_url"].endswith("account=shop:1001")
+
+    await store.upsert_grant("shopee-sg", "shopee", grant)  # the seller re-authorized: active again
+    await h.policy.remind("shopee-sg")
+    await h.policy.remind("shopee-sg")
+    await h.settle()
+    assert [r.json()["kind"] for r in receiver.wait_for(3)] == ["alarm", "alarm", "resolved"]
+    assert await store.open_alarms("shopee-sg") == []
+
+
+def test_unusable_channels_are_named_without_their_url(capsys: pytest.CaptureFixture[str]) -> None:
+    from refresher.alerts import channel_problems
+    from refresher.config import LoggingSettings
+    from refresher.logging import configure_logging, reset_logging
+
+    settings = AlertSettings.model_validate(
+        {
+            "channels": [
+                {"type": "apprise", "name": "typo", "url": "wecomm://robotkey-0123456789abcdef"},
+                {"type": "webhook", "name": "ftp", "url": "ftp://host/x"},
+                {"type": "apprise", "name": "ok", "url": "json://127.0.0.1:9/"},
+            ]
+        }
+    )
+    problems = channel_problems(settings)
+    assert problems == [
+        "alerts.channels.0.url: apprise does not understand the URL of channel 'typo' "
+        "(unknown service or malformed; WeCom robots are wecombot://, Telegram is tgram://)",
+        "alerts.channels.1.url: channel 'ftp' needs an http:// or https:// URL",
+    ]
+    configure_logging(LoggingSettings())
+    try:
+        channels = build_channels(settings)
+        err = capsys.readouterr().err
+    finally:
+        reset_logging()
+    assert [c.name for c in channels] == ["ok"]
+    assert err.count("alert.channel_unusable") == 2
+    assert "robotkey-0123456789abcdef" not in err
+
+
+async def test_alarms_of_deleted_accounts_close_quietly(receiver: Receiver, make_policy: Any, store: Any) -> None:
+    h = await make_policy([webhook(receiver)])
+    await h.policy.observe(event(failures=3, key="shop:gone"))  # never stored: as if deleted since
+    await h.settle()
+    assert len(receiver.wait_for(1)) == 1
+    assert [a.account_key for a in await store.open_alarms("shopee-sg")] == ["shop:gone"]
+    await h.policy.remind("shopee-sg")
+    await h.settle()
+    assert await store.open_alarms("shopee-sg") == []
+    assert len(receiver.requests) == 1  # closed without a message: nobody is left to act

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels, verify_signature
 from refresher.alerts.events import RefreshEvent
 from refresher.config import LoggingSettings, Settings, StoreSettings
 from refresher.domain import AccountStatus, ErrorInfo, FakeClock, Identity, TokenSet
-from refresher.logging import configure_logging, forget_secrets, register_secrets
+from refresher.logging import configure_logging, forget_secrets, register_secrets, reset_logging
 from refresher.metrics import Metrics
 from refresher.store.base import Account
 from refresher.store.sql import open_store
@@ -168,7 +167,7 @@ async def test_token_goes_only_to_the_success_hook(
         output = capsys.readouterr().err
     finally:
         await store.close()
-        structlog.reset_defaults()
+        reset_logging()
         forget_secrets()
 
     assert sorted(recorder.paths()) == ["/alarm", "/alarm", "/hook/fail", "/hook/ok"]
@@ -226,3 +225,28 @@ async def test_dead_hook_is_counted_and_reload_applies(recorder: Recorder, dispa
     await hooks.refreshed(fixed.apps["shopee-sg"], event("success"), account(), TOKENS)
     assert await dispatcher.drain(10)
     assert recorder.paths() == ["/hook/ok"]
+
+
+def test_cleartext_and_unusable_hook_urls_are_named(
+    recorder: Recorder, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "apps": {
+                "a": {"platform": "shopee", "on_success": {"url": "http://10.0.0.5/hook?key=" + HOOK_SECRET}},
+                "b": {"platform": "shopee", "on_success": {"url": "https://erp.example/hook"}},
+                "c": {"platform": "shopee", "on_success": {"url": "http://127.0.0.1:9/hook"}},
+                "d": {"platform": "shopee", "on_failure": {"url": "ftp://erp.example/x"}},
+            }
+        }
+    )
+    configure_logging(LoggingSettings())
+    try:
+        HookDispatcher(settings, dispatcher=dispatcher)
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        reset_logging()
+        forget_secrets()
+    found = {(line["event"], line["where"]) for line in lines}
+    assert found == {("hook.cleartext", "apps.a.on_success.url"), ("hook.unusable", "apps.d.on_failure.url")}
+    assert HOOK_SECRET not in json.dumps(lines)

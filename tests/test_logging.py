@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from refresher.config import LoggingSettings
 from refresher.logging import (
@@ -21,7 +23,9 @@ from refresher.logging import (
     configure_logging,
     forget_secrets,
     redact_text,
+    redact_value,
     register_secrets,
+    reset_logging,
 )
 
 ACCESS = "ROW_accessTokenValue_0123456789"
@@ -39,7 +43,7 @@ def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[
         return [json.loads(line) for line in err.splitlines() if line.strip()]
 
     yield read
-    structlog.reset_defaults()
+    reset_logging()
     forget_secrets()
 
 
@@ -135,7 +139,7 @@ def test_console_format_is_readable_and_redacted(capsys: pytest.CaptureFixture[s
         structlog.get_logger("t").info("refresh", token_value=ACCESS, app="tts-a")
         err = capsys.readouterr().err
     finally:
-        structlog.reset_defaults()
+        reset_logging()
         forget_secrets()
     assert "refresh" in err and "app=tts-a" in err
     assert ACCESS not in err
@@ -196,3 +200,28 @@ def test_full_process_output_has_no_secret() -> None:
     ]
     assert "ZeroDivisionError" in lines[2]["exception"]
     assert ACCESS not in proc.stderr and PARTNER_KEY not in proc.stderr
+
+
+_TOKEN_CHARS = st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_.~+/=:")
+
+
+@given(
+    secrets=st.lists(st.text(_TOKEN_CHARS, min_size=6, max_size=40), min_size=1, max_size=5),
+    filler=st.lists(st.text(_TOKEN_CHARS | st.sampled_from(" ,;\"'&?{}[]"), max_size=12), min_size=1, max_size=6),
+)
+def test_no_registered_secret_survives_any_surrounding(secrets: list[str], filler: list[str]) -> None:
+    """Whatever text surrounds them, and however secrets overlap, none comes out whole."""
+    pool = _SecretSet()
+    pool.add(secrets)
+    text = "".join(f + s for f, s in zip(filler * len(secrets), secrets, strict=False)) + filler[-1]
+    out = pool.redact(text)
+    for secret in secrets:
+        assert secret not in out
+
+
+def test_secret_in_a_mapping_key_is_redacted() -> None:
+    register_secrets([ACCESS])
+    try:
+        assert redact_value({ACCESS: 1, "nested": {"k": [ACCESS]}}) == {REDACTED: 1, "nested": {"k": [REDACTED]}}
+    finally:
+        forget_secrets()

@@ -1,0 +1,267 @@
+"""When to alarm, when to repeat, when to say "resolved".
+
+Dedupe state lives in the store (one :class:`~refresher.store.base.Alarm` per app, account and cause), so
+it survives a restart and is shared by replicas. Sending goes through the :class:`Dispatcher`: ``observe``
+touches the store but never waits for a channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from refresher.alerts.channels import Channel
+from refresher.alerts.dispatcher import Dispatcher
+from refresher.alerts.events import AlarmMessage, RefreshEvent
+from refresher.config import AlertSettings
+from refresher.domain import AccountStatus, Clock
+from refresher.logging import redact_text
+from refresher.store.base import Account, Alarm, Store
+
+log = structlog.get_logger("refresher.alerts")
+
+FAILURES = "failures"
+REAUTH_REQUIRED = "reauth_required"
+CONFIG_ERROR = "config_error"
+REFRESH_EXPIRING = "refresh_expiring"
+# A successful refresh proves these wrong; an expiring refresh token is only fixed by re-authorization.
+_RESOLVED_BY_SUCCESS = (FAILURES, REAUTH_REQUIRED, CONFIG_ERROR)
+
+ReauthLink = Callable[[str, str], "str | None"]
+
+
+class AlertPolicy:
+    """Turns refresh events into alarms, reminders and all-clears, deduplicated through the store."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        store: Store,
+        channels: Sequence[Channel],
+        clock: Clock,
+        *,
+        reauth_link: ReauthLink,
+        dispatcher: Dispatcher,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.channels = list(channels)
+        self.clock = clock
+        self.reauth_link = reauth_link
+        self.dispatcher = dispatcher
+
+    def apply_settings(self, settings: AlertSettings, channels: Sequence[Channel]) -> None:
+        """A config reload: new thresholds and channels for every later message."""
+        self.settings = settings
+        self.channels = list(channels)
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    async def observe(self, event: RefreshEvent) -> None:
+        """Alarm on a failure that needs a human; resolve open alarms on success."""
+        if event.outcome == "success":
+            await self._resolve(event)
+            return
+        if event.outcome != "failure":
+            return
+        cause = self.cause_of(event)
+        if cause is not None:
+            await self._raise(event.app, event.account_key, cause, self._message("alarm", cause, event))
+
+    def cause_of(self, event: RefreshEvent) -> str | None:
+        """Which alarm a failed refresh calls for, if any yet."""
+        error_class = event.error.error_class if event.error else None
+        if error_class == REAUTH_REQUIRED or event.status == AccountStatus.NEEDS_REAUTH:
+            return REAUTH_REQUIRED  # only the seller can fix it: at once
+        if error_class == CONFIG_ERROR:
+            return CONFIG_ERROR  # only the operator can fix it: at once
+        if event.consecutive_failures >= self.settings.after_failures:
+            return FAILURES
+        return None
+
+    async def check_expiring(self, accounts: Sequence[Account]) -> None:
+        """Warn (again every ``repeat_every``) of refresh tokens expiring within ``reauth_warning``."""
+        now = self.clock.now()
+        horizon = now + self.settings.reauth_warning
+        for account in accounts:
+            tokens = account.tokens
+            if tokens is None or tokens.refresh_expires_at is None or tokens.refresh_expires_at > horizon:
+                continue
+            message = AlarmMessage(
+                kind="reauth_soon",
+                cause=REFRESH_EXPIRING,
+                app=account.app,
+                platform=account.platform,
+                account_key=account.key,
+                account_name=account.identity.name,
+                at=now,
+                consecutive_failures=account.consecutive_failures,
+                access_expires_at=tokens.access_expires_at,
+                refresh_expires_at=tokens.refresh_expires_at,
+                reauth_url=self._link(account.app, account.key),
+            )
+            await self._raise(account.app, account.key, REFRESH_EXPIRING, message)
+
+    async def remind(self, app: str) -> None:
+        """Follow up open alarms that no refresh event will ever revisit (run after each sweep).
+
+        An account in ``needs_reauth`` is no longer refreshed, so ``observe`` never sees it again: this
+        repeats its alarm every ``repeat_every``, and says "resolved" as soon as a re-authorization made
+        it active again (without waiting for its next refresh, which may be hours away). Alarms of
+        deleted or disabled accounts are closed quietly: nobody is left to act on them.
+        """
+        try:
+            alarms = await self.store.open_alarms(app)
+        except Exception:  # reminders wait for the next sweep
+            log.exception("alert.state_unavailable", app=app)
+            return
+        for alarm in alarms:
+            try:
+                await self._follow_up(app, alarm)
+            except Exception:  # one broken row must not stop the others' reminders
+                log.exception("alert.state_unavailable", app=app, account=alarm.account_key)
+
+    async def _follow_up(self, app: str, alarm: Alarm) -> None:
+        account = await self.store.get(app, alarm.account_key)
+        now = self.clock.now()
+        if account is None or account.status == AccountStatus.DISABLED:
+            await self.store.put_alarm(dataclasses.replace(alarm, resolved_at=now))
+            return
+        if alarm.cause != REAUTH_REQUIRED:
+            return  # the account is still refreshed: observe() repeats or resolves these
+        if account.status == AccountStatus.ACTIVE:
+            await self.store.put_alarm(dataclasses.replace(alarm, resolved_at=now))
+            log.info("alert", kind="resolved", cause=alarm.cause, app=app, account=alarm.account_key)
+            self._send(self._account_message("resolved", REAUTH_REQUIRED, account, now))
+            return
+        message = self._account_message("alarm", REAUTH_REQUIRED, account, now)
+        await self._raise(app, account.key, REAUTH_REQUIRED, message)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _account_message(self, kind: str, cause: str, account: Account, now: dt.datetime) -> AlarmMessage:
+        error = account.last_error
+        tokens = account.tokens
+        return AlarmMessage(
+            kind=kind,
+            cause=cause,
+            app=account.app,
+            platform=account.platform,
+            account_key=account.key,
+            account_name=account.identity.name,
+            at=now,
+            error_class=error.error_class if error and kind != "resolved" else None,
+            error_code=error.code if error and kind != "resolved" else None,
+            error_message=redact_text(error.message) if error and kind != "resolved" else None,
+            request_id=error.request_id if error and kind != "resolved" else None,
+            consecutive_failures=account.consecutive_failures,
+            access_expires_at=tokens.access_expires_at if tokens else None,
+            refresh_expires_at=tokens.refresh_expires_at if tokens else None,
+            reauth_url=self._link(account.app, account.key) if kind != "resolved" else None,
+        )
+
+    def _link(self, app: str, key: str) -> str | None:
+        try:
+            return self.reauth_link(app, key)
+        except Exception:
+            log.exception("alert.reauth_link_failed", app=app, account=key)
+            return None
+
+    def _message(self, kind: str, cause: str, event: RefreshEvent) -> AlarmMessage:
+        error = event.error
+        needs_link = cause in (REAUTH_REQUIRED, REFRESH_EXPIRING) and kind != "resolved"
+        return AlarmMessage(
+            kind=kind,
+            cause=cause,
+            app=event.app,
+            platform=event.platform,
+            account_key=event.account_key,
+            account_name=event.account_name,
+            at=event.at,
+            error_class=error.error_class if error else None,
+            error_code=error.code if error else None,
+            # Error messages are built to be safe; redact anyway, an alarm leaves the process.
+            error_message=redact_text(error.message) if error else None,
+            request_id=error.request_id if error else None,
+            consecutive_failures=event.consecutive_failures,
+            access_expires_at=event.access_expires_at,
+            refresh_expires_at=event.refresh_expires_at,
+            reauth_url=self._link(event.app, event.account_key) if needs_link else None,
+        )
+
+    async def _raise(self, app: str, key: str, cause: str, message: AlarmMessage) -> None:
+        now = self.clock.now()
+        details = {
+            "kind": message.kind,
+            "error_class": message.error_class,
+            "error_code": message.error_code,
+            "request_id": message.request_id,
+            "consecutive_failures": message.consecutive_failures,
+        }
+        try:
+            current = await self.store.get_alarm(app, key, cause)
+            if current is not None and current.resolved_at is None:
+                last = current.last_sent_at
+                if last is not None and now - last < self.settings.repeat_every:
+                    return  # already told; the next reminder is due at last_sent_at + repeat_every
+                alarm = dataclasses.replace(current, last_sent_at=now, details=details)
+            else:
+                alarm = Alarm(app, key, cause, now, last_sent_at=now, resolved_at=None, details=details)
+            # Persist first: a crash after this loses one message, never causes a storm of repeats.
+            await self.store.put_alarm(alarm)
+        except Exception:
+            log.exception("alert.state_unavailable", app=app, account=key, cause=cause)
+        log.warning(
+            "alert",
+            kind=message.kind,
+            cause=cause,
+            app=app,
+            account=key,
+            error_class=message.error_class,
+            error_code=message.error_code,
+            request_id=message.request_id,
+            consecutive_failures=message.consecutive_failures,
+        )
+        self._send(message)
+
+    async def _resolve(self, event: RefreshEvent) -> None:
+        try:
+            open_alarms = [
+                a
+                for a in await self.store.open_alarms(event.app)
+                if a.account_key == event.account_key and a.resolved_at is None
+            ]
+        except Exception:
+            log.exception("alert.state_unavailable", app=event.app, account=event.account_key)
+            return
+        if not open_alarms:
+            return
+        now = self.clock.now()
+        horizon = now + self.settings.reauth_warning
+        for alarm in open_alarms:
+            if alarm.cause == REFRESH_EXPIRING:
+                # Resolved only once the refresh token reaches past the warning window (a re-authorization).
+                if event.refresh_expires_at is not None and event.refresh_expires_at <= horizon:
+                    continue
+            elif alarm.cause not in _RESOLVED_BY_SUCCESS:
+                continue
+            try:
+                await self.store.put_alarm(dataclasses.replace(alarm, resolved_at=now))
+            except Exception:
+                log.exception("alert.state_unavailable", app=event.app, account=event.account_key)
+                continue
+            log.info("alert", kind="resolved", cause=alarm.cause, app=event.app, account=event.account_key)
+            self._send(self._message("resolved", alarm.cause, event))
+
+    def _send(self, message: AlarmMessage) -> None:
+        for channel in self.channels:
+            self.dispatcher.submit(
+                "alert",
+                channel.name,
+                functools.partial(channel.send, message),
+                attempts=self.settings.delivery_attempts,
+            )

@@ -1,0 +1,344 @@
+"""structlog setup and the redaction processor.
+
+Every log line, whether it comes from structlog or from a stdlib logger (uvicorn, apscheduler, httpx,
+alembic, apprise), goes through one pipeline that ends in :func:`redact_processor`. Redaction works three
+ways, because a secret can hide anywhere:
+
+* by value: every secret handed to :func:`register_secrets` (config secrets, every token we read or
+  receive) is replaced by ``***`` wherever it occurs in any string of the event, nested or not,
+  including exception text and tracebacks;
+* by key: the value of a key named like a secret (``access_token``, ``sign``, ``password`` …) is
+  replaced whatever it is;
+* by shape: query parameters and ``name=value`` pairs with secret names inside free text, and
+  ``Bearer …`` credentials.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from refresher.config import LoggingSettings
+
+REDACTED = "***"
+MIN_SECRET_LENGTH = 6  # shorter values ("1", "true", an id) would redact half of every line
+MAX_SECRETS = 100_000  # a daemon registers two tokens per refresh: keep the newest, forget the oldest
+
+# Keys whose values are secrets whatever they hold (compared lowercased, "-" read as "_").
+SECRET_KEYS = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "partner_key",
+        "app_secret",
+        "client_secret",
+        "secret",
+        "authorization",
+        "proxy_authorization",
+        "sign",
+        "signature",
+        "x_refresher_signature",
+        "password",
+        "passwd",
+        "token",
+        "code",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "cookie",
+        "set_cookie",
+        "encryption_keys",
+        "admin_token",
+        "invite_secret",
+        "code_verifier",
+        "pkce_verifier",
+    }
+)
+_SECRET_SUFFIXES = ("_token", "_secret", "_password")
+
+# In free text: query parameters with a secret name (?access_token=… / &sign=…).
+_QUERY_PARAM = re.compile(
+    r"(?i)([?&;](?:access_token|refresh_token|id_token|partner_key|app_secret|client_secret|secret|"
+    r"authorization|sign|signature|password|token|code|api_key|apikey|code_verifier)=)[^&#\s\"'<>]*"
+)
+# In free text: name=value / "name": "value" for names that are never anything but secrets. ("code" and
+# "sign" are left to the query form: "code=invalid_grant" in an error message is an error code.)
+_NAMED_PAIR = re.compile(
+    r"(?i)\b((?:access_token|refresh_token|id_token|partner_key|app_secret|client_secret|password|"
+    r"code_verifier)[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,;}<>]+"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+
+
+class _SecretSet:
+    """A bounded, thread-safe set of secret strings that can be found anywhere inside a text.
+
+    Secrets are indexed by their first :data:`MIN_SECRET_LENGTH` characters and then by length, so
+    scanning a text costs one dictionary look-up per character, plus one set look-up per distinct
+    secret length on a hit, whatever the number of secrets. (A regex alternation of 100k tokens would be
+    recompiled on every refresh; and many tokens share a prefix, e.g. Lazada's numeric ones.)
+    """
+
+    def __init__(self, limit: int = MAX_SECRETS) -> None:
+        self._limit = limit
+        self._order: dict[str, None] = {}  # insertion-ordered: the oldest is evicted first
+        self._index: dict[str, dict[int, set[str]]] = {}  # prefix -> length -> secrets
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._order
+
+    def add(self, values: Iterable[str | None]) -> None:
+        with self._lock:
+            for value in values:
+                if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+                    continue
+                if value in self._order:
+                    # Seen again: move it to the newest end so an active token is never evicted.
+                    del self._order[value]
+                    self._order[value] = None
+                    continue
+                self._order[value] = None
+                by_length = self._index.setdefault(value[:MIN_SECRET_LENGTH], {})
+                by_length.setdefault(len(value), set()).add(value)
+                while len(self._order) > self._limit:
+                    self._evict(next(iter(self._order)))
+
+    def _evict(self, oldest: str) -> None:
+        del self._order[oldest]
+        prefix = oldest[:MIN_SECRET_LENGTH]
+        by_length = self._index.get(prefix, {})
+        bucket = by_length.get(len(oldest), set())
+        bucket.discard(oldest)
+        if not bucket:
+            by_length.pop(len(oldest), None)
+        if not by_length:
+            self._index.pop(prefix, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._order.clear()
+            self._index.clear()
+
+    def redact(self, text: str) -> str:
+        if len(text) < MIN_SECRET_LENGTH or not self._index:
+            return text
+        with self._lock:
+            index = self._index
+            width = MIN_SECRET_LENGTH
+            # The common case is no secret at all: find candidate positions in one comprehension (several
+            # times faster than a Python-level scan loop) and return the text untouched when none.
+            hits = [i for i in range(len(text) - width + 1) if text[i : i + width] in index]
+            if not hits:
+                return text
+            out: list[str] = []
+            start = 0
+            for i in hits:
+                if i < start:
+                    continue  # inside a secret already replaced
+                by_length = index[text[i : i + width]]
+                # Longest first, so a secret that extends another is replaced whole.
+                for length in sorted(by_length, reverse=True):
+                    if text[i : i + length] in by_length[length]:
+                        out.append(text[start:i])
+                        out.append(REDACTED)
+                        start = i + length
+                        break
+        if not out:
+            return text
+        out.append(text[start:])
+        return "".join(out)
+
+
+_SECRETS = _SecretSet()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Add values to the process-wide redaction set (None, empty and very short values are ignored)."""
+    _SECRETS.add(values)
+
+
+def forget_secrets() -> None:
+    """Empty the redaction set (tests only: a daemon never forgets a secret on purpose)."""
+    _SECRETS.clear()
+
+
+def registered_secret_count() -> int:
+    return len(_SECRETS)
+
+
+def is_secret_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    name = key.lower().replace("-", "_")
+    return name in SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
+
+
+def redact_text(text: str) -> str:
+    """Remove every registered secret and every secret-shaped pair from one string."""
+    text = _SECRETS.redact(text)
+    if "=" in text or ":" in text:
+        text = _QUERY_PARAM.sub(rf"\1{REDACTED}", text)
+        text = _NAMED_PAIR.sub(rf"\1{REDACTED}", text)
+    if " " in text:
+        text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    return text
+
+
+def redact_value(value: Any) -> Any:
+    """Redact any value: strings, mappings (by key too), sequences, exceptions; other objects by their text.
+
+    The result only holds JSON-friendly types, so no ``repr`` of an unknown object can slip a secret
+    past the redactor inside the renderer.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            # Keys too: a dict keyed by token (a cache, a batch result) must not leak through its keys.
+            redact_text(str(k)): (REDACTED if is_secret_key(k) and v not in (None, "") else redact_value(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}")
+    if isinstance(value, bytes):
+        return redact_text(value.decode("utf-8", "replace"))
+    return redact_text(str(value))
+
+
+_OWN_KEYS = frozenset({"timestamp", "level", "logger"})
+
+
+def redact_processor(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """The structlog processor: every key and value of the event, however deep."""
+    for key in list(event_dict):
+        value = event_dict[key]
+        if key.startswith("_") or key in _OWN_KEYS:  # plumbing, or values our own processors wrote
+            continue
+        if is_secret_key(key) and value not in (None, ""):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = redact_value(value)
+    return event_dict
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Chatty libraries: httpx logs every request URL at INFO (query strings may hold tokens; redaction
+# catches them, but there is no reason to emit them at all), apprise logs its service URLs.
+_QUIET = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "apprise": logging.WARNING}
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (so a swapped stream is honoured)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Exceptions become text *before* redaction, so tracebacks are redacted like any string.
+        structlog.processors.format_exc_info,
+        structlog.processors.UnicodeDecoder(),
+    ]
+
+
+def _drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    # uvicorn duplicates each message with ANSI colours in an extra field.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
+    """Send every log line (structlog and stdlib) through redaction to stderr, as JSON lines or for humans.
+
+    Safe to call again (a config reload): the previous handler is replaced, not stacked.
+    """
+    register_secrets(secrets)
+    level = _LEVELS[settings.level]
+    renderer: Processor
+    if settings.format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: module-level loggers must follow a reload that changes level or format.
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _drop_color_message],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact_processor,
+            renderer,
+        ],
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # (Not "sqlalchemy": it pins its own logger to WARNING on import, and inheriting INFO would log SQL.)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler", "alembic"):
+        lib = logging.getLogger(name)
+        # Their records reach the root handler (and only it): no second, unredacted copy.
+        lib.handlers.clear()
+        lib.propagate = True
+        lib.setLevel(logging.NOTSET)
+    for name, quiet in _QUIET.items():
+        logging.getLogger(name).setLevel(max(quiet, level))
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (tests, embedding): structlog defaults, our handler removed."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)

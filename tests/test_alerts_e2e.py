@@ -1,0 +1,182 @@
+"""Alarms end to end: the daemon's own tick against the sandbox on a real port, a real SQLite store and a
+real webhook receiver. Only time is simulated (a FakeClock shared by the daemon and the sandbox)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from refresher import platforms
+from refresher.alerts import verify_signature
+from refresher.config import LoggingSettings, parse_config
+from refresher.daemon import Daemon
+from refresher.domain import AccountStatus, FakeClock
+from refresher.logging import configure_logging, forget_secrets, reset_logging
+from refresher.sandbox import SandboxServer
+
+SECRET = "e2e-webhook-secret-0123456789"
+PUBLIC = "https://tokens.example.com"
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.bodies: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                outer.bodies.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alarms"
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message received so far, each checked for a valid, fresh signature."""
+        out = []
+        for headers, body in self.bodies:
+            assert verify_signature(
+                SECRET, headers["x-refresher-timestamp"], body, headers["x-refresher-signature"], time.time()
+            )
+            out.append(json.loads(body))
+        return out
+
+
+@dataclass
+class World:
+    daemon: Daemon
+    sandbox: SandboxServer
+    clock: FakeClock
+    receiver: Receiver
+    key: str
+
+    async def sweep(self, minutes: float = 10) -> str:
+        """Move time on, run one tick of the app, let deliveries finish; the account's status after."""
+        self.clock.advance(dt.timedelta(minutes=minutes))
+        await self.daemon.tick("shopee")
+        assert await self.daemon.dispatcher.drain(10)
+        account = await self.daemon.store.get("shopee", self.key)
+        assert account is not None
+        return str(account.status)
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return [(m["kind"], m["cause"]) for m in self.receiver.messages()]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    yield rec
+    rec.server.shutdown()
+    rec.server.server_close()
+
+
+def dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+@pytest.fixture
+async def world(tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[World]:
+    clock = FakeClock(dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
+    async with SandboxServer(clock=clock, seed=3) as sandbox:
+        document = {
+            "store": {"url": f"sqlite:///{tmp_path / 'tokens.db'}"},
+            "server": {"enabled": False, "public_url": PUBLIC},
+            "logging": {"level": "info"},
+            "alerts": {
+                "after_failures": 2,
+                "delivery_attempts": 2,
+                "channels": [
+                    {"type": "webhook", "name": "ops", "url": receiver.url, "secret": SECRET},
+                    # A dead channel next to the live one, all along: it must cost the refreshes nothing.
+                    {"type": "webhook", "name": "dead", "url": dead_url(), "timeout": "1s"},
+                ],
+            },
+            "apps": {
+                "shopee": {
+                    **sandbox.app_config("shopee"),
+                    "refresh_before": "5h",  # longer than Shopee's 4 h: every tick finds the account due
+                    "timeout": "2s",
+                    "retry": {"attempts": 3, "initial_delay": "10ms", "max_delay": "50ms"},
+                }
+            },
+        }
+        settings = parse_config(
+            yaml.safe_dump(document), file="e2e.yaml", credential_models=platforms.credential_models()
+        )
+        configure_logging(LoggingSettings(level="info"), secrets=settings.secrets())
+        daemon = Daemon(settings, clock=clock)
+        await daemon.start(schedule=False)
+        try:
+            plugin = daemon.platforms["shopee"]
+            pkce = plugin.pkce_pair()
+            params = await sandbox.approve(plugin.authorize_url("e2e", plugin.app.redirect_uri, pkce))
+            [grant] = await plugin.exchange_code(params, pkce, plugin.app.redirect_uri)
+            account = await daemon.store.upsert_grant("shopee", "shopee", grant)
+            yield World(daemon, sandbox, clock, receiver, account.key)
+        finally:
+            await daemon.stop(grace=5)
+            output = capsys.readouterr().err
+            reset_logging()
+            forget_secrets()
+    # Whatever happened above, no token or secret reached the log.
+    for secret in (*settings.secrets(), SECRET, params.get("code", "no-code-given")):
+        assert secret not in output
+
+
+async def test_transient_faults_recover_without_an_alarm(world: World) -> None:
+    world.sandbox.set_faults("shopee:refresh:503|x2")  # two failures, inside one refresh's retries
+    assert await world.sweep() == "active"
+    assert await world.sweep() == "active"
+    assert world.kinds() == []
+    assert world.sandbox.state.counters.get("shopee.fault.503") == 2
+
+
+async def test_permanent_fault_alarms_once_then_resolves(world: World) -> None:
+    world.sandbox.set_faults("shopee:refresh:503")
+    assert await world.sweep() == "active"  # failed sweep 1: below after_failures
+    assert world.kinds() == []
+    await world.sweep()  # failed sweep 2: the alarm
+    await world.sweep()  # failed sweep 3: deduplicated
+    assert world.kinds() == [("alarm", "failures")]
+    [alarm] = world.receiver.messages()
+    assert alarm["consecutive_failures"] == 2 and alarm["app"] == "shopee" and alarm["account_key"] == world.key
+    assert alarm["error_class"] == "transient"
+
+    world.sandbox.set_faults(None)
+    assert await world.sweep() == "active"
+    await world.sweep()
+    assert world.kinds() == [("alarm", "failures"), ("resolved", "failures")]
+    metrics = world.daemon.metrics.registry
+    assert metrics.get_sample_value("refresher_alert_deliveries_total", {"channel": "ops", "outcome": "success"}) == 2
+    assert metrics.get_sample_value("refresher_alert_deliveries_total", {"channel": "dead", "outcome": "failure"}) == 2
+
+
+async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: World) -> None:
+    assert await world.sweep() == "active"
+    world.sandbox.state.revoke("shopee")
+    assert await world.sweep() == AccountStatus.NEEDS_REAUTH
+    [alarm] = world.receiver.messages()
+    assert (alarm["kind"], alarm["cause"]) == ("alarm", "reauth_required")
+    assert alarm["reauth_url"] == f"{PUBLIC}/connect/shopee"
+    assert alarm["consecutive_failures"] == 1
