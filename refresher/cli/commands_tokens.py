@@ -1,0 +1,110 @@
+"""Token commands: ``refresher token APP ACCOUNT`` for shell scripts, ``refresher accounts list``.
+
+Both read the store named in the config directly (no daemon needed). ``token`` prints nothing but the
+token and a newline, so ``$(refresher token shopee-sg shop:1)`` works; every problem is one line on stderr
+and a non-zero exit, so a script never sends an empty or expired token by mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
+from refresher.config import Settings
+from refresher.domain import AccountStatus, SystemClock
+from refresher.store.base import Account, Store
+
+T = TypeVar("T")
+EXIT_UNAVAILABLE = 1
+
+
+def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    from refresher.store.sql import open_store
+
+    async def run() -> T:
+        store = open_store(settings.store, SystemClock())
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@main.command("token")
+@config_option
+@click.argument("app")
+@click.argument("account")
+@click.option(
+    "--refresh-token",
+    "want_refresh",
+    is_flag=True,
+    help="Print the refresh token instead of the access token (handle with care).",
+)
+@click.option("--allow-expired", is_flag=True, help="Print the access token even when it has expired.")
+@friendly_errors
+def token(config_path: str | None, app: str, account: str, want_refresh: bool, allow_expired: bool) -> None:
+    """Print the current access token of ACCOUNT in APP (for shell scripts)."""
+    settings = load_settings(config_path)
+    settings.app(app)  # unknown app → one line naming the configured ones
+
+    found: Account | None = _with_store(settings, lambda store: store.get(app, account))
+    if found is None:
+        fail(f"unknown account {account!r} of app {app!r} (see: refresher accounts list --app {app})", EXIT_UNAVAILABLE)
+    if found.tokens is None:
+        fail(f"account {account!r} of app {app!r} holds no token", EXIT_UNAVAILABLE)
+    if want_refresh:
+        click.echo(found.tokens.refresh_token)
+        return
+    if found.status != AccountStatus.ACTIVE:
+        fail(f"account {account!r} of app {app!r} is {found.status}", EXIT_UNAVAILABLE)
+    now = SystemClock().now()
+    if found.tokens.access_expires_at <= now and not allow_expired:
+        fail(
+            f"the access token of {account!r} in app {app!r} expired at "
+            f"{found.tokens.access_expires_at.isoformat()} (is the daemon running?)",
+            EXIT_UNAVAILABLE,
+        )
+    click.echo(found.tokens.access_token)
+
+
+@main.group("accounts")
+def accounts() -> None:
+    """Inspect the accounts in the store."""
+
+
+@accounts.command("list")
+@config_option
+@click.option("--app", default=None, help="Only this app's accounts.")
+@click.option("--status", type=click.Choice([s.value for s in AccountStatus]), default=None, help="Only this status.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@friendly_errors
+def accounts_list(config_path: str | None, app: str | None, status: str | None, limit: int) -> None:
+    """List accounts with their status and expiries (never their tokens)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = load_settings(config_path)
+    if app is not None:
+        settings.app(app)
+    wanted = AccountStatus(status) if status else None
+    rows = _with_store(settings, lambda store: store.list(app=app, status=wanted, limit=limit))
+    table = Table("app", "account", "name", "status", "access expires", "refresh expires", "failures", "last error")
+    for row in rows:
+        tokens = row.tokens
+        table.add_row(
+            row.app,
+            row.key,
+            row.identity.name or "",
+            str(row.status),
+            tokens.access_expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if tokens else "",
+            tokens.refresh_expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if tokens and tokens.refresh_expires_at else "",
+            str(row.consecutive_failures),
+            (row.last_error.message[:60] if row.last_error else ""),
+        )
+    Console(width=160).print(table)

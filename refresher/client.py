@@ -1,0 +1,340 @@
+"""Use refresher's tokens from Python: :class:`TokenSource`, :func:`get_token` and :class:`RefresherAuth`.
+
+Two places to read tokens from:
+
+* the daemon's token API — ``TokenSource.from_api("http://127.0.0.1:8765", api_token)`` (any process,
+  needs a token with ``tokens:read``);
+* the store itself — ``TokenSource.from_store(store)`` (same process or same database).
+
+Tokens are cached until shortly before they expire (the larger of 60 s and 10 % of the lifetime left when
+fetched), so a hot loop does not hit the API on every call.
+
+:class:`RefresherAuth` is an ``httpx.Auth`` that signs each request the way the platform wants it and
+adds the current access token; it needs the app's credentials (a :class:`~refresher.config.Settings`).
+A service without the credentials uses the daemon's signing proxy instead: :func:`proxy_client`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from refresher.config import Settings
+from refresher.domain import (
+    AccessTokenInvalid,
+    Clock,
+    ConfigError,
+    Identity,
+    RefresherError,
+    SystemClock,
+    TransientError,
+)
+from refresher.platforms.base import Answer, ApiCall, Platform
+from refresher.store.base import Store
+
+__all__ = ["AccessToken", "RefresherAuth", "TokenSource", "get_token", "proxy_client"]
+
+MIN_MARGIN = dt.timedelta(seconds=60)
+MARGIN_FRACTION = 0.1
+
+
+class TokenUnavailable(RefresherError):
+    """The token could not be had: unknown account, no token, or the account is not active."""
+
+    error_class = "token_unavailable"
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A current access token and who it belongs to."""
+
+    app: str
+    account: str
+    token: str = field(repr=False)
+    expires_at: dt.datetime
+    identity: Identity
+    fetched_at: dt.datetime
+
+    def stale_at(self) -> dt.datetime:
+        """When a cached copy should be replaced: well before expiry, so a call in flight still works."""
+        left = self.expires_at - self.fetched_at
+        return self.expires_at - max(MIN_MARGIN, left * MARGIN_FRACTION)
+
+
+def _identity_from(data: dict[str, Any]) -> Identity:
+    return Identity(
+        key=str(data["key"]),
+        kind=str(data["kind"]),
+        platform_id=str(data["platform_id"]),
+        name=data.get("name"),
+        region=data.get("region"),
+        extra=dict(data.get("extra") or {}),
+    )
+
+
+def _parse_time(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+class TokenSource:
+    """Current access tokens, from the token API or straight from a store, with a cache.
+
+    Build one with :meth:`from_api` or :meth:`from_store`. ``get_token`` is the async way in;
+    ``get_token_sync`` works only for the API source (a store is asynchronous).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_token: str | None = None,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if (url is None) == (store is None):
+            raise ValueError("give either url (token API) or store, not both or neither")
+        if url is not None and not api_token:
+            raise ValueError("the token API needs api_token (a token with the tokens:read scope)")
+        self.url = url.rstrip("/") if url else None
+        self._api_token = api_token
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self._timeout = timeout
+        self._cache: dict[tuple[str, str], AccessToken] = {}
+        self._lock = threading.Lock()  # the cache is shared by the sync and async flows
+        self._async_http: httpx.AsyncClient | None = None
+        self._sync_http: httpx.Client | None = None
+
+    @classmethod
+    def from_api(cls, url: str, api_token: str, *, clock: Clock | None = None, timeout: float = 10.0) -> TokenSource:
+        """Read tokens from a running daemon's token API (``GET /v1/accounts/{app}/{key}/token``)."""
+        return cls(url=url, api_token=api_token, clock=clock, timeout=timeout)
+
+    @classmethod
+    def from_store(cls, store: Store, *, clock: Clock | None = None) -> TokenSource:
+        """Read tokens straight from an opened store (same process or same database as the daemon)."""
+        return cls(store=store, clock=clock)
+
+    # -- cache --------------------------------------------------------------------------------------
+
+    def _cached(self, app: str, account: str) -> AccessToken | None:
+        with self._lock:
+            hit = self._cache.get((app, account))
+        if hit is not None and self.clock.now() < hit.stale_at():
+            return hit
+        return None
+
+    def _remember(self, token: AccessToken) -> AccessToken:
+        with self._lock:
+            self._cache[(token.app, token.account)] = token
+        return token
+
+    def invalidate(self, app: str, account: str) -> None:
+        """Forget a cached token (the platform refused it)."""
+        with self._lock:
+            self._cache.pop((app, account), None)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    async def get_token(self, app: str, account: str) -> AccessToken:
+        """The current access token of ``account`` in ``app`` (cached until shortly before expiry)."""
+        hit = self._cached(app, account)
+        if hit is not None:
+            return hit
+        if self.store is not None:
+            return self._remember(await self._from_store(app, account))
+        if self._async_http is None:
+            self._async_http = httpx.AsyncClient(timeout=self._timeout, trust_env=False)
+        try:
+            response = await self._async_http.get(self._token_url(app, account), headers=self._headers())
+        except httpx.TransportError as exc:
+            raise TransientError(f"token API unreachable ({type(exc).__name__})") from None
+        return self._remember(self._parse(response, app, account))
+
+    def get_token_sync(self, app: str, account: str) -> AccessToken:
+        """Blocking :meth:`get_token` for the token API source."""
+        hit = self._cached(app, account)
+        if hit is not None:
+            return hit
+        if self.store is not None:
+            raise TypeError("a store-backed TokenSource is asynchronous: use await get_token(...)")
+        if self._sync_http is None:
+            self._sync_http = httpx.Client(timeout=self._timeout, trust_env=False)
+        try:
+            response = self._sync_http.get(self._token_url(app, account), headers=self._headers())
+        except httpx.TransportError as exc:
+            raise TransientError(f"token API unreachable ({type(exc).__name__})") from None
+        return self._remember(self._parse(response, app, account))
+
+    async def _from_store(self, app: str, account: str) -> AccessToken:
+        assert self.store is not None
+        found = await self.store.get(app, account)
+        if found is None:
+            raise TokenUnavailable(f"unknown account {account!r} of app {app!r}")
+        if found.tokens is None:
+            raise TokenUnavailable(f"account {account!r} of app {app!r} holds no token")
+        if str(found.status) != "active":
+            raise TokenUnavailable(f"account {account!r} of app {app!r} is {found.status}")
+        return AccessToken(
+            app=app,
+            account=account,
+            token=found.tokens.access_token,
+            expires_at=found.tokens.access_expires_at,
+            identity=found.identity,
+            fetched_at=self.clock.now(),
+        )
+
+    def _token_url(self, app: str, account: str) -> str:
+        # Keys hold ':' and may hold '/': encode everything so the path has exactly the segments we mean.
+        return f"{self.url}/v1/accounts/{quote(app, safe='')}/{quote(account, safe='')}/token"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_token}", "Accept": "application/json"}
+
+    def _parse(self, response: httpx.Response, app: str, account: str) -> AccessToken:
+        if response.status_code != 200:
+            detail = ""
+            try:
+                body = response.json()
+                if isinstance(body, dict) and isinstance(body.get("detail"), str):
+                    detail = ": " + body["detail"][:200]
+            except ValueError:
+                pass
+            where = f"account {account!r} of app {app!r}"
+            if response.status_code in (401, 403):
+                raise ConfigError(
+                    f"token API refused the API token for {where}{detail}", http_status=response.status_code
+                )
+            if response.status_code >= 500:
+                raise TransientError(f"token API failed for {where}{detail}", http_status=response.status_code)
+            raise TokenUnavailable(f"no token for {where}{detail}", http_status=response.status_code)
+        data = response.json()
+        return AccessToken(
+            app=app,
+            account=account,
+            token=data["access_token"],
+            expires_at=_parse_time(data["access_expires_at"]),
+            identity=_identity_from(data["identity"]),
+            fetched_at=self.clock.now(),
+        )
+
+    async def aclose(self) -> None:
+        if self._async_http is not None:
+            await self._async_http.aclose()
+            self._async_http = None
+        self.close()
+
+    def close(self) -> None:
+        if self._sync_http is not None:
+            self._sync_http.close()
+            self._sync_http = None
+
+
+_default_source: TokenSource | None = None
+
+
+async def get_token(app: str, account: str, *, source: TokenSource | None = None) -> str:
+    """The current access token as text.
+
+    Without ``source``, reads the token API at ``$REFRESHER_URL`` with the API token in
+    ``$REFRESHER_API_TOKEN`` (one shared, cached source per process).
+    """
+    global _default_source
+    if source is None:
+        if _default_source is None:
+            url, api_token = os.environ.get("REFRESHER_URL"), os.environ.get("REFRESHER_API_TOKEN")
+            if not url or not api_token:
+                raise ConfigError("set REFRESHER_URL and REFRESHER_API_TOKEN, or pass source=TokenSource(...)")
+            _default_source = TokenSource.from_api(url, api_token)
+        source = _default_source
+    return (await source.get_token(app, account)).token
+
+
+class RefresherAuth(httpx.Auth):
+    """Sign requests to a platform's API for one account and add its current access token.
+
+    ``client.get(f"{platform_api_host}/api/v2/shop/get_shop_info", auth=RefresherAuth(...))``: the request's
+    path relative to the app's API host is what gets signed. On an "access token invalid" answer the cached
+    token is dropped, a fresh one is fetched and the request is sent once more.
+    """
+
+    requires_response_body = True
+
+    def __init__(
+        self, settings: Settings, app: str, account: str, source: TokenSource, *, clock: Clock | None = None
+    ) -> None:
+        from refresher import platforms
+
+        app_settings = settings.app(app)
+        self.app = app
+        self.account = account
+        self.source = source
+        self.platform: Platform = platforms.get(app_settings.platform)(app_settings, clock=clock or source.clock)
+
+    def _signed(self, request: httpx.Request, token: AccessToken) -> httpx.Request:
+        base = httpx.URL(self.platform.host("api"))
+        path = request.url.path
+        base_path = base.path.rstrip("/")
+        if base_path and path.startswith(base_path + "/"):
+            path = path[len(base_path) :]
+        body = request.content or None
+        call = ApiCall(
+            method=request.method,
+            path=path,
+            query=tuple(httpx.QueryParams(request.url.query).multi_items()),
+            body=body,
+            content_type=request.headers.get("content-type"),
+            headers={k: v for k, v in request.headers.items() if k.lower() in ("accept", "content-type")},
+        )
+        signed = self.platform.sign_call(call, token.token, token.identity)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        headers.update(signed.headers)
+        return httpx.Request(
+            signed.method, signed.url, headers=headers, content=signed.body, extensions=request.extensions
+        )
+
+    def _token_refused(self, response: httpx.Response) -> bool:
+        answer = Answer(response.status_code, response.headers, response.content)
+        return isinstance(self.platform.classify_api_answer(answer), AccessTokenInvalid)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.read()
+        token = self.source.get_token_sync(self.app, self.account)
+        response = yield self._signed(request, token)
+        response.read()  # overriding sync_auth_flow skips httpx's own read for requires_response_body
+        if self._token_refused(response):
+            self.source.invalidate(self.app, self.account)
+            fresh = self.source.get_token_sync(self.app, self.account)
+            if fresh.token != token.token:
+                yield self._signed(request, fresh)
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        await request.aread()
+        token = await self.source.get_token(self.app, self.account)
+        response = yield self._signed(request, token)
+        await response.aread()
+        if self._token_refused(response):
+            self.source.invalidate(self.app, self.account)
+            fresh = await self.source.get_token(self.app, self.account)
+            if fresh.token != token.token:
+                yield self._signed(request, fresh)
+
+
+def proxy_client(url: str, api_token: str, app: str, account: str, **kwargs: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` whose relative URLs go through the daemon's signing proxy.
+
+    ``await proxy_client(url, tok, "shopee-sg", "shop:1").get("/api/v2/shop/get_shop_info")`` — no
+    platform secret needed; the API token needs the ``proxy`` scope.
+    """
+    base = f"{url.rstrip('/')}/proxy/{quote(app, safe='')}/{quote(account, safe='')}"
+    headers = {"Authorization": f"Bearer {api_token}", **kwargs.pop("headers", {})}
+    return httpx.AsyncClient(base_url=base, headers=headers, **kwargs)

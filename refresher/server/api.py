@@ -1,0 +1,412 @@
+"""The token API under ``/v1``: apps, accounts, current tokens, forced refreshes, history.
+
+Every route needs a bearer token with the scope it names (see :mod:`refresher.server.auth`). Answers
+never carry a token except ``GET …/token`` (``tokens:read``; the refresh token only with
+``tokens:read_refresh``), and token answers are marked ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from refresher.domain import AccountStatus, ErrorInfo
+from refresher.server.auth import Caller, get_runtime, require, require_caller
+from refresher.server.runtime import Runtime
+from refresher.store.base import Account, AccountNotFound
+
+MAX_PAGE = 500
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+class Problem(BaseModel):
+    """An error answer: one line saying what is wrong."""
+
+    detail: str
+
+
+class AppOut(BaseModel):
+    name: str
+    platform: str
+    enabled: bool
+    accounts: dict[str, int] = Field(description="Number of accounts per status.")
+    total: int
+
+
+class AppList(BaseModel):
+    items: list[AppOut]
+
+
+class ErrorOut(BaseModel):
+    error_class: str
+    code: str | None = None
+    message: str
+    request_id: str | None = None
+    http_status: int | None = None
+
+
+class IdentityOut(BaseModel):
+    key: str
+    kind: str
+    platform_id: str
+    name: str | None = None
+    region: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class AccountOut(BaseModel):
+    """An account as the API shows it: identity, state and expiries, never a token."""
+
+    app: str
+    platform: str
+    key: str
+    identity: IdentityOut
+    status: AccountStatus
+    access_expires_at: dt.datetime | None
+    refresh_expires_at: dt.datetime | None
+    scopes: list[str]
+    consecutive_failures: int
+    last_success_at: dt.datetime | None
+    last_attempt_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None
+    last_error: ErrorOut | None
+    version: int
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+
+
+class AccountPage(BaseModel):
+    items: list[AccountOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class TokenOut(BaseModel):
+    app: str
+    account: str
+    identity: IdentityOut
+    access_token: str
+    access_expires_at: dt.datetime
+    refresh_token: str | None = Field(None, description="Only with ?include_refresh=true and tokens:read_refresh.")
+    refresh_expires_at: dt.datetime | None
+    version: int
+
+
+class RefreshOut(BaseModel):
+    outcome: str = Field(description="success | failure | busy | skipped")
+    attempts: int
+    duration_ms: int
+    error: ErrorOut | None
+    account: AccountOut
+
+
+class HistoryItem(BaseModel):
+    version: int
+    access_expires_at: dt.datetime
+    refresh_expires_at: dt.datetime | None
+    replaced_at: dt.datetime
+
+
+class HistoryOut(BaseModel):
+    app: str
+    account: str
+    current_version: int
+    items: list[HistoryItem]
+
+
+# What every protected route may answer besides its success; declared so /openapi.json is exact.
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or wrong bearer token."},
+    403: {"model": Problem, "description": "The token lacks the scope."},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "Unknown app or account."}}
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _error_out(error: ErrorInfo | None) -> ErrorOut | None:
+    if error is None:
+        return None
+    return ErrorOut(
+        error_class=error.error_class,
+        code=error.code,
+        message=error.message,
+        request_id=error.request_id,
+        http_status=error.http_status,
+    )
+
+
+def _identity_out(account: Account) -> IdentityOut:
+    ident = account.identity
+    return IdentityOut(
+        key=ident.key,
+        kind=ident.kind,
+        platform_id=ident.platform_id,
+        name=ident.name,
+        region=ident.region,
+        extra=dict(ident.extra),
+    )
+
+
+def account_out(account: Account) -> AccountOut:
+    tokens = account.tokens
+    return AccountOut(
+        app=account.app,
+        platform=account.platform,
+        key=account.key,
+        identity=_identity_out(account),
+        status=account.status,
+        access_expires_at=tokens.access_expires_at if tokens else None,
+        refresh_expires_at=tokens.refresh_expires_at if tokens else None,
+        scopes=list(tokens.scopes) if tokens else [],
+        consecutive_failures=account.consecutive_failures,
+        last_success_at=account.last_success_at,
+        last_attempt_at=account.last_attempt_at,
+        next_attempt_at=account.next_attempt_at,
+        last_error=_error_out(account.last_error),
+        version=account.version,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+    )
+
+
+def _check_app(runtime: Runtime, app: str) -> None:
+    if app not in runtime.settings.apps:
+        raise HTTPException(status_code=404, detail=f"unknown app {app!r}")
+
+
+async def _account(runtime: Runtime, app: str, key: str) -> Account:
+    _check_app(runtime, app)
+    account = await runtime.store.get(app, key)
+    if account is None:
+        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
+    return account
+
+
+def _encode_cursor(offset: int) -> str:
+    return str(offset)
+
+
+def _decode_cursor(cursor: str) -> int:
+    # The cursor is the offset of the next page. It is documented as an opaque string (pattern-checked
+    # by FastAPI) so it can become a keyset cursor later without breaking clients.
+    return int(cursor)
+
+
+AppPath = Annotated[str, Path(description="App name from the config.", min_length=1, max_length=63)]
+KeyPath = Annotated[
+    str, Path(description="Account key, e.g. shop:123 (URL-encode it if you like).", min_length=1, max_length=200)
+]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 answer minus the echoed ``input``: a secret pasted into the wrong parameter must not
+    come back in an answer (or land in some proxy's log). ``loc`` still names the parameter."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "invalid value")), "type": str(e.get("type", ""))}
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def install(app: FastAPI) -> None:
+    """Mount the token API on ``app`` (and its validation-error policy, which covers every route)."""
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.include_router(router)
+
+
+# ----------------------------------------------------------------------------------------- routes
+
+router = APIRouter(prefix="/v1", tags=["tokens"], responses=_AUTH_ERRORS)
+
+
+@router.get("/apps", response_model=AppList, summary="Configured apps with account counts")
+async def list_apps(runtime: RuntimeDep, _caller: Annotated[str, Depends(require("accounts:read"))]) -> AppList:
+    items = []
+    for name, app in sorted(runtime.settings.apps.items()):
+        counts = {str(status): await runtime.store.count(app=name, status=status) for status in AccountStatus}
+        items.append(
+            AppOut(name=name, platform=app.platform, enabled=app.enabled, accounts=counts, total=sum(counts.values()))
+        )
+    return AppList(items=items)
+
+
+@router.get("/accounts", response_model=AccountPage, responses=_NOT_FOUND, summary="Accounts, filtered and paged")
+async def list_accounts(
+    runtime: RuntimeDep,
+    _caller: Annotated[str, Depends(require("accounts:read"))],
+    app: Annotated[str | None, Query(description="Only this app's accounts.", max_length=63)] = None,
+    status: Annotated[AccountStatus | None, Query(description="Only accounts in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,12}$", description="next_cursor of the previous page.")
+    ] = None,
+) -> AccountPage:
+    if app is not None:
+        _check_app(runtime, app)
+    offset = _decode_cursor(cursor) if cursor else 0
+    # One extra row tells whether a next page exists without a second COUNT query.
+    rows = list(await runtime.store.list(app=app, status=status, limit=limit + 1, offset=offset))
+    more = len(rows) > limit
+    return AccountPage(
+        items=[account_out(a) for a in rows[:limit]],
+        next_cursor=_encode_cursor(offset + limit) if more else None,
+    )
+
+
+@router.get("/accounts/{app}/{key}", response_model=AccountOut, responses=_NOT_FOUND, summary="One account")
+async def get_account(
+    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:read"))]
+) -> AccountOut:
+    return account_out(await _account(runtime, app, key))
+
+
+@router.get(
+    "/accounts/{app}/{key}/token",
+    response_model=TokenOut,
+    responses={**_NOT_FOUND, 409: {"model": Problem, "description": "The account holds no token."}},
+    summary="The current access token (and, with tokens:read_refresh, the refresh token)",
+)
+async def get_token(
+    runtime: RuntimeDep,
+    response: Response,
+    app: AppPath,
+    key: KeyPath,
+    caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
+    include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
+) -> TokenOut:
+    response.headers.update(NO_STORE)
+    if include_refresh and not caller.allows("tokens:read_refresh"):
+        raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
+    account = await _account(runtime, app, key)
+    tokens = account.tokens
+    if tokens is None:
+        raise HTTPException(status_code=409, detail=f"account {key!r} of app {app!r} holds no token")
+    return TokenOut(
+        app=account.app,
+        account=account.key,
+        identity=_identity_out(account),
+        access_token=tokens.access_token,
+        access_expires_at=tokens.access_expires_at,
+        refresh_token=tokens.refresh_token if include_refresh else None,
+        refresh_expires_at=tokens.refresh_expires_at,
+        version=account.version,
+    )
+
+
+@router.post(
+    "/accounts/{app}/{key}/refresh",
+    response_model=RefreshOut,
+    responses={
+        **_NOT_FOUND,
+        409: {"model": RefreshOut, "description": "Busy elsewhere too long, or the account is not active."},
+        502: {"model": RefreshOut, "description": "The platform refused or failed the refresh."},
+    },
+    summary="Refresh now and wait for the result (respects the lease)",
+)
+async def refresh_account(
+    runtime: RuntimeDep,
+    response: Response,
+    app: AppPath,
+    key: KeyPath,
+    _caller: Annotated[str, Depends(require("refresh"))],
+) -> RefreshOut:
+    await _account(runtime, app, key)
+    try:
+        result = await runtime.refresher.refresh_now(app, key)
+    except KeyError:
+        # The app has no plugin loaded (disabled) or the account vanished meanwhile.
+        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
+    response.headers.update(NO_STORE)
+    if result.outcome in ("busy", "skipped"):
+        response.status_code = 409
+    elif result.outcome != "success":
+        response.status_code = 502
+    return RefreshOut(
+        outcome=result.outcome,
+        attempts=result.attempts,
+        duration_ms=result.duration_ms,
+        error=_error_out(result.error.info()) if result.error else None,
+        account=account_out(result.account),
+    )
+
+
+async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
+    await _account(runtime, app, key)
+    try:
+        return account_out(await runtime.store.set_status(app, key, status))
+    except AccountNotFound:
+        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
+
+
+@router.post(
+    "/accounts/{app}/{key}/disable", response_model=AccountOut, responses=_NOT_FOUND, summary="Stop refreshing"
+)
+async def disable_account(
+    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
+) -> AccountOut:
+    return await _set_status(runtime, app, key, AccountStatus.DISABLED)
+
+
+@router.post("/accounts/{app}/{key}/enable", response_model=AccountOut, responses=_NOT_FOUND, summary="Refresh again")
+async def enable_account(
+    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
+) -> AccountOut:
+    return await _set_status(runtime, app, key, AccountStatus.ACTIVE)
+
+
+@router.delete(
+    "/accounts/{app}/{key}",
+    status_code=204,
+    response_class=Response,
+    responses=_NOT_FOUND,
+    summary="Forget an account and its tokens",
+)
+async def delete_account(
+    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
+) -> Response:
+    await _account(runtime, app, key)
+    if not await runtime.store.delete(app, key):
+        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
+    return Response(status_code=204)
+
+
+@router.get(
+    "/accounts/{app}/{key}/history",
+    response_model=HistoryOut,
+    responses=_NOT_FOUND,
+    summary="Earlier token versions and their expiries (never the tokens)",
+)
+async def account_history(
+    runtime: RuntimeDep,
+    app: AppPath,
+    key: KeyPath,
+    _caller: Annotated[str, Depends(require("accounts:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000, description="How many versions, newest first.")] = 20,
+) -> HistoryOut:
+    account = await _account(runtime, app, key)
+    entries = await runtime.store.history(app, key, limit=limit)
+    return HistoryOut(
+        app=app,
+        account=account.key,
+        current_version=account.version,
+        items=[
+            HistoryItem(
+                version=e.version,
+                access_expires_at=e.tokens.access_expires_at,
+                refresh_expires_at=e.tokens.refresh_expires_at,
+                replaced_at=e.replaced_at,
+            )
+            for e in entries
+        ],
+    )

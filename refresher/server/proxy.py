@@ -1,0 +1,179 @@
+"""The signing proxy: ``/proxy/{app}/{account}/{path}`` → the platform's API host, signed.
+
+A service calls the proxy as it would call the platform, minus every credential: the proxy adds the
+current access token and the platform's signature (``Platform.sign_call``), relays the answer unchanged
+(status, body, content type), and when the platform says the access token is invalid it refreshes the
+account once (under the store lease, through ``Refresher.refresh_now``) and retries the call once.
+
+The caller's ``Authorization`` header (its refresher API token) and cookies never reach the platform:
+only an allow-list of content headers is forwarded. Answers are buffered (with the plugin's size cap)
+because the invalid-token check has to read the body before anything is sent back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from refresher.domain import AccessTokenInvalid, AccountStatus, RefresherError, TransientError
+from refresher.platforms.base import MAX_API_ANSWER_BYTES, Answer, ApiCall, Platform
+from refresher.server.auth import get_runtime, require
+from refresher.server.runtime import Runtime
+from refresher.store.base import Account
+
+log = structlog.get_logger("refresher.proxy")
+
+MAX_REQUEST_BYTES = 10 << 20  # platform APIs take small JSON bodies; an upload of 10 MiB is already odd
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+# Request headers the platform may see. Everything else stays here: Authorization (the caller's refresher
+# token), cookies, hop-by-hop headers, Host, and the platform's own auth headers (the signer sets those).
+FORWARD_REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "content-type",
+        "content-language",
+        "if-none-match",
+        "if-modified-since",
+        "x-request-id",
+    }
+)
+# Answer headers that describe the connection or the (already decoded) encoding, not the content.
+DROP_ANSWER_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "set-cookie",
+        "date",
+        "server",
+    }
+)
+
+router = APIRouter(tags=["proxy"])
+
+
+def _problem(status: int, detail: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _relay(answer: Answer, extra: dict[str, str] | None = None) -> Response:
+    headers = {k: v for k, v in answer.headers.items() if k.lower() not in DROP_ANSWER_HEADERS}
+    if extra:
+        headers.update(extra)
+    return Response(content=answer.body, status_code=answer.status, headers=headers)
+
+
+async def _send(platform: Platform, call: ApiCall, account: Account) -> Answer:
+    assert account.tokens is not None  # checked by the caller
+    signed = platform.sign_call(call, account.tokens.access_token, account.identity)
+    return await platform.send(
+        signed.method,
+        signed.url,
+        content=signed.body,
+        headers=dict(signed.headers),
+        max_bytes=MAX_API_ANSWER_BYTES,
+        what="proxied call",
+    )
+
+
+@router.api_route("/proxy/{app}/{account}/{path:path}", methods=METHODS, include_in_schema=False)
+async def proxy(
+    request: Request,
+    app: str,
+    account: str,
+    path: str,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    caller: Annotated[str, Depends(require("proxy"))],
+) -> Response:
+    """Forward one call to the platform's API host with the account's token and signature."""
+    platform = runtime.platforms.get(app)
+    if platform is None:
+        return _problem(404, f"unknown app {app!r}")
+    current = await runtime.store.get(app, account)
+    if current is None:
+        return _problem(404, f"unknown account {account!r} of app {app!r}")
+    if current.status != AccountStatus.ACTIVE or current.tokens is None:
+        return _problem(409, f"account {account!r} of app {app!r} is {current.status} and has no usable token")
+    segments = path.replace("\\", "/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        # A dot segment would let a caller climb out of the app's API base path on the platform host.
+        return _problem(400, "the platform path must not contain '.' or '..' segments")
+    body = await _read_body(request)
+    if body is None:
+        return _problem(413, f"request body larger than {MAX_REQUEST_BYTES} bytes")
+
+    query: Sequence[tuple[str, str]] = request.query_params.multi_items()
+    headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_REQUEST_HEADERS}
+    call = ApiCall(
+        method=request.method,
+        path="/" + path.lstrip("/"),
+        query=tuple(query),
+        body=body or None,
+        content_type=request.headers.get("content-type"),
+        headers=headers,
+    )
+    started = time.monotonic()
+    retried = False
+    try:
+        answer = await _send(platform, call, current)
+        verdict = platform.classify_api_answer(answer)
+        if isinstance(verdict, AccessTokenInvalid):
+            # Refresh once under the lease (another worker's concurrent refresh counts), then retry once.
+            try:
+                outcome = (await runtime.refresher.refresh_now(app, account)).outcome
+            except KeyError:  # the app has no refresh policy (disabled) or the account just vanished
+                outcome = "skipped"
+            fresh = await runtime.store.get(app, account)
+            if outcome == "success" and fresh is not None and fresh.tokens is not None:
+                retried = True
+                answer = await _send(platform, call, fresh)
+            else:
+                log.warning("proxy.refresh_failed", app=app, account=account, outcome=outcome)
+    except TransientError as exc:
+        log.warning("proxy.upstream_failed", app=app, account=account, caller=caller, error=str(exc))
+        status = 504 if "timed out" in exc.message or "within" in exc.message else 502
+        return _problem(status, f"platform unreachable: {exc.message}")
+    except RefresherError as exc:
+        log.warning("proxy.failed", app=app, account=account, caller=caller, error=str(exc))
+        return _problem(502, exc.message)
+    log.info(
+        "proxy.call",
+        app=app,
+        account=account,
+        caller=caller,
+        method=request.method,
+        path="/" + path.lstrip("/"),
+        status=answer.status,
+        retried=retried,
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+    return _relay(answer, {"x-refresher-retried": "1"} if retried else None)

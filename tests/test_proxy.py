@@ -1,0 +1,287 @@
+"""The signing proxy (issue 6) against the sandbox's signed echo APIs and a real loopback upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from test_api import APP, TOKENS, ApiEnv, running_api
+
+from refresher.server.http import start_server, stop_server
+from refresher.server.proxy import MAX_REQUEST_BYTES
+
+SHOP_INFO = "/api/v2/shop/get_shop_info"
+
+
+@pytest.fixture
+async def api_env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[ApiEnv]:
+    async with running_api(tmp_path, capsys) as env:
+        yield env
+
+
+def proxy_path(key: str, path: str, app: str = APP) -> str:
+    return f"/proxy/{app}/{quote(key, safe='')}{path}"
+
+
+async def test_signed_get_is_accepted_by_the_platform(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    before = await api_env.counters()
+    answer = await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["error"] == "" and body["shop_name"] == "Sandbox Shop 1"
+    assert answer.headers["content-type"].startswith("application/json")
+    after = await api_env.counters()
+    assert after.get("shopee.api", 0) == before.get("shopee.api", 0) + 1
+    assert "x-refresher-retried" not in answer.headers
+    # The caller never sees the token or the sign the proxy added.
+    assert account.tokens is not None and account.tokens.access_token not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("app", "method", "path"),
+    [
+        ("tts-us", "GET", "/authorization/202309/shops"),
+        ("lazada-sg", "GET", "/rest/seller/get"),
+        ("lazada-sg", "POST", "/rest/seller/get"),
+        ("tiktok-login", "GET", "/v2/user/info/?fields=open_id,display_name"),
+    ],
+)
+async def test_every_platform_accepts_the_proxy_signature(api_env: ApiEnv, app: str, method: str, path: str) -> None:
+    if app not in api_env.settings.apps:
+        pytest.skip(f"the {app} plugin is not installed")
+    account = (await api_env.onboard(app))[0]
+    platform = api_env.daemon.platforms[app].name
+    before = await api_env.counters()
+    answer = await api_env.call(method, proxy_path(account.key, path, app=app), "proxy")
+    assert answer.status_code == 200, answer.text
+    after = await api_env.counters()
+    assert after.get(f"{platform}.api", 0) == before.get(f"{platform}.api", 0) + 1, answer.text
+    assert account.tokens is not None and account.tokens.access_token not in answer.text
+
+
+async def test_expired_access_token_refreshes_once_and_retries_once(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    expired = await api_env.http.post(
+        f"{api_env.sandbox.url}/_sandbox/expire",
+        json={"platform": "shopee", "subject_id": account.identity.platform_id},
+    )
+    assert expired.status_code == 200, expired.text
+    before = await api_env.counters()
+
+    answer = await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["shop_name"] == "Sandbox Shop 1"
+    assert answer.headers["x-refresher-retried"] == "1"
+    after = await api_env.counters()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert delta.get("shopee.refresh") == 1, delta
+    assert delta.get("shopee.api") == 1, delta  # the successful retry; the refused call is not counted
+
+    stored = await api_env.daemon.store.get(APP, account.key)
+    assert stored is not None and stored.version == account.version + 1
+
+
+async def test_platform_errors_pass_through_unchanged_without_a_refresh(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    direct_error = await api_env.http.get(f"{api_env.sandbox.url}/shopee/api/v2/merchant/get_merchant_info")
+    before = await api_env.counters()
+    # A shop account asking the merchant API: Shopee answers with its own error envelope.
+    answer = await api_env.call("GET", proxy_path(account.key, "/api/v2/merchant/get_merchant_info"), "proxy")
+    assert answer.status_code == direct_error.status_code >= 400
+    assert answer.json()["error"] == "error_param"
+    assert (await api_env.counters()).get("shopee.refresh", 0) == before.get("shopee.refresh", 0)
+
+
+async def test_revoked_grant_returns_the_platform_answer_after_one_failed_refresh(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    await api_env.http.post(
+        f"{api_env.sandbox.url}/_sandbox/revoke",
+        json={"platform": "shopee", "subject_id": account.identity.platform_id},
+    )
+    answer = await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy")
+    assert answer.status_code == 403
+    assert answer.json()["error"] in ("invalid_acceess_token", "error_auth")
+    assert "x-refresher-retried" not in answer.headers
+    stored = await api_env.daemon.store.get(APP, account.key)
+    assert stored is not None and stored.status == "needs_reauth"
+    # Now the account is not active: the proxy says so itself instead of calling the platform.
+    again = await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy")
+    assert again.status_code == 409
+    assert "needs_reauth" in again.json()["detail"]
+
+
+async def test_proxy_auth_and_unknown_targets(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    path = proxy_path(account.key, SHOP_INFO)
+    missing = await api_env.call("GET", path, who=None)
+    assert missing.status_code == 401 and "bearer" in missing.headers["www-authenticate"].lower()
+    wrong = await api_env.call("GET", path, who=None, headers={"Authorization": "Bearer nope-nope-nope-nope"})
+    assert wrong.status_code == 401
+    forbidden = await api_env.call("GET", path, "reader")
+    assert forbidden.status_code == 403 and "proxy" in forbidden.json()["detail"]
+    unknown_app = await api_env.call("GET", proxy_path(account.key, SHOP_INFO, app="nope"), "proxy")
+    assert unknown_app.status_code == 404 and unknown_app.json() == {"detail": "unknown app 'nope'"}
+    unknown_account = await api_env.call("GET", proxy_path("shop:1", SHOP_INFO), "proxy")
+    assert unknown_account.status_code == 404
+
+
+# ------------------------------------------------------------------- a real upstream that shows the call
+
+
+@dataclass
+class Upstream:
+    url: str = ""
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    record = Upstream()
+
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        record.seen.append(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.query_params.multi_items(),
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body.decode(),
+            }
+        )
+        status = int(request.query_params.get("status", "200"))
+        return Response(
+            json.dumps({"echo": True, "got": body.decode()}),
+            status_code=status,
+            media_type="application/vnd.test+json",
+            headers={"x-platform-request-id": "req-42", "connection": "keep-alive"},
+        )
+
+    app = Starlette(routes=[Route("/{rest:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
+    server, task, port = await start_server(app, "127.0.0.1", 0)
+    record.url = f"http://127.0.0.1:{port}"
+    yield record
+    await stop_server(server, task)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "GET"])
+async def test_method_query_body_and_safe_headers_are_forwarded(
+    api_env: ApiEnv, upstream: Upstream, method: str
+) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    # Point the app's API host at the recording upstream (hosts are per-app settings).
+    platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url + "/base"}})
+    payload = json.dumps({"item_id": 7, "name": "Kopi"})
+    answer = await api_env.call(
+        method,
+        proxy_path(account.key, "/api/v2/product/update_item") + "?status=201&page_size=20&page_size=30",
+        "proxy",
+        content=payload if method != "GET" else None,
+        headers={
+            "content-type": "application/json",
+            "accept-language": "en",
+            "cookie": "session=abc",
+            "x-forwarded-for": "10.0.0.1",
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["content-type"] == "application/vnd.test+json"
+    assert answer.headers["x-platform-request-id"] == "req-42"
+    assert answer.json()["echo"] is True
+
+    (seen,) = upstream.seen
+    assert seen["method"] == method
+    assert seen["path"] == "/base/api/v2/product/update_item"
+    query = seen["query"]
+    assert ("page_size", "20") in query and ("page_size", "30") in query
+    names = [k for k, _ in query]
+    assert {"partner_id", "timestamp", "access_token", "shop_id", "sign"} <= set(names)
+    assert account.tokens is not None and ("access_token", account.tokens.access_token) in query
+    if method != "GET":
+        assert seen["body"] == payload
+        assert seen["headers"]["content-type"] == "application/json"
+    assert seen["headers"].get("accept-language") == "en"
+    # The caller's refresher credential and cookies never reach the platform.
+    assert "authorization" not in seen["headers"]
+    assert "cookie" not in seen["headers"]
+    assert "x-forwarded-for" not in seen["headers"]
+    assert TOKENS["proxy"][0] not in json.dumps(seen)
+
+
+async def raw_get(port: int, target: str, headers: dict[str, str]) -> int:
+    """The status of a GET sent over a plain socket, so no client library normalises the target."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize("path", ["/api/../../other/x", "/api/%2E%2E/x", "/api/..%5Cx", "/./x"])
+async def test_dot_segments_cannot_climb_out_of_the_api_base(api_env: ApiEnv, upstream: Upstream, path: str) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url + "/base"}})
+    assert api_env.daemon.port is not None
+    status = await raw_get(api_env.daemon.port, f"/proxy/{APP}/{account.key}{path}", api_env.auth("proxy"))
+    assert status == 400
+    assert upstream.seen == []
+
+
+async def test_oversized_request_body_is_refused(api_env: ApiEnv, upstream: Upstream) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url}})
+    big = b"x" * (MAX_REQUEST_BYTES + 1)
+    answer = await api_env.call("POST", proxy_path(account.key, "/api/v2/upload"), "proxy", content=big)
+    assert answer.status_code == 413
+    assert upstream.seen == []
+
+
+async def test_unreachable_platform_is_502_with_a_clean_message(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": "http://127.0.0.1:9"}})
+    answer = await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy")
+    assert answer.status_code == 502
+    assert "platform unreachable" in answer.json()["detail"]
+    assert account.tokens is not None and account.tokens.access_token not in answer.text
+
+
+async def test_proxy_logs_the_caller_and_never_the_token(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard()
+    await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy")
+    lines = api_env.read_logs()
+    calls = [line for line in lines if line.get("event") == "proxy.call"]
+    assert calls and calls[-1]["caller"] == "proxy" and calls[-1]["status"] == 200
+    dump = json.dumps(lines)
+    assert account.tokens is not None and account.tokens.access_token not in dump
+    assert TOKENS["proxy"][0] not in dump
+
+
+async def test_httpx_client_through_the_proxy(api_env: ApiEnv) -> None:
+    from refresher.client import proxy_client
+
+    (account,) = await api_env.onboard()
+    async with proxy_client(api_env.base, TOKENS["proxy"][0], APP, account.key) as client:
+        answer = await client.get(SHOP_INFO)
+    assert answer.status_code == 200 and answer.json()["shop_name"] == "Sandbox Shop 1"
+    # Silence "unused" for the shared fixture names imported above.
+    assert httpx is not None

@@ -1,0 +1,152 @@
+"""schemathesis against /openapi.json of a running daemon (issue 6): no 5xx, every answer matches the schema.
+
+The daemon (with the sandbox and one onboarded account) runs in its own thread and event loop, because
+schemathesis' pytest integration drives synchronous hypothesis tests that call it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.specs.openapi.checks import status_code_conformance
+from test_api import ADMIN_SECRET, APP, build_settings
+
+from refresher.daemon import Daemon
+from refresher.domain import FakeClock
+from refresher.sandbox import SandboxServer
+
+AUTH = {"Authorization": f"Bearer {ADMIN_SECRET}"}
+MAX_EXAMPLES = 15  # per operation; the whole module stays well under a minute on 2 cores
+
+
+class DaemonThread:
+    """A daemon + sandbox in a background event loop, with one Shopee account onboarded."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.base = ""
+        self.account_key = ""
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="daemon-under-test", daemon=True)
+
+    def start(self) -> DaemonThread:
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the daemon did not start within 60 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the test thread by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        clock = FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+        async with SandboxServer(clock=clock) as sandbox:
+            daemon = Daemon(build_settings(sandbox, self.db), clock=clock)
+            await daemon.start()
+            try:
+                platform = daemon.platforms[APP]
+                params = await sandbox.approve(platform.authorize_url("state-1", platform.app.redirect_uri))
+                (grant,) = await platform.exchange_code(params, redirect_uri=platform.app.redirect_uri)
+                account = await daemon.store.upsert_grant(APP, platform.name, grant)
+                self.account_key = account.key
+                self.base = f"http://127.0.0.1:{daemon.port}"
+                self._ready.set()
+                await self._stop.wait()
+            finally:
+                await daemon.stop(grace=5)
+
+
+@pytest.fixture(scope="module")
+def running_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonThread]:
+    runner = DaemonThread(tmp_path_factory.mktemp("schemathesis") / "tokens.db").start()
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(running_daemon: DaemonThread) -> Any:
+    return schemathesis.openapi.from_url(f"{running_daemon.base}/openapi.json")
+
+
+# Every operation of the token API; test_every_operation_is_covered keeps this list honest.
+OPERATIONS = [
+    ("GET", "/v1/apps"),
+    ("GET", "/v1/accounts"),
+    ("GET", "/v1/accounts/{app}/{key}"),
+    ("DELETE", "/v1/accounts/{app}/{key}"),
+    ("GET", "/v1/accounts/{app}/{key}/token"),
+    ("POST", "/v1/accounts/{app}/{key}/refresh"),
+    ("POST", "/v1/accounts/{app}/{key}/disable"),
+    ("POST", "/v1/accounts/{app}/{key}/enable"),
+    ("GET", "/v1/accounts/{app}/{key}/history"),
+]
+
+
+def all_operations(api_schema: Any) -> set[tuple[str, str]]:
+    return {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
+
+
+def test_every_token_api_operation_is_covered(api_schema: Any) -> None:
+    documented = {op for op in all_operations(api_schema) if op[1].startswith("/v1/")}
+    assert documented == set(OPERATIONS)
+
+
+def test_other_operations_match_their_schema(api_schema: Any) -> None:
+    """The rest of the document (onboarding routes and whatever is added later), with fewer examples."""
+    others = sorted(all_operations(api_schema) - set(OPERATIONS))
+    for method, path in others:
+        # Their status codes are not all documented yet (/callback answers 404 for an unknown app):
+        # no 5xx and conforming bodies are still required.
+        run_operation(api_schema, method, path, max(3, MAX_EXAMPLES // 3), excluded=[status_code_conformance])
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_operation_matches_its_schema(api_schema: Any, running_daemon: DaemonThread, method: str, path: str) -> None:
+    run_operation(api_schema, method, path, MAX_EXAMPLES)
+    # The known account is reachable with the documented key format (':' in the path).
+    if "{key}" in path and method == "GET":
+        operation = api_schema[path][method]
+        known = operation.Case(path_parameters={"app": APP, "key": running_daemon.account_key})
+        assert known.call_and_validate(headers=AUTH).status_code == 200
+
+
+def run_operation(api_schema: Any, method: str, path: str, examples: int, excluded: list[Any] | None = None) -> None:
+    operation = api_schema[path][method]
+    # (schemathesis' pytest plugin cannot load a schema from a fixture under this pytest; hypothesis can.)
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(headers=AUTH, excluded_checks=excluded)
+
+    check()
