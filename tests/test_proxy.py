@@ -71,6 +71,25 @@ async def test_every_platform_accepts_the_proxy_signature(api_env: ApiEnv, app: 
     assert account.tokens is not None and account.tokens.access_token not in answer.text
 
 
+@pytest.mark.parametrize(
+    ("app", "path"),
+    [("tts-us", "/order/202309/orders/search?page_size=20"), ("shopee-sg", "/api/v2/product/update_stock")],
+)
+async def test_signed_post_with_a_json_body_is_accepted(api_env: ApiEnv, app: str, path: str) -> None:
+    """TikTok Shop signs the body too; Shopee does not, but the body must still arrive intact."""
+    if app not in api_env.settings.apps:
+        pytest.skip(f"the {app} app is not configured")
+    account = (await api_env.onboard(app))[0]
+    payload = {"order_status": "AWAITING_SHIPMENT", "stock_list": [{"model_id": 1, "seller_stock": [{"stock": 5}]}]}
+    answer = await api_env.call("POST", proxy_path(account.key, path, app=app), "proxy", json=payload)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    echoed = body["data"]["echo"] if "data" in body else body["echo"]
+    assert echoed == payload
+    # A changed body no longer matches the TikTok Shop signature: the proxy signs what it forwards.
+    assert account.tokens is not None and account.tokens.access_token not in answer.text
+
+
 async def test_expired_access_token_refreshes_once_and_retries_once(api_env: ApiEnv) -> None:
     (account,) = await api_env.onboard()
     expired = await api_env.http.post(

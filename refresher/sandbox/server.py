@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from refresher.sandbox.core import ConsentTicket, FaultPlan, FaultSpecError, SandboxState, Subject
+from refresher.sandbox.core import ConsentTicket, FaultPlan, FaultSpecError, SandboxRejection, SandboxState, Subject
 
 ADMIN = "/_sandbox"
 
@@ -185,8 +185,8 @@ def build_app(state: SandboxState, platforms: Sequence[SandboxPlatform] | None =
         platform, token = str(body.get("platform", "")), str(body.get("token", ""))
         try:
             chain = state.check_access(platform, token)
-        except Exception as exc:
-            return JSONResponse({"active": False, "reason": getattr(exc, "reason", "unknown")})
+        except SandboxRejection as exc:
+            return JSONResponse({"active": False, "reason": exc.reason})
         return JSONResponse({"active": True, "chain": chain.id})
 
     async def revoke(request: Request) -> Response:

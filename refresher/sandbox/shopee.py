@@ -37,6 +37,7 @@ REFRESH = "/api/v2/auth/access_token/get"
 RESEND = "/api/v2/public/get_token_by_resend_code"
 SHOP_INFO = "/api/v2/shop/get_shop_info"
 MERCHANT_INFO = "/api/v2/merchant/get_merchant_info"
+UPDATE_STOCK = "/api/v2/product/update_stock"  # a shop POST with a JSON body (not part of Shopee's sign)
 
 TIMESTAMP_WINDOW = 300  # seconds, either way (platforms.md §1.5)
 
@@ -81,6 +82,7 @@ class ShopeeSandbox(SandboxPlatform):
             Route(REFRESH, self.refresh, methods=["POST"]),
             Route(RESEND, self.resend_token, methods=["POST"]),
             Route(SHOP_INFO, self.shop_info, methods=["GET"]),
+            Route(UPDATE_STOCK, self.update_stock, methods=["POST"]),
             Route(MERCHANT_INFO, self.shop_info, methods=["GET"]),
             Route("/console/resend_code", self.console_resend_code, methods=["POST"]),
         ]
@@ -365,3 +367,29 @@ class ShopeeSandbox(SandboxPlatform):
         if merchant:
             return envelope({"merchant_name": subject.name, "merchant_region": subject.region})
         return envelope({"shop_name": subject.name, "region": subject.region, "status": "NORMAL"})
+
+    async def update_stock(self, request: Request) -> Response:
+        """A signed shop POST with a JSON body; echoes the body it received."""
+        fault = await self.fault("api")
+        if isinstance(fault, Response):
+            return fault
+        access_token = request.query_params.get("access_token", "")
+        shop_id = request.query_params.get("shop_id", "")
+        try:
+            if not access_token or not shop_id:
+                raise ShopeeError("error_param", "Wrong parameters, detail: access_token and shop_id are required.")
+            self.verify(request, UPDATE_STOCK, access_token)
+            try:
+                chain = self.state.check_access(self.name, access_token)
+            except SandboxRejection:
+                raise ShopeeError("invalid_acceess_token", "Invalid access_token.", 403) from None
+            if not any(s.id == shop_id and s.kind == "shop" for s in chain.subjects):
+                raise ShopeeError("error_auth", "Invalid access_token.", 403)
+            try:
+                body = json.loads(await request.body() or b"")
+            except ValueError:
+                raise ShopeeError("error_param", "Wrong parameters, detail: body is not JSON.") from None
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        self.state.count(self.name, "api")
+        return envelope({"echo": body, "success_list": [], "failure_list": []})

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,9 @@ from starlette.routing import BaseRoute, Route
 from refresher.platforms.signing import tiktok_shop_sign
 from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
 from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
+
+# A signed POST with a JSON body (the body is part of the signature): the proxy's and client's proof.
+ORDER_SEARCH = "/order/202309/orders/search"
 
 DEFAULT_REDIRECT = "http://127.0.0.1:3017/callback"
 DEFAULT_SCOPES = ["seller.authorization.info", "seller.shop.info", "seller.order.info"]
@@ -52,6 +56,7 @@ class TikTokShopSandbox(SandboxPlatform):
             Route("/api/v2/token/get", self.token_get, methods=["GET", "POST"]),
             Route("/api/v2/token/refresh", self.token_refresh, methods=["GET", "POST"]),
             Route("/authorization/202309/shops", self.shops, methods=["GET"]),
+            Route(ORDER_SEARCH, self.order_search, methods=["POST"]),
         ]
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -289,3 +294,18 @@ class TikTokShopSandbox(SandboxPlatform):
         if fault == "lost":
             return PlainTextResponse("upstream trouble", status_code=500)
         return self.envelope(0, "Success", {"shops": shops})
+
+    async def order_search(self, request: Request) -> Response:
+        """Search Orders: a signed POST whose JSON body is signed too; echoes the body it verified."""
+        fault = await self.fault("api")
+        if isinstance(fault, Response):
+            return fault
+        found = await self.verify_signed(request)
+        if isinstance(found, Response):
+            return found
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return self.envelope(36009001, "Invalid request body: not JSON.", status=400)
+        self.state.count(self.name, "api")
+        return self.envelope(0, "Success", {"orders": [], "total_count": 0, "echo": body})
