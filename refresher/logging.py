@@ -324,7 +324,7 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
     root.addHandler(handler)
     root.setLevel(level)
     # (Not "sqlalchemy": it pins its own logger to WARNING on import, and inheriting INFO would log SQL.)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler", "alembic"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
         lib = logging.getLogger(name)
         # Their records reach the root handler (and only it): no second, unredacted copy.
         lib.handlers.clear()

@@ -89,11 +89,12 @@ def print_status(rows: list[list[str]], as_json: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs and CI: do not squeeze
     table = Table(*STATUS_HEADERS, title=None, show_lines=False)
     for row in rows:
         style = {"needs_reauth": "red", "disabled": "dim"}.get(row[3], "")
         table.add_row(*row, style=style)
-    Console().print(table)
+    console.print(table)
 
 
 @main.command("status")
