@@ -245,7 +245,14 @@ def redact_processor(_logger: WrappedLogger, _method: str, event_dict: EventDict
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Chatty libraries: httpx logs every request URL at INFO (query strings may hold tokens; redaction
 # catches them, but there is no reason to emit them at all), apprise logs its service URLs.
-_QUIET = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "apprise": logging.WARNING}
+# APScheduler logs "Running job …" / "executed successfully" at INFO on every tick; the daemon's own sweep
+# line says what matters, so its chatter starts at WARNING (missed and skipped runs still show).
+_QUIET = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "apprise": logging.WARNING,
+    "apscheduler": logging.WARNING,
+}
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
@@ -324,7 +331,7 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
     root.addHandler(handler)
     root.setLevel(level)
     # (Not "sqlalchemy": it pins its own logger to WARNING on import, and inheriting INFO would log SQL.)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler", "alembic"):
         lib = logging.getLogger(name)
         # Their records reach the root handler (and only it): no second, unredacted copy.
         lib.handlers.clear()
