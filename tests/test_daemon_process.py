@@ -1,11 +1,12 @@
-"""``refresher run`` as a real process: sd_notify, refreshes, SIGHUP reload (good and bad), graceful
-SIGTERM, and a log in which none of the secrets, tokens or codes of the run appear."""
+"""``refresher run`` and ``refresher sandbox`` as real processes: accounts on all four platforms rotate
+several times with no access token ever expired, every refresh recorded and zero reuses; sd_notify,
+SIGHUP reload (good and bad), graceful SIGTERM, and a log in which none of the secrets, tokens or codes
+of the run appear."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -23,8 +25,7 @@ from refresher import platforms
 from refresher.config import parse_config
 from refresher.domain import SystemClock
 from refresher.platforms.base import make_http_client
-from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, secret_of
+from refresher.sandbox.core import SANDBOX_CREDENTIALS, secret_of
 from refresher.store import open_store
 
 pytestmark = pytest.mark.slow
@@ -38,9 +39,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SANDBOX_PREFIX = {"shopee": "/shopee", "tiktok_shop": "/tiktok-shop", "lazada": "/lazada", "tiktok": "/tiktok"}
+
+
 class Run:
-    def __init__(self, tmp: Path, sandbox: SandboxServer) -> None:
-        self.tmp, self.sandbox = tmp, sandbox
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.sandbox_url = f"http://127.0.0.1:{free_port()}"
         self.port = free_port()
         self.config = tmp / "refresher.yaml"
         self.secrets: set[str] = {secret_of(SANDBOX_CREDENTIALS[p]) for p in APPS}
@@ -51,7 +56,16 @@ class Run:
             "server": {"port": self.port, "admin_token": self.admin_token},
             "logging": {"level": "info", "format": "json"},
             "apps": {
-                p: {**sandbox.app_config(p), "interval": "1s", "refresh_before": "15s", "timeout": "3s"} for p in APPS
+                p: {
+                    "platform": p,
+                    "base_url": self.sandbox_url + SANDBOX_PREFIX[p],
+                    "redirect_uri": "http://127.0.0.1:3017/callback",
+                    **SANDBOX_CREDENTIALS[p],
+                    "interval": "1s",
+                    "refresh_before": "15s",
+                    "timeout": "3s",
+                }
+                for p in APPS
             },
         }
         self.write()
@@ -60,6 +74,7 @@ class Run:
         self.notify.bind(self.notify_path)
         self.notify.setblocking(False)
         self.proc: asyncio.subprocess.Process | None = None
+        self.sandbox_proc: asyncio.subprocess.Process | None = None
         self.stderr: list[str] = []
 
     def write(self, text: str | None = None) -> None:
@@ -76,7 +91,9 @@ class Run:
             for name, app in settings.apps.items():
                 plugin = platforms.get(app.platform)(app, http=http)
                 pkce = plugin.pkce_pair()
-                params = await self.sandbox.approve(plugin.authorize_url("s", app.redirect_uri, pkce))
+                consent = await http.get(plugin.authorize_url("s", app.redirect_uri, pkce))  # --auto-approve
+                assert consent.status_code == 302, consent.text[:300]
+                params = dict(parse_qsl(urlsplit(consent.headers["location"]).query))
                 self.secrets.add(params["code"])
                 for grant in await plugin.exchange_code(params, pkce, app.redirect_uri):
                     self.secrets.update({grant.tokens.access_token, grant.tokens.refresh_token})
@@ -84,6 +101,35 @@ class Run:
         finally:
             await http.aclose()
             await store.close()
+
+    async def start_sandbox(self) -> None:
+        port = self.sandbox_url.rsplit(":", 1)[1]
+        self.sandbox_proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "refresher",
+            "sandbox",
+            "--port",
+            port,
+            "--access-ttl",
+            "20s",
+            "--auto-approve",
+            "-c",
+            str(self.config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{self.sandbox_url}/_sandbox/health")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        pytest.fail("the sandbox process never answered")
+
+    async def counters(self) -> dict[str, int]:
+        async with httpx.AsyncClient() as client:
+            return dict((await client.get(f"{self.sandbox_url}/_sandbox/counters")).json())
 
     async def start(self) -> None:
         env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, "PYTHONUNBUFFERED": "1"}
@@ -142,16 +188,16 @@ class Run:
 
 @pytest.fixture
 async def run(tmp_path: Path) -> AsyncIterator[Run]:
-    lifetimes = {p: life.scaled(dt.timedelta(seconds=20), None) for p, life in DEFAULT_LIFETIMES.items()}
-    async with SandboxServer(lifetimes=lifetimes, auto_approve=True) as sandbox:
-        r = Run(tmp_path, sandbox)
-        try:
-            yield r
-        finally:
-            if r.proc is not None and r.proc.returncode is None:
-                r.proc.kill()
-                await r.proc.wait()
-            r.notify.close()
+    r = Run(tmp_path)
+    await r.start_sandbox()
+    try:
+        yield r
+    finally:
+        for proc in (r.proc, r.sandbox_proc):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        r.notify.close()
 
 
 async def test_daemon_lifecycle_reload_and_clean_logs(run: Run) -> None:
@@ -167,9 +213,14 @@ async def test_daemon_lifecycle_reload_and_clean_logs(run: Run) -> None:
         else:
             pytest.fail("daemon never became ready")
 
-        # Tokens live 20 s and are refreshed 15 s before expiry: within ~10 s every account rotated.
+        # Tokens live 20 s and are refreshed 15 s before expiry: each account rotates every ~5 s. Watch
+        # the store for 25 s: every account rotates several times and no access token is ever expired.
+        watcher = asyncio.create_task(watch_expiries(run, seconds=25))
         for platform in APPS:
             await wait_for_refresh(run, platform)
+        expired, rotations = await watcher
+        assert not expired, expired[:5]
+        assert all(n >= 3 for n in rotations.values()), rotations
 
         # A good reload: a changed interval is applied without a restart.
         mark = len(run.stderr)
@@ -198,9 +249,12 @@ async def test_daemon_lifecycle_reload_and_clean_logs(run: Run) -> None:
     assert any(e.get("event") == "daemon.stopped" for e in run.events())
 
     # The whole log, every line JSON, carries none of the secrets, tokens or codes the run used.
-    await collect_current_tokens(run)
-    counters = run.sandbox.state.counters
-    assert sum(v for k, v in counters.items() if k.endswith(".reuse")) == 0, dict(counters)
+    recorded = await collect_current_tokens(run)
+    counters = await run.counters()
+    assert sum(v for k, v in counters.items() if k.endswith(".reuse")) == 0, counters
+    # Every refresh the platforms performed was recorded by refresher (audit log of successes).
+    for platform in APPS:
+        assert recorded[platform] == counters.get(f"{platform}.rotated", 0), (platform, recorded, counters)
     log_text = "\n".join(run.stderr)
     for secret in run.secrets:
         assert secret not in log_text, "a secret reached the log"
@@ -218,8 +272,36 @@ async def wait_for_refresh(run: Run, app: str, after: int = 0, timeout: float = 
     pytest.fail(f"{app} was never refreshed; last lines: {run.stderr[-10:]}")
 
 
-async def collect_current_tokens(run: Run) -> None:
-    """Every token the daemon issued during the run is in the store (current) or its history."""
+async def watch_expiries(run: Run, seconds: float) -> tuple[list[str], dict[str, int]]:
+    """Poll the store: any active account whose access token is past its expiry is a failure."""
+    settings = parse_config(
+        yaml.safe_dump(run.document), file=str(run.config), credential_models=platforms.credential_models()
+    )
+    store = open_store(settings.store, SystemClock())
+    await store.open()
+    expired: list[str] = []
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            now = SystemClock().now()
+            for account in await store.list(limit=1000):
+                assert account.tokens is not None
+                if account.tokens.access_expires_at <= now:
+                    expired.append(f"{account.app}/{account.key} expired at {account.tokens.access_expires_at}")
+                first.setdefault(f"{account.app}/{account.key}", account.version)
+                last[f"{account.app}/{account.key}"] = account.version
+            await asyncio.sleep(0.5)
+    finally:
+        await store.close()
+    return expired, {key: last[key] - first[key] for key in last}
+
+
+async def collect_current_tokens(run: Run) -> dict[str, int]:
+    """Every token the daemon issued during the run is in the store (current); returns, per app, how many
+    successful refreshes the audit log recorded."""
     settings = parse_config(
         yaml.safe_dump(run.document), file=str(run.config), credential_models=platforms.credential_models()
     )
@@ -229,5 +311,10 @@ async def collect_current_tokens(run: Run) -> None:
         for account in await store.list(limit=1000):
             assert account.tokens is not None
             run.secrets.update({account.tokens.access_token, account.tokens.refresh_token})
+        recorded = {}
+        for app in APPS:
+            entries = await store.audit_log(app=app, limit=100_000)
+            recorded[app] = sum(1 for e in entries if e.outcome == "success")
+        return recorded
     finally:
         await store.close()
