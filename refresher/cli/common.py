@@ -81,6 +81,12 @@ class _Main(click.Group):
 
             if isinstance(exc, _CFE):
                 fail(str(exc).splitlines()[0])
+            from refresher.store.base import StoreError
+
+            if isinstance(exc, StoreError):
+                # An unreachable or unwritable store is the operator's setting to fix, like a bad config:
+                # one line, exit 2 (StoreError messages name the driver error, never the URL's password).
+                fail(str(exc).splitlines()[0] if str(exc) else f"store: {type(exc).__name__}")
             fail(f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
 
 

@@ -187,7 +187,10 @@ class TikTokShopPlatform(Platform):
         access = _token(data, "access_token", self.name, request_id)
         refresh = _token(data, "refresh_token", self.name, request_id)
         access_at = self._absolute(data, "access_token_expire_in", request_id, required=True)
-        assert access_at is not None  # required=True
+        if access_at is None:
+            # 0 means "no end" only for refresh tokens; an access token always expires. (An assert here
+            # escaped the taxonomy and broke the whole sweep's gather.)
+            raise MalformedAnswer("access_token_expire_in is 0", platform=self.name, request_id=request_id)
         refresh_at = self._absolute(data, "refresh_token_expire_in", request_id, required=False)
         scopes = data.get("granted_scopes") or []
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):

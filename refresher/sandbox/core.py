@@ -143,9 +143,8 @@ class FaultPlan:
             platform = match["platform"]
             if platform != "*" and platform not in SANDBOX_CREDENTIALS:
                 # A typo here would silently inject nothing and a fault test would pass for the wrong reason.
-                raise FaultSpecError(
-                    f"fault {part!r}: unknown platform {platform!r} (one of *, {', '.join(sorted(SANDBOX_CREDENTIALS))})"
-                )
+                known = ", ".join(["*", *sorted(SANDBOX_CREDENTIALS)])
+                raise FaultSpecError(f"fault {part!r}: unknown platform {platform!r} (one of {known})")
             prob = float(match["prob"]) if match["prob"] else 1.0
             if not 0.0 <= prob <= 1.0:
                 raise FaultSpecError(f"fault {part!r}: probability must be between 0 and 1")

@@ -97,15 +97,23 @@ class SandboxServer:
         return await self._answer(authorize_url, "deny", {})
 
     async def _answer(self, authorize_url: str, choice: str, options: Mapping[str, str]) -> dict[str, str]:
-        async with httpx.AsyncClient(timeout=10) as client:
-            page = await client.get(authorize_url)
-            if page.status_code in (301, 302, 303, 307):  # auto-approve
-                return dict(parse_qsl(urlsplit(page.headers["location"]).query))
-            page.raise_for_status()
-            marker = f'id="{choice}" href="'
-            start = page.text.index(marker) + len(marker)
-            link = page.text[start : page.text.index('"', start)].replace("&amp;", "&")
-            answer = await client.get(link, params=dict(options))
-            if answer.status_code not in (302, 303):
-                raise RuntimeError(f"sandbox consent answered {answer.status_code}: {answer.text[:200]}")
-            return dict(parse_qsl(urlsplit(answer.headers["location"]).query))
+        return await answer_consent(authorize_url, choice, options)
+
+
+async def answer_consent(
+    authorize_url: str, choice: str = "approve", options: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Play the seller against any running sandbox (in this process or another): open ``authorize_url``,
+    press Approve or Deny (with the approve link's ``options``), and return the callback's query."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        page = await client.get(authorize_url)
+        if page.status_code in (301, 302, 303, 307):  # auto-approve
+            return dict(parse_qsl(urlsplit(page.headers["location"]).query))
+        page.raise_for_status()
+        marker = f'id="{choice}" href="'
+        start = page.text.index(marker) + len(marker)
+        link = page.text[start : page.text.index('"', start)].replace("&amp;", "&")
+        answer = await client.get(link, params=dict(options or {}))
+        if answer.status_code not in (302, 303):
+            raise RuntimeError(f"sandbox consent answered {answer.status_code}: {answer.text[:200]}")
+        return dict(parse_qsl(urlsplit(answer.headers["location"]).query))
