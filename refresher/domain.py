@@ -195,9 +195,15 @@ class TransientError(RefresherError):
 
 
 class MalformedAnswer(TransientError):
-    """The platform answered something we cannot read (HTML, truncated JSON, wrong types)."""
+    """The platform answered something we cannot read (HTML, truncated JSON, wrong types).
+
+    ``salvaged``: when the answer did carry a new access and refresh token but something else in it was
+    wrong (an expiry of the wrong type, say), the tokens with a deliberately short expiry. The platform
+    has most likely rotated already, so these tokens are kept — never dropped, never retried over.
+    """
 
     error_class = "malformed"
+    salvaged: TokenSet | None = None
 
 
 class ReauthRequired(RefresherError):

@@ -37,6 +37,7 @@ from refresher.domain import (
     Clock,
     ClockSkew,
     ConfigError,
+    MalformedAnswer,
     ReauthRequired,
     RefresherError,
     RefreshTokenRejected,
@@ -270,11 +271,25 @@ class Refresher:
         except LeaseLost:
             return RefreshResult(account, "skipped")
 
-        attempts = 0
+        tally = [0]  # attempts made so far, still readable when the call raises (audit, logs, alarms)
         try:
-            tokens, attempts = await self._call_with_retries(platform, policy, account, refresh_token)
+            tokens, attempts = await self._call_with_retries(platform, policy, account, refresh_token, tally)
+        except MalformedAnswer as exc:
+            if exc.salvaged is None:
+                return await self._settle_failure(account, policy, exc, tally[0], started, unsettled)
+            # The platform issued a new pair in a flawed answer: it has most likely rotated, so the new
+            # pair is the only one that works. Keep it with a short expiry; the next sweep refreshes it.
+            tokens, attempts = exc.salvaged, tally[0]
+            log.warning(
+                "refresh.salvaged",
+                app=account.app,
+                account=account.key,
+                reason=exc.message,
+                request_id=exc.request_id,
+                detail="new tokens kept with a short expiry; the next sweep refreshes them",
+            )
         except RefresherError as exc:
-            return await self._settle_failure(account, policy, exc, attempts, started, unsettled)
+            return await self._settle_failure(account, policy, exc, tally[0], started, unsettled)
         except asyncio.CancelledError:
             # Shutdown mid-call: the outcome is unknown, so leave refresh_started_at set and let the lease
             # expire; a later sweep settles it.
@@ -305,7 +320,12 @@ class Refresher:
         return RefreshResult(saved, "success", None, attempts, duration)
 
     async def _call_with_retries(
-        self, platform: Platform, policy: AppPolicy, account: Account, refresh_token: str
+        self,
+        platform: Platform,
+        policy: AppPolicy,
+        account: Account,
+        refresh_token: str,
+        tally: list[int] | None = None,
     ) -> tuple[TokenSet, int]:
         limiter = self._limiters[policy.app]
         attempts = 0
@@ -313,13 +333,18 @@ class Refresher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts),
             wait=_wait_honouring_retry_after(policy),
-            retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
+            # Never retry over a salvaged pair: the old refresh token is spent already.
+            retry=retry_if_exception(
+                lambda e: isinstance(e, TransientError) and getattr(e, "salvaged", None) is None
+            ),
             sleep=self._sleep,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
                 attempts += 1
+                if tally is not None:
+                    tally[0] = attempts
                 await limiter.acquire()
                 try:
                     return await platform.refresh(account.identity, refresh_token), attempts
@@ -329,6 +354,8 @@ class Refresher:
                     skew_retried = True  # re-sign once with a fresh timestamp, at once
                     await limiter.acquire()
                     attempts += 1
+                    if tally is not None:
+                        tally[0] = attempts
                     return await platform.refresh(account.identity, refresh_token), attempts
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -464,7 +491,7 @@ def _sweep_backoff(failures: int, policy: AppPolicy) -> dt.timedelta:
 
 def _wait_honouring_retry_after(policy: AppPolicy) -> Callable[[RetryCallState], float]:
     backoff = wait_exponential_jitter(
-        initial=policy.initial_delay.total_seconds(), max=policy.max_delay.total_seconds()
+        multiplier=policy.initial_delay.total_seconds(), max=policy.max_delay.total_seconds()
     )
 
     def wait(state: RetryCallState) -> float:

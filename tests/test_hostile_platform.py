@@ -51,6 +51,7 @@ from tests.hostile_corpus import (
     http,
     json_answer,
     secrets_of,
+    success,
 )
 
 START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -376,3 +377,34 @@ def test_app_settings_helper_points_every_role_at_the_server() -> None:
         plugin = platforms.get(platform)(app)
         for role in plugin.default_hosts:
             assert plugin.host(role).startswith("http://127.0.0.1:1"), (platform, role)
+
+
+EXPIRY_FIELD = {
+    "shopee": "expire_in",
+    "tiktok_shop": "access_token_expire_in",
+    "lazada": "expires_in",
+    "tiktok": "expires_in",
+}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_new_tokens_in_a_flawed_answer_are_kept_not_dropped(
+    platform: str, hostile: HostileServer, tmp_path: Path
+) -> None:
+    """The platform rotated and answered the new pair with an unreadable expiry: the old refresh token is
+    spent, so dropping the new pair would cost a re-authorization. It is kept, with a short expiry, and
+    never retried over (a retry would send the spent token)."""
+    from tests.hostile_corpus import NEW_ACCESS_TOKEN, NEW_REFRESH_TOKEN
+
+    async with HostileServer(respond=http(200, b"{}")) as webhook, Sweep(platform, hostile, webhook, tmp_path) as run:
+        flawed = success(platform, int(run.clock.now().timestamp()), **{EXPIRY_FIELD[platform]: "soon"})
+        assert await run.tick(json_answer(200, flawed)) == 1  # no retry over a spent token
+        account = await run.account()
+        assert account.tokens.refresh_token == NEW_REFRESH_TOKEN
+        assert account.tokens.access_token == NEW_ACCESS_TOKEN
+        assert account.status == AccountStatus.ACTIVE and account.consecutive_failures == 0
+        # Short-lived on purpose: the next sweep refreshes it with the new refresh token.
+        assert account.tokens.access_expires_at <= run.clock.now() + dt.timedelta(minutes=10)
+        assert await run.tick(json_answer(200, success(platform, int(run.clock.now().timestamp())))) == 1
+        sent = hostile.received[-1]
+        assert NEW_REFRESH_TOKEN in sent.target + sent.body.decode("latin-1")

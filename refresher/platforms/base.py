@@ -178,6 +178,28 @@ def as_seconds(data: Mapping[str, Any], key: str, platform: str, *, required: bo
     return int(value)
 
 
+# How long salvaged tokens are trusted: short, so the next sweep refreshes them with a proper answer.
+SALVAGED_LIFETIME = dt.timedelta(minutes=10)
+
+
+def salvage(error: MalformedAnswer, data: Mapping[str, Any], now: dt.datetime) -> MalformedAnswer:
+    """Attach the new tokens of a flawed success answer to its error, if both tokens are there.
+
+    A platform that rotates has invalidated the old refresh token the moment it answered: dropping the
+    new pair because, say, ``expires_in`` was a word, would cost a re-authorization by the seller.
+    """
+    access, refresh = data.get("access_token"), data.get("refresh_token")
+    if isinstance(access, str) and access and isinstance(refresh, str) and refresh:
+        error.salvaged = TokenSet(
+            access_token=access,
+            refresh_token=refresh,
+            access_expires_at=now + SALVAGED_LIFETIME,
+            refresh_expires_at=None,
+            raw={"salvaged_because": error.message},
+        )
+    return error
+
+
 # ----------------------------------------------------------------------------------------- plugin
 
 

@@ -38,6 +38,7 @@ from refresher.platforms.base import (
     http_status_error,
     retry_after_seconds,
     safe_excerpt,
+    salvage,
 )
 from refresher.platforms.signing import lazada_sign
 
@@ -247,6 +248,12 @@ class LazadaPlatform(Platform):
         )
 
     def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
+        try:
+            return self._strict_token_set(data)
+        except MalformedAnswer as exc:
+            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
+
+    def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
         request_id = _request_id(data)
         try:
             access = _token(data, "access_token", self.name)

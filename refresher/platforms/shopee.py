@@ -43,6 +43,7 @@ from refresher.platforms.base import (
     http_status_error,
     retry_after_seconds,
     safe_excerpt,
+    salvage,
 )
 from refresher.platforms.signing import shopee_sign
 
@@ -305,6 +306,12 @@ class ShopeePlatform(Platform):
         )
 
     def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
+        try:
+            return self._strict_token_set(data)
+        except MalformedAnswer as exc:
+            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
+
+    def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
         request_id = _request_id(data)
         try:
             access = _token(data, "access_token", self.name)

@@ -113,7 +113,7 @@ def lazada_sign(
 
 
 def pkce_verifier() -> str:
-    """A fresh RFC 7636 code verifier (43–128 unreserved characters)."""
+    """A fresh RFC 7636 code verifier (43-128 unreserved characters)."""
     return secrets.token_urlsafe(48)[:64]
 
 

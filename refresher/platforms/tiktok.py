@@ -41,6 +41,7 @@ from refresher.platforms.base import (
     parse_json_object,
     retry_after_seconds,
     safe_excerpt,
+    salvage,
 )
 from refresher.platforms.signing import pkce_challenge_hex, pkce_challenge_s256, pkce_verifier
 
@@ -257,6 +258,12 @@ class TikTokPlatform(Platform):
         return TransientError(f"{text}: unrecognised error", retry_after=retry_after_seconds(answer.headers), **kwargs)
 
     def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
+        try:
+            return self._strict_token_set(data)
+        except MalformedAnswer as exc:
+            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
+
+    def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
         request_id = _log_id(data)
         access = _token(data, "access_token", self.name, request_id)
         refresh = _token(data, "refresh_token", self.name, request_id)

@@ -44,6 +44,7 @@ from refresher.platforms.base import (
     http_status_error,
     parse_json_object,
     safe_excerpt,
+    salvage,
 )
 from refresher.platforms.signing import tiktok_shop_sign
 
@@ -184,6 +185,12 @@ class TikTokShopPlatform(Platform):
         return data, request_id
 
     def _token_set(self, data: Mapping[str, Any], request_id: str | None) -> TokenSet:
+        try:
+            return self._strict_token_set(data, request_id)
+        except MalformedAnswer as exc:
+            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
+
+    def _strict_token_set(self, data: Mapping[str, Any], request_id: str | None) -> TokenSet:
         access = _token(data, "access_token", self.name, request_id)
         refresh = _token(data, "refresh_token", self.name, request_id)
         access_at = self._absolute(data, "access_token_expire_in", request_id, required=True)
