@@ -14,7 +14,7 @@ import email.utils
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -298,6 +298,44 @@ class Platform(ABC):
         return None
 
     # -- HTTP --------------------------------------------------------------------------------------
+
+    def checked_json(
+        self,
+        answer: Answer,
+        what: str,
+        error_of: Callable[[dict[str, Any]], RefresherError | None],
+        request_id_of: Callable[[Mapping[str, Any]], str | None],
+    ) -> dict[str, Any]:
+        """The answer's JSON object when it is a success, else the classified error raised.
+
+        ``error_of`` reads the platform's own error envelope. Its verdict wins, except that a 429/5xx whose
+        body is not the platform's envelope (a gateway's page) is classified by its HTTP status, so that a
+        ``Retry-After`` is kept.
+        """
+        status_error = http_status_error(answer, self.name)
+        try:
+            data = answer.json_object(self.name)
+        except MalformedAnswer as exc:
+            if status_error is not None:
+                raise status_error from None
+            exc.message = f"{what}: {exc.message}"
+            raise
+        error = error_of(data)
+        if isinstance(error, MalformedAnswer) and status_error is not None:
+            error = status_error
+        if error is not None:
+            raise error
+        if status_error is not None:
+            status_error.request_id = request_id_of(data)
+            raise status_error
+        if answer.status >= 400:
+            raise MalformedAnswer(
+                f"{what}: HTTP {answer.status} without an error code",
+                platform=self.name,
+                http_status=answer.status,
+                request_id=request_id_of(data),
+            )
+        return data
 
     async def send(
         self,

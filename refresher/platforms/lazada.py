@@ -35,7 +35,6 @@ from refresher.platforms.base import (
     Platform,
     SignedCall,
     as_seconds,
-    http_status_error,
     retry_after_seconds,
     safe_excerpt,
     salvage,
@@ -175,30 +174,7 @@ class LazadaPlatform(Platform):
         return self._checked(answer, what, context)
 
     def _checked(self, answer: Answer, what: str, context: str) -> dict[str, Any]:
-        status_error = http_status_error(answer, self.name)
-        try:
-            data = answer.json_object(self.name)
-        except MalformedAnswer as exc:
-            if status_error is not None:
-                raise status_error from None
-            exc.message = f"{what}: {exc.message}"
-            raise
-        error = self._error_of(data, answer, what, context)
-        if isinstance(error, MalformedAnswer) and status_error is not None:
-            error = status_error  # a 429/5xx whose JSON is not the platform's envelope (a proxy's page)
-        if error is not None:
-            raise error
-        if status_error is not None:
-            status_error.request_id = _request_id(data)
-            raise status_error
-        if answer.status >= 400:
-            raise MalformedAnswer(
-                f"{what}: HTTP {answer.status} without an error code",
-                platform=self.name,
-                http_status=answer.status,
-                request_id=_request_id(data),
-            )
-        return data
+        return self.checked_json(answer, what, lambda data: self._error_of(data, answer, what, context), _request_id)
 
     def _error_of(self, data: Mapping[str, Any], answer: Answer, what: str, context: str) -> RefresherError | None:
         """Classify ``{code, type, message, request_id}``; ``code == "0"`` is success."""

@@ -40,7 +40,6 @@ from refresher.platforms.base import (
     ApiCall,
     Platform,
     SignedCall,
-    http_status_error,
     retry_after_seconds,
     safe_excerpt,
     salvage,
@@ -223,30 +222,7 @@ class ShopeePlatform(Platform):
 
     def _checked(self, answer: Answer, what: str, context: str) -> dict[str, Any]:
         """The answer's JSON object when it is a success, else the classified error raised."""
-        status_error = http_status_error(answer, self.name)
-        try:
-            data = answer.json_object(self.name)
-        except MalformedAnswer as exc:
-            if status_error is not None:
-                raise status_error from None
-            exc.message = f"{what}: {exc.message}"
-            raise
-        error = self._error_of(data, answer, what, context)
-        if isinstance(error, MalformedAnswer) and status_error is not None:
-            error = status_error  # a 429/5xx whose JSON is not the platform's envelope (a proxy's page)
-        if error is not None:
-            raise error
-        if status_error is not None:
-            status_error.request_id = _request_id(data)
-            raise status_error
-        if answer.status >= 400:
-            raise MalformedAnswer(
-                f"{what}: HTTP {answer.status} without an error code",
-                platform=self.name,
-                http_status=answer.status,
-                request_id=_request_id(data),
-            )
-        return data
+        return self.checked_json(answer, what, lambda data: self._error_of(data, answer, what, context), _request_id)
 
     def _error_of(self, data: Mapping[str, Any], answer: Answer, what: str, context: str) -> RefresherError | None:
         """Classify Shopee's ``{error, message, request_id}`` envelope (``error == ""`` is success)."""
