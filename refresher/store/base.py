@@ -141,6 +141,10 @@ class Store(Protocol):
     ) -> Account:
         """Bring an account in from another tool (same as ``upsert_grant`` but keeps the given status)."""
 
+    async def accounts_refresh_expiring(self, app: str, before: dt.datetime, limit: int = 1000) -> Sequence[Account]:
+        """Active accounts of ``app`` whose refresh token expires before ``before``, soonest first
+        (for "re-authorize soon" alarms)."""
+
     # -- leases --------------------------------------------------------------------------------------
 
     async def claim_due(

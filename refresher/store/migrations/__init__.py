@@ -1,0 +1,1 @@
+"""Alembic migrations of the token store (applied on start by :meth:`SqlStore.open`)."""
