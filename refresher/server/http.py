@@ -23,7 +23,10 @@ class EmbeddedServer(uvicorn.Server):
 async def start_server(app: Any, host: str, port: int) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
     """Start serving ``app``; returns the server, its task and the bound port (``port=0`` picks one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the socket says
+    # it is TCP (proto 0 does not), and without it every response waited ~40 ms for Nagle + delayed ACK.
+    # That delay sat between a platform rotating a token and our commit (issue 8's crash window).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
