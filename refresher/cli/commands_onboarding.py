@@ -128,21 +128,52 @@ def auth_url(config_path: str | None, app: str, state: str | None, redirect_uri:
 @main.command("exchange")
 @config_option
 @click.argument("app")
-@click.argument("callback")
+@click.argument("callback", required=False)
+@click.option("--code", default=None, help="The authorization code alone (instead of CALLBACK).")
+@click.option("--shop-id", default=None, help="Shopee: the shop_id that came with the code.")
+@click.option("--main-account-id", default=None, help="Shopee: the main_account_id that came with the code.")
 @friendly_errors
-def exchange(config_path: str | None, app: str, callback: str) -> None:
-    """Complete a flow by hand: CALLBACK is the URL the platform redirected to (or its query string)."""
+def exchange(
+    config_path: str | None,
+    app: str,
+    callback: str | None,
+    code: str | None,
+    shop_id: str | None,
+    main_account_id: str | None,
+) -> None:
+    """Complete a flow by hand: CALLBACK is the URL the platform redirected to (or its query string), whose
+    state is checked against one `refresher auth-url` stored; or give `--code` (and, for Shopee,
+    `--shop-id` or `--main-account-id`) to exchange a code you obtained some other way."""
     from refresher.onboarding import complete, parse_callback
 
     settings = _settings_for(config_path, app)
-    params = parse_callback(callback)
-    if not params:
-        fail("CALLBACK: no query parameters found (paste the whole redirect URL, quoted)")
+    if (callback is None) == (code is None):
+        fail("give either CALLBACK (the redirect URL) or --code CODE")
+    if shop_id is not None and main_account_id is not None:
+        fail("--shop-id and --main-account-id exclude each other")
+    if code is not None:
+        params = {"code": code}
+        if shop_id is not None:
+            params["shop_id"] = shop_id
+        if main_account_id is not None:
+            params["main_account_id"] = main_account_id
+    else:
+        params = parse_callback(callback or "")
+        if not params:
+            fail("CALLBACK: no query parameters found (paste the whole redirect URL, quoted)")
 
     async def run() -> int:
         clock = SystemClock()
         async with _opened(settings, app, clock) as (store, platform):
-            accounts = await complete(app, platform, store, clock, params)
+            if code is None:
+                accounts = await complete(app, platform, store, clock, params)
+            else:
+                # No state to check: the operator vouches for the code. PKCE apps need the verifier that
+                # only a stored state holds, so they must go through auth-url + CALLBACK.
+                if platform.supports_pkce:
+                    fail(f"{app} uses PKCE: run `refresher auth-url {app}`, then `refresher exchange {app} CALLBACK`")
+                grants = await platform.exchange_code(params, None, platform.app.redirect_uri)
+                accounts = [await store.upsert_grant(app, platform.name, grant) for grant in grants]
         say(f"granted: {len(accounts)} account(s) of app {app} stored")
         print_accounts(accounts, clock.now())
         return 0
