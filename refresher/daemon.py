@@ -32,8 +32,8 @@ from refresher.refresh import Refresher
 from refresher.scheduler import Scheduler
 from refresher.server.app import create_app
 from refresher.server.http import EmbeddedServer, start_server, stop_server
-from refresher.store.base import Account, Store
 from refresher.store import open_store
+from refresher.store.base import Account, Store
 from refresher.systemd import Notifier
 
 log = structlog.get_logger("refresher.daemon")
@@ -230,7 +230,7 @@ class Daemon:
             )
             try:
                 await self.alerts.observe(event)
-            except Exception:  # noqa: BLE001 - alarms never undo an authorization that is stored
+            except Exception:
                 log.exception("alerts.observe_failed", app=app, account=account.key)
             log.info("account.authorized", app=app, account=account.key, name=account.identity.name)
 

@@ -156,7 +156,7 @@ class Scheduler:
             self._running.add(task)
         try:
             await self._tick(app)
-        except Exception:  # noqa: BLE001 - one bad sweep must not kill the job
+        except Exception:
             log.exception("sweep.crashed", app=app)
         finally:
             if task is not None:

@@ -99,21 +99,45 @@ def test_secret_file_missing_and_both_given(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        ("apps:\n  a:\n    platform: fake\n    app_key: 123\n    app_secret: x\n", "cfg.yaml:4: apps.a.app_key: expected text; quote"),
-        ("apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    colour: red\n", "cfg.yaml:6: apps.a.colour: unknown key"),
+        (
+            "apps:\n  a:\n    platform: fake\n    app_key: 123\n    app_secret: x\n",
+            "cfg.yaml:4: apps.a.app_key: expected text; quote",
+        ),
+        (
+            "apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    colour: red\n",
+            "cfg.yaml:6: apps.a.colour: unknown key",
+        ),
         ("apps:\n  a:\n    platform: nope\n", "cfg.yaml:3: apps.a.platform: unknown platform 'nope'"),
         ("apps:\n  a:\n    platform: fake\n    app_secret: x\n", "apps.a.app_key: is required"),
         ("store:\n  url: mysql://x\n", "cfg.yaml:2: store.url: must start with sqlite:/// or postgresql://"),
-        ("apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    schedule: every day\n", "apps.a.schedule: 'every day' is not a cron"),
-        ("apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    schedule: '61 * * * *'\n", "apps.a.schedule:"),
-        ("apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    refresh_before: soon\n", "apps.a.refresh_before: 'soon' is not a duration"),
+        (
+            "apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    schedule: every day\n",
+            "apps.a.schedule: 'every day' is not a cron",
+        ),
+        (
+            "apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    schedule: '61 * * * *'\n",
+            "apps.a.schedule:",
+        ),
+        (
+            "apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    refresh_before: soon\n",
+            "apps.a.refresh_before: 'soon' is not a duration",
+        ),
         ("apps:\n  A B:\n    platform: fake\n", "apps: app name 'A B' must be lowercase"),
-        ("apps:\n  a: {platform: fake}\n  a: {platform: fake}\n", "cfg.yaml:3: apps.a: duplicate key (first defined on line 2)"),
+        (
+            "apps:\n  a: {platform: fake}\n  a: {platform: fake}\n",
+            "cfg.yaml:3: apps.a: duplicate key (first defined on line 2)",
+        ),
         ("apps: [1, 2\n", "cfg.yaml:2: invalid YAML"),
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("alerts:\n  channels:\n    - type: pager\n      name: x\n", "alerts.channels.0"),
-        ("server:\n  api_tokens:\n    - name: erp\n      secret: short\n", "server.api_tokens.0.secret: must be at least 16 characters"),
-        ("apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    timezone: Mars/Olympus\n", "unknown time zone"),
+        (
+            "server:\n  api_tokens:\n    - name: erp\n      secret: short\n",
+            "server.api_tokens.0.secret: must be at least 16 characters",
+        ),
+        (
+            "apps:\n  a:\n    platform: fake\n    app_key: k\n    app_secret: x\n    timezone: Mars/Olympus\n",
+            "unknown time zone",
+        ),
     ],
 )
 def test_bad_configs_give_one_clear_line(yaml_text: str, expected: str) -> None:

@@ -48,7 +48,8 @@ def test_shopee_vectors(tmp_path: Path, vector: dict[str, Any]) -> None:
 @pytest.mark.parametrize("vector", _vectors("tiktok_shop"), ids=lambda v: v["id"])
 def test_tiktok_shop_vectors(tmp_path: Path, vector: dict[str, Any]) -> None:
     i = vector["inputs"]
-    url = f"https://open-api.tiktokglobalshop.com{i['path']}?{urlencode([tuple(p) for p in i['query_decoded_in_send_order']])}"
+    query = urlencode([tuple(p) for p in i["query_decoded_in_send_order"]])
+    url = f"https://open-api.tiktokglobalshop.com{i['path']}?{query}"
     app = {"platform": "tiktok_shop", "app_key": "ignored-by-as-is", "app_secret": i["app_secret"]}
     args = [url, "--as-is", "-X", i["method"], "--content-type", i.get("content_type") or "application/json"]
     if i.get("body_text_as_sent") is not None:

@@ -76,7 +76,7 @@ class _Main(click.Group):
         # escapes as a traceback without at least one clear line.
         try:
             return super().main(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - last resort: one line for the user, never a traceback
             from refresher.config import ConfigFileError as _CFE
 
             if isinstance(exc, _CFE):

@@ -48,10 +48,10 @@ async def start_server(app: Any, host: str, port: int) -> tuple[EmbeddedServer, 
     return server, task, bound
 
 
-async def stop_server(server: EmbeddedServer, task: asyncio.Task[None], timeout: float = 5.0) -> None:
+async def stop_server(server: EmbeddedServer, task: asyncio.Task[None], grace: float = 5.0) -> None:
     server.should_exit = True
     try:
-        await asyncio.wait_for(task, timeout)
+        await asyncio.wait_for(task, grace)
     except (TimeoutError, asyncio.CancelledError):
         server.force_exit = True
         task.cancel()
