@@ -296,6 +296,7 @@ class SandboxState:
         self._used_refresh: dict[str, int] = {}
         self._next_chain = 1
         self._random = random.Random(seed)
+        self._issued_ids: set[str] = set()
 
     # -- apps
 
@@ -310,7 +311,13 @@ class SandboxState:
         self.counters[f"{platform}.{name}"] += 1
 
     def new_id(self, digits: int = 9) -> str:
-        return str(self._random.randrange(10 ** (digits - 1), 10**digits))
+        """A fresh id, never one issued before: with 10,000 shops a random 9-digit id collides about one
+        run in twenty, and a colliding shop id reads as a re-authorization that revokes another grant."""
+        while True:
+            candidate = str(self._random.randrange(10 ** (digits - 1), 10**digits))
+            if candidate not in self._issued_ids:
+                self._issued_ids.add(candidate)
+                return candidate
 
     # -- consent
 
