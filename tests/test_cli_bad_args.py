@@ -68,7 +68,7 @@ def cases(config: Path) -> list[tuple[list[str], str]]:
         (["status", "--bogus"], "No such option"),
         (["refresh", "-c", c], "Missing argument"),
         (["token", "-c", c, "shop-sg"], "Missing argument"),
-        (["exchange", "-c", c, "shop-sg"], "Missing argument"),
+        (["exchange", "-c", c, "shop-sg"], "either CALLBACK"),
         (["auth-url", "-c", c], "Missing argument"),
         (["refresh", "-c", c, "no-such-app", "shop:1"], "no-such-app"),
         (["token", "-c", c, "no-such-app", "shop:1"], "no-such-app"),
