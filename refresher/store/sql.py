@@ -13,6 +13,7 @@ time drives leases in tests and soak runs.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -45,6 +46,7 @@ from refresher.store.base import (
     StoreError,
 )
 from refresher.store.schema import accounts, alarms, audit_log, oauth_states, token_history
+from refresher.store.writers import NORMAL, URGENT, WriterQueue
 
 if TYPE_CHECKING:
     from refresher.config import StoreSettings
@@ -189,6 +191,8 @@ class SqlStore:
         except CryptoError as exc:
             raise StoreError(f"store.encryption_keys: {exc}") from None
         self._engine: AsyncEngine | None = None
+        self._writer_queue: WriterQueue | None = None
+        self._writer_queue_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -311,9 +315,25 @@ class SqlStore:
             except OSError:
                 pass  # not ours to change (another user's file): SQLite will say if it cannot use it
 
+    def _writers(self) -> WriterQueue:
+        """This process's SQLite writers queue here (see :mod:`refresher.store.writers`)."""
+        loop = asyncio.get_running_loop()
+        if self._writer_queue is None or self._writer_queue_loop is not loop:
+            self._writer_queue, self._writer_queue_loop = WriterQueue(), loop
+        return self._writer_queue
+
     @asynccontextmanager
-    async def _tx(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def _tx(self, *, write: bool = False, priority: int = NORMAL) -> AsyncIterator[AsyncConnection]:
         """One transaction; on SQLite a write transaction takes the write lock at BEGIN."""
+        if write and self._backend == "sqlite":
+            async with self._writers().turn(priority), self._tx_unlocked(write=True) as conn:
+                yield conn
+            return
+        async with self._tx_unlocked(write=write) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _tx_unlocked(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
         self._connect()
         assert self._engine is not None
         try:
@@ -512,7 +532,7 @@ class SqlStore:
             "lease_expires_at": None,
             "updated_at": now,
         }
-        async with self._tx(write=True) as conn:
+        async with self._tx(write=True, priority=URGENT) as conn:  # tokens just issued: commit first
             stmt = self._for_update(select(accounts).where(accounts.c.app == app, accounts.c.key == key))
             row = (await conn.execute(stmt)).first()
             if row is None:
@@ -674,7 +694,7 @@ class SqlStore:
 
     async def save_tokens(self, account_id: int, owner: str, tokens: TokenSet) -> Account:
         now = self.clock.now()
-        async with self._tx(write=True) as conn:
+        async with self._tx(write=True, priority=URGENT) as conn:  # a rotated token: commit it first
             row = await self._leased(conn, account_id, owner)
             await self._push_history(conn, row, now)
             values: dict[str, Any] = {
