@@ -32,6 +32,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def load_settings(path: str | None) -> Settings:
     """Load and validate the config; every problem is one line, then exit 2."""
     file = Path(path or default_config_path())
+    if path is None and not file.exists():
+        fail(
+            f"{file}: no such file (pass -c FILE or set REFRESHER_CONFIG; "
+            "`refresher demo` runs on built-in defaults without one)"
+        )
     try:
         return load_config(file, credential_models=platforms.credential_models())
     except ConfigFileError as exc:
