@@ -24,7 +24,7 @@ from refresher import platforms as registry
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
 from refresher.alerts.events import RefreshEvent
 from refresher.config import ConfigFileError, Settings, load_config
-from refresher.domain import AccountStatus, Clock, SystemClock, TokenSet
+from refresher.domain import Clock, SystemClock, TokenSet
 from refresher.logging import configure_logging, register_secrets
 from refresher.metrics import Metrics
 from refresher.platforms.base import Platform, make_http_client
@@ -148,8 +148,7 @@ class Daemon:
         self.refresher.platforms = dict(self._platforms)
         self.refresher.apply_settings(self.settings)
         await self.dispatcher.start()
-        plugin_classes = {n: type(p) for n, p in self._platforms.items()}
-        self.scheduler.configure(self.settings, {a.platform: plugin_classes[n] for n, a in self.settings.apps.items()})
+        self.scheduler.configure(self.settings, _plugin_classes(self.settings, self._platforms))
         if schedule:
             self.scheduler.start()
         if self.settings.server.enabled:
@@ -198,8 +197,8 @@ class Daemon:
         if expiring:
             await self.alerts.check_expiring(expiring)
         await self.alerts.remind(app)  # needs_reauth accounts get no more refresh events to repeat on
-        for status in AccountStatus:
-            self.metrics.set_accounts(app, str(status), await self.store.count(app=app, status=status))
+        for status, count in (await self.store.count_by_status(app)).items():
+            self.metrics.set_accounts(app, str(status), count)
         earliest = await self.store.earliest_expiry(app)
         self.metrics.set_earliest_expiry(app, (earliest - now).total_seconds() if earliest else None)
 
@@ -254,8 +253,7 @@ class Daemon:
         self._platforms = build_platforms(new, self.http, self.clock)
         self.refresher.platforms = dict(self._platforms)
         self.refresher.apply_settings(new)
-        plugin_classes = {a.platform: type(self._platforms[n]) for n, a in new.apps.items()}
-        self.scheduler.configure(new, plugin_classes)
+        self.scheduler.configure(new, _plugin_classes(new, self._platforms))
         self.alerts.apply_settings(new.alerts, build_channels(new.alerts))
         self.hooks.apply_settings(new)
         configure_logging(new.logging)
@@ -318,6 +316,11 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.warning("watchdog.store_unreachable")
             await asyncio.sleep(interval)
+
+
+def _plugin_classes(settings: Settings, platforms: Mapping[str, Platform]) -> dict[str, type[Platform]]:
+    """Platform name -> plugin class, as the scheduler wants them."""
+    return {app.platform: type(platforms[name]) for name, app in settings.apps.items()}
 
 
 def _safe_url(url: str) -> str:

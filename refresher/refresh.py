@@ -325,10 +325,11 @@ class Refresher:
         policy: AppPolicy,
         account: Account,
         refresh_token: str,
-        tally: list[int] | None = None,
+        tally: list[int],
     ) -> tuple[TokenSet, int]:
+        """The platform's new token set and the attempts it took; ``tally[0]`` counts attempts as they go,
+        so the caller still knows it when this raises."""
         limiter = self._limiters[policy.app]
-        attempts = 0
         skew_retried = False
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts),
@@ -342,21 +343,17 @@ class Refresher:
         )
         async for attempt in retrying:
             with attempt:
-                attempts += 1
-                if tally is not None:
-                    tally[0] = attempts
+                tally[0] += 1
                 await limiter.acquire()
                 try:
-                    return await platform.refresh(account.identity, refresh_token), attempts
+                    return await platform.refresh(account.identity, refresh_token), tally[0]
                 except ClockSkew:
                     if skew_retried:
                         raise
                     skew_retried = True  # re-sign once with a fresh timestamp, at once
                     await limiter.acquire()
-                    attempts += 1
-                    if tally is not None:
-                        tally[0] = attempts
-                    return await platform.refresh(account.identity, refresh_token), attempts
+                    tally[0] += 1
+                    return await platform.refresh(account.identity, refresh_token), tally[0]
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _settle_failure(

@@ -177,6 +177,12 @@ async def test_crud(store: SqlStore, clock: FakeClock) -> None:
     disabled = await store.set_status(APP, "shop:2", AccountStatus.DISABLED)
     assert disabled.status is AccountStatus.DISABLED
     assert await store.count(app=APP, status=AccountStatus.ACTIVE) == 1
+    assert await store.count_by_status(APP) == {
+        AccountStatus.ACTIVE: 1,
+        AccountStatus.NEEDS_REAUTH: 0,
+        AccountStatus.DISABLED: 1,
+    }
+    assert await store.count_by_status("no-such-app") == dict.fromkeys(AccountStatus, 0)
     with pytest.raises(AccountNotFound):
         await store.set_status(APP, "nope", AccountStatus.DISABLED)
 

@@ -148,7 +148,6 @@ class AppriseChannel:
         return bool(sender.notify(title=title, body=body))
 
 
-# Random-looking: 8+ characters, no dot (host names have dots), both letters and digits (words do not).
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -166,6 +165,7 @@ def _apprise_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _POOL
 
 
+# Random-looking: 8+ characters, no dot (host names have dots), both letters and digits (words do not).
 _TOKENISH = re.compile(r"^(?=[^.]*\d)(?=[^.]*[A-Za-z])[^.]{8,}$")
 
 
@@ -231,25 +231,26 @@ def build_channels(settings: config.AlertSettings, *, clock: Clock | None = None
     broken = {problem.split(":", 1)[0] for problem in problems}
     channels: list[Channel] = []
     for index, item in enumerate(settings.channels):
+        # Secrets are registered even for a broken channel: its URL may still reach a log.
+        usable = f"alerts.channels.{index}.url" not in broken
         if isinstance(item, config.WebhookChannel):
             secret = item.secret.get_secret_value() if item.secret else None
             auth_headers = [v for k, v in item.headers.items() if _AUTH_HEADER.search(k)]
             register_secrets([secret, *url_secrets(item.url), *auth_headers])
-        else:
-            register_secrets(url_secrets(item.url.get_secret_value()))
-        if f"alerts.channels.{index}.url" in broken:
-            continue
-        if isinstance(item, config.WebhookChannel):
-            channels.append(
-                WebhookChannel(
-                    item.name,
-                    item.url,
-                    secret=item.secret.get_secret_value() if item.secret else None,
-                    timeout=item.timeout.total_seconds(),
-                    headers=item.headers,
-                    clock=clock,
+            if usable:
+                channels.append(
+                    WebhookChannel(
+                        item.name,
+                        item.url,
+                        secret=secret,
+                        timeout=item.timeout.total_seconds(),
+                        headers=item.headers,
+                        clock=clock,
+                    )
                 )
-            )
         else:
-            channels.append(AppriseChannel(item.name, item.url.get_secret_value()))
+            url = item.url.get_secret_value()
+            register_secrets(url_secrets(url))
+            if usable:
+                channels.append(AppriseChannel(item.name, url))
     return channels

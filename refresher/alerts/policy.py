@@ -91,19 +91,7 @@ class AlertPolicy:
             tokens = account.tokens
             if tokens is None or tokens.refresh_expires_at is None or tokens.refresh_expires_at > horizon:
                 continue
-            message = AlarmMessage(
-                kind="reauth_soon",
-                cause=REFRESH_EXPIRING,
-                app=account.app,
-                platform=account.platform,
-                account_key=account.key,
-                account_name=account.identity.name,
-                at=now,
-                consecutive_failures=account.consecutive_failures,
-                access_expires_at=tokens.access_expires_at,
-                refresh_expires_at=tokens.refresh_expires_at,
-                reauth_url=self._link(account.app, account.key),
-            )
+            message = self._account_message("reauth_soon", REFRESH_EXPIRING, account, now)
             await self._raise(account.app, account.key, REFRESH_EXPIRING, message)
 
     async def remind(self, app: str) -> None:
@@ -144,7 +132,8 @@ class AlertPolicy:
     # -- internals ------------------------------------------------------------------------------------
 
     def _account_message(self, kind: str, cause: str, account: Account, now: dt.datetime) -> AlarmMessage:
-        error = account.last_error
+        """A message from the account's stored state; only an alarm quotes the last error."""
+        error = account.last_error if kind == "alarm" else None
         tokens = account.tokens
         return AlarmMessage(
             kind=kind,
@@ -154,10 +143,10 @@ class AlertPolicy:
             account_key=account.key,
             account_name=account.identity.name,
             at=now,
-            error_class=error.error_class if error and kind != "resolved" else None,
-            error_code=error.code if error and kind != "resolved" else None,
-            error_message=redact_text(error.message) if error and kind != "resolved" else None,
-            request_id=error.request_id if error and kind != "resolved" else None,
+            error_class=error.error_class if error else None,
+            error_code=error.code if error else None,
+            error_message=redact_text(error.message) if error else None,
+            request_id=error.request_id if error else None,
             consecutive_failures=account.consecutive_failures,
             access_expires_at=tokens.access_expires_at if tokens else None,
             refresh_expires_at=tokens.refresh_expires_at if tokens else None,
@@ -230,11 +219,7 @@ class AlertPolicy:
 
     async def _resolve(self, event: RefreshEvent) -> None:
         try:
-            open_alarms = [
-                a
-                for a in await self.store.open_alarms(event.app)
-                if a.account_key == event.account_key and a.resolved_at is None
-            ]
+            open_alarms = [a for a in await self.store.open_alarms(event.app) if a.account_key == event.account_key]
         except Exception:
             log.exception("alert.state_unavailable", app=event.app, account=event.account_key)
             return

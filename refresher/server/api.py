@@ -234,7 +234,7 @@ router = APIRouter(prefix="/v1", tags=["tokens"], responses=_AUTH_ERRORS)
 async def list_apps(runtime: RuntimeDep, _caller: Annotated[str, Depends(require("accounts:read"))]) -> AppList:
     items = []
     for name, app in sorted(runtime.settings.apps.items()):
-        counts = {str(status): await runtime.store.count(app=name, status=status) for status in AccountStatus}
+        counts = {str(status): n for status, n in (await runtime.store.count_by_status(name)).items()}
         items.append(
             AppOut(name=name, platform=app.platform, enabled=app.enabled, accounts=counts, total=sum(counts.values()))
         )

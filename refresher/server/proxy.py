@@ -148,11 +148,13 @@ async def proxy(
         verdict = platform.classify_api_answer(answer)
         if isinstance(verdict, AccessTokenInvalid):
             # Refresh once under the lease (another worker's concurrent refresh counts), then retry once.
+            fresh: Account | None = None
             try:
-                outcome = (await runtime.refresher.refresh_now(app, account)).outcome
+                result = await runtime.refresher.refresh_now(app, account)
+                # A success carries the account as just stored (or as another worker just stored it).
+                outcome, fresh = result.outcome, result.account
             except KeyError:  # the app has no refresh policy (disabled) or the account just vanished
                 outcome = "skipped"
-            fresh = await runtime.store.get(app, account)
             if outcome == "success" and fresh is not None and fresh.tokens is not None:
                 retried = True
                 answer = await _send(platform, call, fresh)

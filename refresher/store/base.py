@@ -132,6 +132,9 @@ class Store(Protocol):
 
     async def count(self, app: str | None = None, status: AccountStatus | None = None) -> int: ...
 
+    async def count_by_status(self, app: str) -> dict[AccountStatus, int]:
+        """Accounts of ``app`` per status, every status present (zero included)."""
+
     async def set_status(self, app: str, key: str, status: AccountStatus) -> Account: ...
 
     async def delete(self, app: str, key: str) -> bool: ...

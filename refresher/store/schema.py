@@ -95,6 +95,7 @@ accounts = Table(
     UniqueConstraint("app", "key"),
     Index(None, "app", "status", "access_expires_at"),
     Index(None, "app", "status", "next_attempt_at"),  # claim_due's retry scan (migration 0002)
+    Index(None, "app", "status", "refresh_expires_at"),  # re-authorize-soon query per tick (migration 0003)
 )
 
 token_history = Table(

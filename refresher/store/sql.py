@@ -424,6 +424,19 @@ class SqlStore:
             "raw": _scrub(_jsonable(dict(tokens.raw)), secrets),
         }
 
+    def _previous_refresh(self, row: Row[Any], tokens: TokenSet) -> dict[str, Any]:
+        """The row's refresh token as ``previous_refresh_token`` when ``tokens`` rotate it, else nothing:
+        platforms that do not rotate hand back the same refresh token, so the older "previous" stays."""
+        old_refresh = self._dec(row.refresh_token, row.app, row.key, "refresh_token")
+        if old_refresh is None or old_refresh == tokens.refresh_token:
+            return {}
+        return {"previous_refresh_token": self._enc(old_refresh, row.app, row.key, "previous_refresh_token")}
+
+    def _row_secrets(self, row: Any) -> frozenset[str]:
+        """Every token value the account row holds, in clear (to scrub them from stored text)."""
+        fields = ("access_token", "refresh_token", "previous_refresh_token")
+        return frozenset(s for f in fields if (s := self._dec(getattr(row, f), row.app, row.key, f)))
+
     async def _read(self, conn: AsyncConnection, account_id: int) -> Account:
         row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
         if row is None:
@@ -546,9 +559,7 @@ class SqlStore:
             else:
                 account_id = row.id
                 await self._push_history(conn, row, now)
-                old_refresh = self._dec(row.refresh_token, app, key, "refresh_token")
-                if old_refresh is not None and old_refresh != tokens.refresh_token:
-                    values["previous_refresh_token"] = self._enc(old_refresh, app, key, "previous_refresh_token")
+                values.update(self._previous_refresh(row, tokens))
                 await conn.execute(
                     update(accounts).where(accounts.c.id == row.id).values(version=row.version + 1, **values)
                 )
@@ -559,13 +570,6 @@ class SqlStore:
         async with self._tx() as conn:
             row = (await conn.execute(select(accounts).where(accounts.c.app == app, accounts.c.key == key))).first()
             return None if row is None else self._account(row)
-
-    async def get_by_id(self, account_id: int) -> Account | None:
-        async with self._tx() as conn:
-            try:
-                return await self._read(conn, account_id)
-            except AccountNotFound:
-                return None
 
     def _filters(self, app: str | None, status: AccountStatus | None) -> list[Any]:
         filters = []
@@ -596,6 +600,19 @@ class SqlStore:
         async with self._tx() as conn:
             stmt = select(func.count()).select_from(accounts).where(*self._filters(app, status))
             return int((await conn.execute(stmt)).scalar_one())
+
+    async def count_by_status(self, app: str) -> dict[AccountStatus, int]:
+        """Accounts of ``app`` per status, every status present (zero included), in one grouped query."""
+        stmt = (
+            select(accounts.c.status, func.count())
+            .where(accounts.c.app == app)
+            .group_by(accounts.c.status)
+        )
+        counts = dict.fromkeys(AccountStatus, 0)
+        async with self._tx() as conn:
+            for status, number in await conn.execute(stmt):
+                counts[AccountStatus(status)] = int(number)
+        return counts
 
     async def set_status(self, app: str, key: str, status: AccountStatus) -> Account:
         async with self._tx(write=True) as conn:
@@ -711,10 +728,7 @@ class SqlStore:
                 "version": row.version + 1,
                 "updated_at": now,
             }
-            old_refresh = self._dec(row.refresh_token, row.app, row.key, "refresh_token")
-            # Platforms that do not rotate hand back the same refresh token: keep the older "previous".
-            if old_refresh is not None and old_refresh != tokens.refresh_token:
-                values["previous_refresh_token"] = self._enc(old_refresh, row.app, row.key, "previous_refresh_token")
+            values.update(self._previous_refresh(row, tokens))
             await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
             await self._prune_history(conn, account_id)
             fresh = await self._read(conn, account_id)
@@ -732,15 +746,9 @@ class SqlStore:
         now = self.clock.now()
         async with self._tx(write=True) as conn:
             row = await self._leased(conn, account_id, owner)
-            account = self._account(row)
-            secrets = (
-                frozenset(s for s in (account.tokens.access_token, account.tokens.refresh_token) if s)
-                if account.tokens
-                else frozenset()
-            )
             values: dict[str, Any] = {
                 "consecutive_failures": row.consecutive_failures + 1,
-                "last_error": _scrub(_error_json(error), secrets),
+                "last_error": _scrub(_error_json(error), self._row_secrets(row)),
                 "last_attempt_at": now,
                 "next_attempt_at": as_utc(next_attempt_at) if next_attempt_at else None,
                 "refresh_started_at": None,
@@ -823,11 +831,7 @@ class SqlStore:
                     )
                 ).first()
                 if row is not None:
-                    secrets = {
-                        self._dec(getattr(row, f), row.app, row.key, f)
-                        for f in ("access_token", "refresh_token", "previous_refresh_token")
-                    }
-                    message = _scrub(message, frozenset(s for s in secrets if s))
+                    message = _scrub(message, self._row_secrets(row))
             await conn.execute(
                 insert(audit_log).values(
                     at=as_utc(entry.at),
