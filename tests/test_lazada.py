@@ -34,7 +34,7 @@ from refresher.platforms.lazada import LazadaPlatform
 from refresher.platforms.signing import lazada_sign
 from refresher.sandbox import SandboxServer
 from refresher.sandbox.core import SANDBOX_CREDENTIALS
-from tests.support import app_for
+from tests.support import app_for, assert_no_secret, error_texts
 
 SECRET = SANDBOX_CREDENTIALS["lazada"]["app_secret"]
 APP_KEY = SANDBOX_CREDENTIALS["lazada"]["app_key"]
@@ -50,12 +50,7 @@ class Rig:
     secrets: set[str] = field(default_factory=set)
 
     def check(self, error: BaseException) -> None:
-        texts = [str(error), repr(error)]
-        if isinstance(error, RefresherError):
-            texts.append(repr(error.info()))
-        for secret in self.secrets | {SECRET}:
-            for text in texts:
-                assert secret not in text, f"secret leaked into {type(error).__name__}: {text[:200]}"
+        assert_no_secret(error_texts(error), self.secrets | {SECRET}, type(error).__name__)
 
 
 @pytest.fixture
@@ -321,7 +316,7 @@ def test_numeric_string_lifetimes_are_read() -> None:
     }
     plugin = offline()
     plugin.clock = FakeClock(START)
-    tokens = plugin._token_set(body)
+    tokens = plugin.token_set(body, plugin._strict_token_set)
     assert tokens.access_expires_at == START + dt.timedelta(seconds=60)
     assert tokens.refresh_expires_at == START + dt.timedelta(seconds=120)
 

@@ -158,6 +158,18 @@ def as_text(data: Mapping[str, Any], key: str, platform: str, *, required: bool 
     return str(value)
 
 
+def as_token(data: Mapping[str, Any], key: str, platform: str, request_id: str | None = None) -> str:
+    """A token must be a non-empty string: a number or an object in its place is a broken answer."""
+    value = data.get(key)
+    if value is None or value == "":
+        raise MalformedAnswer(f"answer lacks {key}", platform=platform, request_id=request_id)
+    if not isinstance(value, str):
+        raise MalformedAnswer(
+            f"{key} has the wrong type ({type(value).__name__})", platform=platform, request_id=request_id
+        )
+    return value
+
+
 def as_seconds(data: Mapping[str, Any], key: str, platform: str, *, required: bool = True) -> int | None:
     """A count of seconds or an epoch time given as a number or a numeric string (Lazada's docs use both)."""
     value = data.get(key)
@@ -297,6 +309,13 @@ class Platform(ABC):
         """A fresh PKCE pair when the platform uses PKCE for this app, else ``None``."""
         return None
 
+    def token_set(self, data: Mapping[str, Any], parse: Callable[[Mapping[str, Any]], TokenSet]) -> TokenSet:
+        """``parse(data)``; when it finds the answer flawed, the error carries any new pair (see :func:`salvage`)."""
+        try:
+            return parse(data)
+        except MalformedAnswer as exc:
+            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
+
     # -- HTTP --------------------------------------------------------------------------------------
 
     def checked_json(
@@ -422,6 +441,15 @@ def _decode_bounded(raw: bytes, encoding: str, max_bytes: int, platform: str, wh
     if len(out) > max_bytes:
         raise MalformedAnswer(f"{what}: answer exceeds the {max_bytes}-byte limit", platform=platform)
     return out
+
+
+def looks_like_api_answer(answer: Answer) -> bool:
+    """A body that claims to be JSON, or an HTML page where JSON was due (a gateway's error page).
+
+    Anything else that is not JSON with a 2xx status is a download (a label PDF, an image) and no error.
+    """
+    content_type = answer.headers.get("content-type", "").lower()
+    return "json" in content_type or "html" in content_type or answer.body.lstrip()[:1] in (b"<", b"{", b"")
 
 
 def make_http_client(timeout: float = 20.0, max_connections: int = 100) -> httpx.AsyncClient:

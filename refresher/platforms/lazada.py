@@ -35,9 +35,9 @@ from refresher.platforms.base import (
     Platform,
     SignedCall,
     as_seconds,
+    as_token,
     retry_after_seconds,
     safe_excerpt,
-    salvage,
 )
 from refresher.platforms.signing import lazada_sign
 
@@ -151,13 +151,13 @@ class LazadaPlatform(Platform):
         if not code:
             raise MalformedAnswer("callback carries no code", platform=self.name)
         data = await self._call(CREATE_PATH, {"code": code}, "token exchange", "token")
-        tokens = self._token_set(data)
+        tokens = self.token_set(data, self._strict_token_set)
         return [Grant(self._identity(data), tokens)]
 
     async def refresh(self, identity: Identity, refresh_token: str) -> TokenSet:
         """Token refresh: new access and refresh token; the grant's deadline stays where it was."""
         data = await self._call(REFRESH_PATH, {"refresh_token": refresh_token}, "token refresh", "refresh")
-        return self._token_set(data)
+        return self.token_set(data, self._strict_token_set)
 
     async def _call(self, api_path: str, business: Mapping[str, str], what: str, context: str) -> dict[str, Any]:
         params = self._signed(
@@ -223,17 +223,11 @@ class LazadaPlatform(Platform):
             **kwargs,
         )
 
-    def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
-        try:
-            return self._strict_token_set(data)
-        except MalformedAnswer as exc:
-            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
-
     def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
         request_id = _request_id(data)
         try:
-            access = _token(data, "access_token", self.name)
-            refresh = _token(data, "refresh_token", self.name)
+            access = as_token(data, "access_token", self.name)
+            refresh = as_token(data, "refresh_token", self.name)
             # Relative seconds; the docs' samples show strings, live answers numbers: both are read.
             expires_in = as_seconds(data, "expires_in", self.name)
             refresh_expires_in = as_seconds(data, "refresh_expires_in", self.name, required=False)
@@ -318,12 +312,3 @@ class LazadaPlatform(Platform):
 def _request_id(data: Mapping[str, Any]) -> str | None:
     value = data.get("request_id")
     return value if isinstance(value, str) and value else None
-
-
-def _token(data: Mapping[str, Any], key: str, platform: str) -> str:
-    value = data.get(key)
-    if value is None or value == "":
-        raise MalformedAnswer(f"answer lacks {key}", platform=platform)
-    if not isinstance(value, str):
-        raise MalformedAnswer(f"{key} has the wrong type ({type(value).__name__})", platform=platform)
-    return value

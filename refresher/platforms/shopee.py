@@ -40,9 +40,9 @@ from refresher.platforms.base import (
     ApiCall,
     Platform,
     SignedCall,
+    as_token,
     retry_after_seconds,
     safe_excerpt,
-    salvage,
 )
 from refresher.platforms.signing import shopee_sign
 
@@ -167,7 +167,7 @@ class ShopeePlatform(Platform):
         else:
             raise MalformedAnswer("callback carries neither shop_id nor main_account_id", platform=self.name)
         data = await self._post(TOKEN_PATH, body, "token exchange", "token")
-        tokens = self._token_set(data)
+        tokens = self.token_set(data, self._strict_token_set)
         if main_account_id is None:
             shop_id = str(body["shop_id"])
             return [Grant(Identity(f"shop:{shop_id}", "shop", shop_id), tokens)]
@@ -196,7 +196,7 @@ class ShopeePlatform(Platform):
         elif merchant_id is not None:
             body["merchant_id"] = int(merchant_id)
         data = await self._post(REFRESH_PATH, body, "token refresh", "refresh")
-        return self._token_set(data)
+        return self.token_set(data, self._strict_token_set)
 
     async def resend_code_recovery(self, identity: Identity, resend_code: str) -> TokenSet:
         """Recover a grant whose refresh token was lost, with a "resend code" from the Open Platform
@@ -207,7 +207,7 @@ class ShopeePlatform(Platform):
         recovered tokens belong to; the answer is shaped like GetAccessToken.
         """
         data = await self._post(RESEND_CODE_PATH, {"resend_code": resend_code}, "resend-code recovery", "token")
-        return self._token_set(data)
+        return self.token_set(data, self._strict_token_set)
 
     async def _post(self, path: str, body: dict[str, Any], what: str, context: str) -> dict[str, Any]:
         answer = await self.send(
@@ -281,17 +281,11 @@ class ShopeePlatform(Platform):
             **kwargs,
         )
 
-    def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
-        try:
-            return self._strict_token_set(data)
-        except MalformedAnswer as exc:
-            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
-
     def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
         request_id = _request_id(data)
         try:
-            access = _token(data, "access_token", self.name)
-            refresh = _token(data, "refresh_token", self.name)
+            access = as_token(data, "access_token", self.name)
+            refresh = as_token(data, "refresh_token", self.name)
             expire_in = _seconds(data, "expire_in", self.name)
         except MalformedAnswer as exc:
             exc.request_id = request_id
@@ -373,16 +367,6 @@ def _callback_int(params: Mapping[str, str], key: str) -> int:
     if not value.isdigit():
         raise MalformedAnswer(f"callback parameter {key} is not a number", platform="shopee")
     return int(value)
-
-
-def _token(data: Mapping[str, Any], key: str, platform: str) -> str:
-    """A token must be a non-empty string: a number or an object in its place is a broken answer."""
-    value = data.get(key)
-    if value is None or value == "":
-        raise MalformedAnswer(f"answer lacks {key}", platform=platform)
-    if not isinstance(value, str):
-        raise MalformedAnswer(f"{key} has the wrong type ({type(value).__name__})", platform=platform)
-    return value
 
 
 def _seconds(data: Mapping[str, Any], key: str, platform: str) -> int:

@@ -37,11 +37,12 @@ from refresher.platforms.base import (
     Platform,
     SignedCall,
     as_seconds,
+    as_token,
     http_status_error,
+    looks_like_api_answer,
     parse_json_object,
     retry_after_seconds,
     safe_excerpt,
-    salvage,
 )
 from refresher.platforms.signing import pkce_challenge_hex, pkce_challenge_s256, pkce_verifier
 
@@ -159,7 +160,7 @@ class TikTokPlatform(Platform):
         if pkce is not None:
             form["code_verifier"] = pkce.verifier
         data = await self._token_call(form, "code exchange", refresh=False)
-        tokens = self._token_set(data)
+        tokens = self.token_set(data, self._strict_token_set)
         open_id = _required_text(data, "open_id", self.name, _log_id(data))
         granted = callback_params.get("scopes")
         extra: dict[str, Any] = {}
@@ -187,7 +188,7 @@ class TikTokPlatform(Platform):
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
         }
-        return self._token_set(await self._token_call(form, "refresh", refresh=True))
+        return self.token_set(await self._token_call(form, "refresh", refresh=True), self._strict_token_set)
 
     async def revoke(self, access_token: str) -> None:
         """Withdraw the grant: the app leaves the user's connected apps (success answers ``{}``)."""
@@ -257,16 +258,10 @@ class TikTokPlatform(Platform):
             return TransientError(text, retry_after=retry_after_seconds(answer.headers), **kwargs)
         return TransientError(f"{text}: unrecognised error", retry_after=retry_after_seconds(answer.headers), **kwargs)
 
-    def _token_set(self, data: Mapping[str, Any]) -> TokenSet:
-        try:
-            return self._strict_token_set(data)
-        except MalformedAnswer as exc:
-            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
-
     def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
         request_id = _log_id(data)
-        access = _token(data, "access_token", self.name, request_id)
-        refresh = _token(data, "refresh_token", self.name, request_id)
+        access = as_token(data, "access_token", self.name, request_id)
+        refresh = as_token(data, "refresh_token", self.name, request_id)
         try:
             expires_in = as_seconds(data, "expires_in", self.name)
             refresh_in = as_seconds(data, "refresh_expires_in", self.name, required=False)
@@ -323,7 +318,7 @@ class TikTokPlatform(Platform):
         except MalformedAnswer as exc:
             if status_error is not None:
                 return status_error
-            return exc if answer.status >= 400 or _looks_like_api_answer(answer) else None
+            return exc if answer.status >= 400 or looks_like_api_answer(answer) else None
         error = body.get("error")
         request_id = _api_log_id(body)
         if not isinstance(error, dict):
@@ -374,28 +369,8 @@ def _api_log_id(body: Mapping[str, Any]) -> str | None:
     return _log_id(error) if isinstance(error, dict) else None
 
 
-def _token(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:
-    value = data.get(key)
-    if value is None or value == "":
-        raise MalformedAnswer(f"answer lacks {key}", platform=platform, request_id=request_id)
-    if not isinstance(value, str):
-        raise MalformedAnswer(
-            f"{key} has the wrong type ({type(value).__name__})", platform=platform, request_id=request_id
-        )
-    return value
-
-
 def _required_text(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
         raise MalformedAnswer(f"answer lacks {key} or it has the wrong type", platform=platform, request_id=request_id)
     return value
-
-
-def _looks_like_api_answer(answer: Answer) -> bool:
-    """A body that claims to be JSON, or an HTML page where JSON was due (a gateway's error page).
-
-    Anything else that is not JSON with a 2xx status is a download (a label PDF, an image) and no error.
-    """
-    content_type = answer.headers.get("content-type", "").lower()
-    return "json" in content_type or "html" in content_type or answer.body.lstrip()[:1] in (b"<", b"{", b"")

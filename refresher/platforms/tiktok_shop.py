@@ -41,10 +41,11 @@ from refresher.platforms.base import (
     Platform,
     SignedCall,
     as_seconds,
+    as_token,
     http_status_error,
+    looks_like_api_answer,
     parse_json_object,
     safe_excerpt,
-    salvage,
 )
 from refresher.platforms.signing import tiktok_shop_sign
 
@@ -139,7 +140,7 @@ class TikTokShopPlatform(Platform):
             "grant_type": "authorized_code",
         }
         data, request_id = await self._token_call(TOKEN_GET_PATH, params, "code exchange", refresh=False)
-        tokens = self._token_set(data, request_id)
+        tokens = self.token_set(data, lambda d: self._strict_token_set(d, request_id))
         open_id = _text(data, "open_id", self.name, request_id)
         extra: dict[str, Any] = {"user_type": data.get("user_type"), "shops": []}
         try:
@@ -167,7 +168,7 @@ class TikTokShopPlatform(Platform):
             "grant_type": "refresh_token",
         }
         data, request_id = await self._token_call(TOKEN_REFRESH_PATH, params, "refresh", refresh=True)
-        return self._token_set(data, request_id)
+        return self.token_set(data, lambda d: self._strict_token_set(d, request_id))
 
     async def _token_call(
         self, path: str, params: Mapping[str, str], what: str, *, refresh: bool
@@ -184,15 +185,9 @@ class TikTokShopPlatform(Platform):
             raise MalformedAnswer(f"{what}: answer lacks data", platform=self.name, request_id=request_id)
         return data, request_id
 
-    def _token_set(self, data: Mapping[str, Any], request_id: str | None) -> TokenSet:
-        try:
-            return self._strict_token_set(data, request_id)
-        except MalformedAnswer as exc:
-            raise salvage(exc, data, self.now()) from None  # keep a new pair the platform already issued
-
     def _strict_token_set(self, data: Mapping[str, Any], request_id: str | None) -> TokenSet:
-        access = _token(data, "access_token", self.name, request_id)
-        refresh = _token(data, "refresh_token", self.name, request_id)
+        access = as_token(data, "access_token", self.name, request_id)
+        refresh = as_token(data, "refresh_token", self.name, request_id)
         access_at = self._absolute(data, "access_token_expire_in", request_id, required=True)
         if access_at is None:
             # 0 means "no end" only for refresh tokens; an access token always expires. (An assert here
@@ -278,7 +273,7 @@ class TikTokShopPlatform(Platform):
             if transient is not None:
                 return transient
             # A non-JSON success (a file) is not ours to judge.
-            return exc if answer.status >= 400 or _looks_like_api_answer(answer) else None
+            return exc if answer.status >= 400 or looks_like_api_answer(answer) else None
         return self._judge(envelope, answer, "api call", token_call=False, refresh=False)
 
     # -- errors ------------------------------------------------------------------------------------
@@ -388,17 +383,6 @@ def _message(envelope: Mapping[str, Any]) -> str:
     return safe_excerpt(text.encode(), 160) or "no message"
 
 
-def _token(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:
-    value = data.get(key)
-    if value is None or value == "":
-        raise MalformedAnswer(f"answer lacks {key}", platform=platform, request_id=request_id)
-    if not isinstance(value, str):
-        raise MalformedAnswer(
-            f"{key} has the wrong type ({type(value).__name__})", platform=platform, request_id=request_id
-        )
-    return value
-
-
 def _text(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
@@ -415,12 +399,3 @@ def _only_cipher(identity: Identity) -> str | None:
     shops: Sequence[Any] = identity.extra.get("shops") or ()
     ciphers = [s.get("cipher") for s in shops if isinstance(s, Mapping) and s.get("cipher")]
     return str(ciphers[0]) if len(ciphers) == 1 else None
-
-
-def _looks_like_api_answer(answer: Answer) -> bool:
-    """A body that claims to be JSON, or an HTML page where JSON was due (a gateway's error page).
-
-    Anything else that is not JSON with a 2xx status is a download (a label PDF, an image) and no error.
-    """
-    content_type = answer.headers.get("content-type", "").lower()
-    return "json" in content_type or "html" in content_type or answer.body.lstrip()[:1] in (b"<", b"{", b"")

@@ -185,7 +185,7 @@ class LazadaSandbox(SandboxPlatform):
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def _protocol_fault(self, kind: str, op: str) -> Response | None:
+    def protocol_fault(self, kind: str, op: str) -> Response | None:
         if kind == "error200":
             return error_answer("SYS_ERROR", "inner service fail", "ISP")
         if kind == "wrongtypes":
@@ -234,15 +234,8 @@ class LazadaSandbox(SandboxPlatform):
             }
         )
 
-    async def _begin(self, op: str) -> Response | str | None:
-        """The fault for this call: a finished response, ``"lost"``, or None."""
-        fault = await self.fault(op)
-        if isinstance(fault, str) and fault != "lost":
-            return self._protocol_fault(fault, op)
-        return fault
-
     async def token_create(self, request: Request) -> Response:
-        fault = await self._begin("token")
+        fault = await self.begin("token")
         if isinstance(fault, Response):
             return fault
         try:
@@ -262,7 +255,7 @@ class LazadaSandbox(SandboxPlatform):
         return self._token_answer(chain, "country_user_info")
 
     async def token_refresh(self, request: Request) -> Response:
-        fault = await self._begin("refresh")
+        fault = await self.begin("refresh")
         if isinstance(fault, Response):
             return fault
         try:
@@ -285,7 +278,7 @@ class LazadaSandbox(SandboxPlatform):
     # -- business API ------------------------------------------------------------------------------
 
     async def seller_get(self, request: Request) -> Response:
-        fault = await self._begin("api")
+        fault = await self.begin("api")
         if isinstance(fault, Response):
             return fault
         try:

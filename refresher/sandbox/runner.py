@@ -91,13 +91,10 @@ class SandboxServer:
     async def approve(self, authorize_url: str, **options: str) -> dict[str, str]:
         """Play the seller: open ``authorize_url``, press Approve (with ``options``), and return the
         query parameters the platform redirected the browser back with."""
-        return await self._answer(authorize_url, "approve", options)
+        return await answer_consent(authorize_url, "approve", options)
 
     async def deny(self, authorize_url: str) -> dict[str, str]:
-        return await self._answer(authorize_url, "deny", {})
-
-    async def _answer(self, authorize_url: str, choice: str, options: Mapping[str, str]) -> dict[str, str]:
-        return await answer_consent(authorize_url, choice, options)
+        return await answer_consent(authorize_url, "deny")
 
 
 async def answer_consent(

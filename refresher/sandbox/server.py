@@ -68,6 +68,18 @@ class SandboxPlatform(ABC):
         self.state.count(self.name, f"fault.{kind}")
         return await generic_fault(self.state, kind)
 
+    def protocol_fault(self, kind: str, op: str) -> Response | None:
+        """This platform's answer to a protocol fault kind on ``op``, for :meth:`begin` (None: no answer)."""
+        return None
+
+    async def begin(self, op: str) -> Response | str | None:
+        """The fault for this call rendered through :meth:`protocol_fault`: a finished response, ``"lost"``
+        (answer normally, then fail with a 500), or None."""
+        fault = await self.fault(op)
+        if isinstance(fault, str) and fault != "lost":
+            return self.protocol_fault(fault, op)
+        return fault
+
     # -- consent page (shared by every platform's authorize endpoint)
 
     async def consent(self, ticket: ConsentTicket, base_url: str) -> Response:

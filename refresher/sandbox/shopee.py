@@ -185,7 +185,7 @@ class ShopeeSandbox(SandboxPlatform):
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def _protocol_fault(self, kind: str, op: str) -> Response | None:
+    def protocol_fault(self, kind: str, op: str) -> Response | None:
         if kind == "error200":
             return error_answer("error_server", "Something wrong. Please try later.", 200)
         if kind == "wrongtypes":
@@ -217,11 +217,9 @@ class ShopeeSandbox(SandboxPlatform):
         }
 
     async def token_get(self, request: Request) -> Response:
-        fault = await self.fault("token")
+        fault = await self.begin("token")
         if isinstance(fault, Response):
             return fault
-        if isinstance(fault, str) and fault != "lost" and (answer := self._protocol_fault(fault, "token")):
-            return answer
         try:
             partner_id, _ = self.verify(request, TOKEN_GET)
             body = await self.body(request, partner_id)
@@ -261,11 +259,9 @@ class ShopeeSandbox(SandboxPlatform):
                 other.revoked = True
 
     async def refresh(self, request: Request) -> Response:
-        fault = await self.fault("refresh")
+        fault = await self.begin("refresh")
         if isinstance(fault, Response):
             return fault
-        if isinstance(fault, str) and fault != "lost" and (answer := self._protocol_fault(fault, "refresh")):
-            return answer
         try:
             partner_id, _ = self.verify(request, REFRESH)
             body = await self.body(request, partner_id)
@@ -312,11 +308,9 @@ class ShopeeSandbox(SandboxPlatform):
         return JSONResponse({"resend_code": self.state.resend_code(self.name, chain).code})
 
     async def resend_token(self, request: Request) -> Response:
-        fault = await self.fault("token")
+        fault = await self.begin("token")
         if isinstance(fault, Response):
             return fault
-        if isinstance(fault, str) and fault != "lost" and (answer := self._protocol_fault(fault, "token")):
-            return answer
         try:
             partner_id, _ = self.verify(request, RESEND)
             try:
@@ -341,11 +335,9 @@ class ShopeeSandbox(SandboxPlatform):
     # -- business API ------------------------------------------------------------------------------
 
     async def shop_info(self, request: Request) -> Response:
-        fault = await self.fault("api")
+        fault = await self.begin("api")
         if isinstance(fault, Response):
             return fault
-        if isinstance(fault, str) and (answer := self._protocol_fault(fault, "api")):
-            return answer
         merchant = request.url.path.endswith(MERCHANT_INFO)
         kind = "merchant" if merchant else "shop"
         access_token = request.query_params.get("access_token", "")
@@ -370,7 +362,7 @@ class ShopeeSandbox(SandboxPlatform):
 
     async def update_stock(self, request: Request) -> Response:
         """A signed shop POST with a JSON body; echoes the body it received."""
-        fault = await self.fault("api")
+        fault = await self.begin("api")
         if isinstance(fault, Response):
             return fault
         access_token = request.query_params.get("access_token", "")
