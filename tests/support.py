@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import pytest
 import yaml
 
 from refresher import platforms
 from refresher.config import AppSettings, Settings, parse_config
+from refresher.domain import RefresherError
 
 PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
 
@@ -44,7 +47,34 @@ def settings_for(sandbox: Any, apps: dict[str, str] | None = None, **top: Any) -
 
 
 def app_for(sandbox: Any, platform: str, **overrides: Any) -> AppSettings:
-    settings = settings_for(sandbox, {platform: platform}, app_overrides=overrides) if overrides else settings_for(
-        sandbox, {platform: platform}
+    settings = (
+        settings_for(sandbox, {platform: platform}, app_overrides=overrides)
+        if overrides
+        else settings_for(sandbox, {platform: platform})
     )
     return settings.apps[platform]
+
+
+def error_texts(error: BaseException) -> list[str]:
+    """Every text an error offers to a log or a user: str, repr and, for ours, the stored summary."""
+    texts = [str(error), repr(error)]
+    if isinstance(error, RefresherError):
+        texts.append(repr(error.info()))
+    return texts
+
+
+def assert_no_secret(texts: Iterable[str], secrets: Iterable[str], where: str) -> None:
+    """Fail when a secret appears in a text, without echoing it: a failing run's output must not leak it.
+
+    (A bare ``assert secret not in text`` would print both, through pytest's assertion rewriting.)
+    """
+    secrets = list(secrets)
+    for text in texts:
+        for secret in secrets:
+            at = text.find(secret)
+            if at >= 0:
+                excerpt = text[max(at - 100, 0) : at + len(secret) + 100]
+                for other in secrets:
+                    if other:
+                        excerpt = excerpt.replace(other, "<secret>")
+                pytest.fail(f"a secret leaked into {where}: …{excerpt!r}…")

@@ -27,6 +27,7 @@ from refresher.domain import FakeClock
 from refresher.logging import configure_logging, forget_secrets
 from refresher.sandbox import SANDBOX_CREDENTIALS, SandboxServer
 from refresher.store.base import Account
+from tests.support import assert_no_secret
 
 # Every API token the daemon knows, by name: (secret, scopes). Secrets are ≥ 16 characters (config rule).
 TOKENS: dict[str, tuple[str, list[str]]] = {
@@ -487,8 +488,7 @@ async def test_no_answer_or_log_line_carries_a_secret_the_caller_may_not_see(api
     assert len(forbidden) >= 8
     for response in api_env.responses:
         text = response.text + json.dumps(dict(response.headers))
-        for secret in forbidden:
-            assert secret not in text, f"{response.request.method} {response.request.url.path} leaks a secret"
+        assert_no_secret([text], forbidden, f"{response.request.method} {response.request.url.path}")
 
     lines = api_env.read_logs()
     calls = [line for line in lines if line.get("event") == "api.call"]

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import assert_no_secret
+
 CORPUS = Path(__file__).parent / "bad_configs"
 FILES = sorted(CORPUS.glob("*.yaml"))
 SECRET = "s3cr3t-corpus-value-never-echoed-0042"
@@ -60,7 +62,7 @@ def expected(path: Path) -> str:
 def check_output(path: Path, code: int, stderr: str, stdout: str, fragment: str) -> None:
     assert "Traceback" not in stderr, f"{path.name}: traceback\n{stderr}"
     assert code == 2, f"{path.name}: exit {code}\n{stderr}"
-    assert SECRET not in stderr + stdout, f"{path.name}: echoed a secret"
+    assert_no_secret([stderr + stdout], [SECRET], f"the output for {path.name}")
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines, f"{path.name}: no message"
     for line in lines:

@@ -13,7 +13,7 @@ import pytest
 from test_api import APP, TOKENS, ApiEnv, running_api
 
 from refresher.client import AccessToken, RefresherAuth, TokenSource, TokenUnavailable, get_token
-from refresher.domain import ConfigError, FakeClock, Identity
+from refresher.domain import ConfigError, Identity
 from refresher.store.base import Account
 
 SHOP_INFO = "/api/v2/shop/get_shop_info"
@@ -178,7 +178,6 @@ def test_auth_needs_a_configured_app(tmp_path: object) -> None:
 
     with pytest.raises(KeyError, match="unknown app"):
         RefresherAuth(Settings(), "nope", "shop:1", TokenSource(url="http://127.0.0.1:1", api_token="x" * 16))
-    assert FakeClock is not None
 
 
 # ------------------------------------------------------------------------------ refresher token (CLI)

@@ -45,17 +45,6 @@ def documented_env() -> dict[str, str]:
     return found
 
 
-def plugins_problem() -> str | None:
-    """Why the platform plugins cannot validate credentials yet (they are written in parallel)."""
-    try:
-        platforms.reload()
-        models = platforms.credential_models()
-    except (ImportError, AttributeError, TypeError) as exc:  # a plugin still being written
-        return f"platform plugins not importable yet ({type(exc).__name__}: {exc})"
-    missing = set(PLATFORM_APPS.values()) - set(models)
-    return f"platform plugins missing: {', '.join(sorted(missing))}" if missing else None
-
-
 def test_example_loads_with_the_documented_environment() -> None:
     settings = load_config(EXAMPLE, env=documented_env())
     assert {name: app.platform for name, app in settings.apps.items()} == PLATFORM_APPS
@@ -127,9 +116,6 @@ def test_errors_never_carry_the_secret() -> None:
 
 
 def test_credentials_pass_the_platform_models() -> None:
-    problem = plugins_problem()
-    if problem:
-        pytest.skip(problem)
     settings = load_config(EXAMPLE, env=documented_env(), credential_models=platforms.credential_models())
     assert settings.apps["shopee-sg"].credential("partner_id") == 2001234
     assert settings.apps["tiktok-login"].credential("desktop") is False
@@ -137,9 +123,6 @@ def test_credentials_pass_the_platform_models() -> None:
 
 
 def test_every_credential_key_of_the_plugins_is_in_the_example() -> None:
-    problem = plugins_problem()
-    if problem:
-        pytest.skip(problem)
     settings = load_config(EXAMPLE, env=documented_env(), credential_models=platforms.credential_models())
     for name, platform in PLATFORM_APPS.items():
         model = platforms.credential_models()[platform]
@@ -165,18 +148,12 @@ def _run_check_config(env: dict[str, str], config: Path) -> subprocess.Completed
 
 
 def test_check_config_cli_passes_on_the_example() -> None:
-    problem = plugins_problem()
-    if problem:
-        pytest.skip(f"{problem}; `refresher check-config` validates every app through them")
     result = _run_check_config(documented_env(), EXAMPLE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == f"{EXAMPLE}: OK (4 apps)"
 
 
 def test_check_config_cli_names_a_missing_variable_in_one_line() -> None:
-    problem = plugins_problem()
-    if problem:
-        pytest.skip(f"{problem}; the CLI loads them before reading the config")
     env: dict[str, Any] = documented_env()
     secret = env.pop("SHOPEE_PARTNER_KEY")
     result = _run_check_config(env, EXAMPLE)

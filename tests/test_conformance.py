@@ -26,6 +26,7 @@ from refresher.domain import (
 from refresher.platforms.base import ApiCall, Platform
 from refresher.sandbox import SandboxServer
 from refresher.sandbox.core import SANDBOX_CREDENTIALS, secret_of
+from tests import support
 from tests.support import ECHO_CALLS, PLATFORMS, app_for
 
 pytestmark = pytest.mark.parametrize("platform_name", PLATFORMS)
@@ -61,12 +62,7 @@ async def onboard(rig: Rig) -> list[Grant]:
 
 
 def assert_no_secret(rig: Rig, error: BaseException) -> None:
-    texts = [str(error), repr(error)]
-    if isinstance(error, RefresherError):
-        texts.append(repr(error.info()))
-    for secret in rig.secrets:
-        for text in texts:
-            assert secret not in text, f"a secret leaked into {type(error).__name__}: {text[:200]}"
+    support.assert_no_secret(support.error_texts(error), rig.secrets, type(error).__name__)
 
 
 async def api_call_ok(rig: Rig, grant: Grant, access_token: str) -> RefresherError | None:

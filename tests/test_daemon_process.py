@@ -27,6 +27,7 @@ from refresher.domain import SystemClock
 from refresher.platforms.base import make_http_client
 from refresher.sandbox.core import SANDBOX_CREDENTIALS, secret_of
 from refresher.store import open_store
+from tests.support import assert_no_secret
 
 pytestmark = pytest.mark.slow
 
@@ -256,8 +257,7 @@ async def test_daemon_lifecycle_reload_and_clean_logs(run: Run) -> None:
     for platform in APPS:
         assert recorded[platform] == counters.get(f"{platform}.rotated", 0), (platform, recorded, counters)
     log_text = "\n".join(run.stderr)
-    for secret in run.secrets:
-        assert secret not in log_text, "a secret reached the log"
+    assert_no_secret([log_text], run.secrets, "the log")
     assert len(run.secrets) > 10
 
 

@@ -37,6 +37,7 @@ from refresher.domain import (
 )
 from refresher.logging import configure_logging, reset_logging
 from refresher.platforms.base import make_http_client
+from tests import support
 from tests.hostile_corpus import (
     APP_SECRETS,
     AUTH_CODE,
@@ -115,9 +116,7 @@ async def elsewhere() -> AsyncIterator[HostileServer]:
 
 
 def assert_no_secret(platform: str, texts: list[str]) -> None:
-    for text in texts:
-        for secret in secrets_of(platform):
-            assert secret not in text, f"a secret leaked into: {text[:200]!r}"
+    support.assert_no_secret(texts, secrets_of(platform), "an error text")
 
 
 async def run_case(plugin: Any, case: Case, call: str, platform: str) -> tuple[Any, float, int, list[str]]:

@@ -51,6 +51,7 @@ from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifet
 from refresher.scheduler import simulate
 from refresher.store import open_store
 from refresher.store.base import Account
+from tests.support import assert_no_secret
 
 pytestmark = pytest.mark.slow
 
@@ -510,6 +511,5 @@ async def test_two_processes_sigkill_one_and_the_other_takes_over(tmp_path: Path
             secrets.update({chain.access_token, chain.refresh_token})
         for line in survivor.lines:
             json.loads(line)
-            leaked = [s for s in secrets if s and s in line]
-            assert not leaked, f"a secret in a log line: {line[:200]}"
+            assert_no_secret([line], [s for s in secrets if s], "a log line")
         assert any(json.loads(line).get("event") == "refresh" for line in survivor.lines)

@@ -34,7 +34,7 @@ from refresher.platforms.shopee import ShopeePlatform
 from refresher.platforms.signing import shopee_sign
 from refresher.sandbox import SandboxServer
 from refresher.sandbox.core import SANDBOX_CREDENTIALS
-from tests.support import app_for
+from tests.support import app_for, assert_no_secret, error_texts
 
 KEY = SANDBOX_CREDENTIALS["shopee"]["partner_key"]
 PARTNER_ID = SANDBOX_CREDENTIALS["shopee"]["partner_id"]
@@ -51,12 +51,7 @@ class Rig:
 
     def check(self, error: BaseException) -> None:
         """No secret of this test in the error's text, repr or stored summary."""
-        texts = [str(error), repr(error)]
-        if isinstance(error, RefresherError):
-            texts.append(repr(error.info()))
-        for secret in self.secrets | {KEY}:
-            for text in texts:
-                assert secret not in text, f"secret leaked into {type(error).__name__}: {text[:200]}"
+        assert_no_secret(error_texts(error), self.secrets | {KEY}, type(error).__name__)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from refresher.platforms.signing import pkce_challenge_hex, pkce_challenge_s256
 from refresher.platforms.tiktok import TikTokPlatform
 from refresher.sandbox import SandboxServer
 from refresher.sandbox.core import SANDBOX_CREDENTIALS
-from tests.support import app_for
+from tests.support import app_for, assert_no_secret, error_texts
 
 CREDS = SANDBOX_CREDENTIALS["tiktok"]
 DESKTOP = {"client_key": "sbxtiktokdesktop01", "client_secret": "sandbox-tiktok-desktop-secret-01", "desktop": True}
@@ -51,12 +51,9 @@ class Rig:
         return TikTokPlatform(app_for(self.sandbox, "tiktok", **overrides), http=self.http, clock=self.clock)
 
     def clean(self, error: BaseException) -> None:
-        texts = [str(error), repr(error)]
-        if isinstance(error, RefresherError):
-            texts.append(repr(error.info()))
-        for secret in self.secrets | {CREDS["client_secret"], DESKTOP["client_secret"]}:
-            for text in texts:
-                assert secret not in text, f"secret leaked into {type(error).__name__}: {text}"
+        assert_no_secret(
+            error_texts(error), self.secrets | {CREDS["client_secret"], DESKTOP["client_secret"]}, type(error).__name__
+        )
 
 
 @pytest.fixture

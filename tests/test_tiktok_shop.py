@@ -32,7 +32,7 @@ from refresher.platforms.signing import tiktok_shop_sign
 from refresher.platforms.tiktok_shop import TikTokShopPlatform
 from refresher.sandbox import SandboxServer
 from refresher.sandbox.core import SANDBOX_CREDENTIALS
-from tests.support import app_for
+from tests.support import app_for, assert_no_secret, error_texts
 
 CREDS = SANDBOX_CREDENTIALS["tiktok_shop"]
 START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -51,12 +51,7 @@ class Rig:
 
     def clean(self, error: BaseException) -> None:
         """No token, code or secret in any text an error offers."""
-        texts = [str(error), repr(error)]
-        if isinstance(error, RefresherError):
-            texts.append(repr(error.info()))
-        for secret in self.secrets | {CREDS["app_secret"]}:
-            for text in texts:
-                assert secret not in text, f"secret leaked into {type(error).__name__}: {text}"
+        assert_no_secret(error_texts(error), self.secrets | {CREDS["app_secret"]}, type(error).__name__)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
@@ -13,14 +15,14 @@ from refresher import platforms
 from refresher.cli.common import config_option, load_settings, main
 from refresher.config import Settings, format_duration
 
+if TYPE_CHECKING:
+    from refresher.scheduler import ScheduleMargin
 
-def config_warnings(settings: Settings) -> list[str]:
+
+def config_warnings(settings: Settings, margins: Sequence[ScheduleMargin]) -> list[str]:
     """Problems that do not stop the daemon but will hurt: unsafe schedules, plain-http redirects."""
-    from refresher.scheduler import schedule_margins
-
     warnings: list[str] = []
-    classes = platforms.available()
-    for margin in schedule_margins(settings, classes, dt.datetime.now(dt.UTC)):
+    for margin in margins:
         if not margin.safe:
             warnings.append(
                 f"apps.{margin.app}.schedule: ticks up to {format_duration(margin.max_gap)} apart plus a retry "
@@ -65,13 +67,13 @@ def check_config(config_path: str | None, strict: bool) -> None:
 
     settings = load_settings(config_path)
     click.echo(f"{settings.source}: OK ({len(settings.apps)} app{'s' if len(settings.apps) != 1 else ''})")
-    classes = platforms.available()
-    for margin in schedule_margins(settings, classes, dt.datetime.now(dt.UTC)):
+    margins = schedule_margins(settings, platforms.available(), dt.datetime.now(dt.UTC))
+    for margin in margins:
         click.echo(
             f"  {margin.app}: schedule {margin.schedule}, refresh_before {format_duration(margin.refresh_before)}, "
             f"worst-case margin {format_duration(margin.margin) if margin.safe else 'NONE'}"
         )
-    warnings = config_warnings(settings)
+    warnings = config_warnings(settings, margins)
     for warning in warnings:
         click.echo(f"warning: {settings.source}: {warning}", err=True)
     if strict and warnings:

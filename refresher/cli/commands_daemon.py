@@ -9,7 +9,15 @@ from collections.abc import Sequence
 
 import click
 
-from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
+from refresher.cli.common import (
+    config_option,
+    fail,
+    friendly_errors,
+    load_settings,
+    log_to_terminal,
+    main,
+    with_store,
+)
 from refresher.config import Settings, format_duration
 from refresher.domain import AccountStatus, SystemClock
 from refresher.store.base import Account
@@ -69,17 +77,6 @@ STATUS_HEADERS = [
 ]
 
 
-async def _load_accounts(settings: Settings, app: str | None, status: AccountStatus | None) -> list[Account]:
-    from refresher.store import open_store
-
-    store = open_store(settings.store, SystemClock())
-    await store.open()
-    try:
-        return list(await store.list(app=app, status=status, limit=10_000))
-    finally:
-        await store.close()
-
-
 def print_status(rows: list[list[str]], as_json: bool = False) -> None:
     if as_json:
         import json
@@ -112,9 +109,10 @@ def print_status(rows: list[list[str]], as_json: bool = False) -> None:
 def status(config_path: str | None, app: str | None, status_filter: str | None, as_json: bool) -> None:
     """Every account with its status and expiries (reads the store; the daemon need not run)."""
     settings = load_settings(config_path)
-    if app is not None and app not in settings.apps:
-        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
-    accounts = asyncio.run(_load_accounts(settings, app, AccountStatus(status_filter) if status_filter else None))
+    if app is not None:
+        settings.app(app)  # unknown app → one line naming the configured ones
+    wanted = AccountStatus(status_filter) if status_filter else None
+    accounts = list(with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000)))
     print_status(status_rows(accounts, SystemClock().now()), as_json)
     if not accounts and not as_json:
         click.echo("no accounts yet: onboard one with `refresher authorize APP`", err=True)
@@ -132,10 +130,10 @@ def refresh(config_path: str | None, app: str, account: str | None, every: bool)
     Safe while the daemon runs: the account's lease makes sure only one of them refreshes it.
     """
     settings = load_settings(config_path)
-    if app not in settings.apps:
-        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
+    settings.app(app)  # unknown app → one line naming the configured ones
     if not account and not every:
         fail("name an ACCOUNT or pass --all")
+    log_to_terminal(settings)  # the refresh path logs: redacted, on stderr, not amid the result lines
     ok = asyncio.run(_refresh(settings, app, account, every))
     sys.exit(0 if ok else 1)
 

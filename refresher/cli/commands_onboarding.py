@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
-from refresher.config import LoggingSettings, Settings, format_duration, parse_duration
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, log_to_terminal, main
+from refresher.config import Settings, format_duration, parse_duration
 from refresher.domain import AuthorizationDenied, Clock, RefresherError, SystemClock
 from refresher.platforms.base import Platform
 from refresher.store.base import Account, Store, StoreError
@@ -66,18 +66,11 @@ async def _opened(settings: Settings, app_name: str, clock: Clock) -> AsyncItera
 
 
 def _settings_for(config_path: str | None, app: str) -> Settings:
-    """The validated config, the app checked, and logs set up for a person at a terminal.
-
-    Logs go to stderr (stdout carries the URL and the progress lines scripts read) and only from
-    warnings up, unless the config asks for debug.
-    """
-    from refresher.logging import configure_logging
-
+    """The validated config, the app checked, and logs set up for a person at a terminal (on stderr:
+    stdout carries the URL and the progress lines scripts read)."""
     settings = load_settings(config_path)
-    if app not in settings.apps:
-        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
-    level = "debug" if settings.logging.level == "debug" else "warning"
-    configure_logging(LoggingSettings(level=level, format="console"), secrets=settings.secrets())
+    settings.app(app)  # unknown app → one line naming the configured ones
+    log_to_terminal(settings)
     return settings
 
 
@@ -144,7 +137,7 @@ def exchange(
     """Complete a flow by hand: CALLBACK is the URL the platform redirected to (or its query string), whose
     state is checked against one `refresher auth-url` stored; or give `--code` (and, for Shopee,
     `--shop-id` or `--main-account-id`) to exchange a code you obtained some other way."""
-    from refresher.onboarding import complete, parse_callback
+    from refresher.onboarding import complete, exchange_and_store, parse_callback
 
     settings = _settings_for(config_path, app)
     if (callback is None) == (code is None):
@@ -172,8 +165,7 @@ def exchange(
                 # only a stored state holds, so they must go through auth-url + CALLBACK.
                 if platform.supports_pkce:
                     fail(f"{app} uses PKCE: run `refresher auth-url {app}`, then `refresher exchange {app} CALLBACK`")
-                grants = await platform.exchange_code(params, None, platform.app.redirect_uri)
-                accounts = [await store.upsert_grant(app, platform.name, grant) for grant in grants]
+                accounts = await exchange_and_store(app, platform, store, params, None, platform.app.redirect_uri)
         say(f"granted: {len(accounts)} account(s) of app {app} stored")
         print_accounts(accounts, clock.now())
         return 0

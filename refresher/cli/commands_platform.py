@@ -29,8 +29,7 @@ def sign(
     from refresher.platforms.sign_debug import SignError, sign_url
 
     settings = load_settings(config_path)
-    if app not in settings.apps:
-        fail(f"unknown app {app!r} (configured: {', '.join(sorted(settings.apps)) or 'none'})")
+    app_settings = settings.app(app)  # unknown app → one line naming the configured ones
     if body is not None and content_type.startswith("application/json"):
         try:
             json.loads(body)
@@ -39,7 +38,7 @@ def sign(
     try:
         click.echo(
             json.dumps(
-                sign_url(settings.apps[app], method, url, body, as_is=as_is, content_type=content_type),
+                sign_url(app_settings, method, url, body, as_is=as_is, content_type=content_type),
                 indent=2,
                 ensure_ascii=False,
             )

@@ -60,7 +60,8 @@ def sandbox_command(
     auto_approve: bool,
     faults: str | None,
     access_ttl: str | None,
-    refresh_ttl: str | None) -> None:
+    refresh_ttl: str | None,
+) -> None:
     """Serve the built-in sandbox platforms (Shopee, TikTok Shop, Lazada, TikTok) for local testing.
 
     Prints an `apps:` config block that points refresher at it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -13,14 +12,13 @@ from typing import Any, TypeVar
 
 import click
 
-# commands_tokens defines the "accounts" group; import it first so that export/import join it rather
-# than a group of ours that its own definition would then replace.
-from refresher.cli import commands_tokens as _commands_tokens  # noqa: F401
-from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
+# commands_tokens defines the "accounts" group; export and import join it.
+from refresher.cli.commands_tokens import accounts
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.config import Settings
-from refresher.domain import AccountStatus, Identity, SystemClock, TokenSet
+from refresher.domain import AccountStatus, Identity, TokenSet
 from refresher.store.base import StoreError
-from refresher.store.sql import SqlStore, open_store
+from refresher.store.sql import SqlStore
 
 T = TypeVar("T")
 
@@ -29,18 +27,8 @@ EXPORT_FORMAT = "refresher.accounts/v1"
 
 def _with_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]], *, migrate: bool = True) -> T:
     """Run ``work`` on an opened store; store problems become one line and exit code 1."""
-
-    async def run() -> T:
-        store = open_store(settings.store, SystemClock())
-        try:
-            if migrate:
-                await store.open()
-            return await work(store)
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(run())
+        return with_store(settings, work, migrate=migrate)
     except StoreError as exc:
         fail(str(exc).splitlines()[0], 1)
 
@@ -52,11 +40,11 @@ def migrate(config_path: str | None) -> None:
     """Apply pending schema migrations to the token store (the daemon also does this on start)."""
     settings = load_settings(config_path)
 
-    async def work(store: SqlStore) -> tuple[str | None, str]:
-        return await store.migrate()
+    async def work(store: SqlStore) -> tuple[str | None, str, str]:
+        before, after = await store.migrate()
+        return before, after, store.safe_url
 
-    before, after = _with_store(settings, work, migrate=False)
-    store_url = SqlStore(settings.store.url, clock=SystemClock()).safe_url
+    before, after, store_url = _with_store(settings, work, migrate=False)
     if before == after:
         click.echo(f"{store_url}: schema already at revision {after}")
     else:
@@ -80,22 +68,6 @@ def rotate_key(config_path: str | None) -> None:
 
     count = _with_store(settings, work)
     click.echo(f"re-encrypted {count} stored value set(s) under the first key")
-
-
-def _accounts_group() -> click.Group:
-    """The ``accounts`` group of commands_tokens (imported above so it exists), extended here."""
-    group = main.commands.get("accounts")
-    if isinstance(group, click.Group):
-        return group
-
-    @main.group("accounts")
-    def accounts() -> None:
-        """Accounts in the store."""
-
-    return accounts
-
-
-accounts = _accounts_group()
 
 
 def _iso(value: dt.datetime | None) -> str | None:

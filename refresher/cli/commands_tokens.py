@@ -7,33 +7,13 @@ and a non-zero exit, so a script never sends an empty or expired token by mistak
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import click
 
-from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main
-from refresher.config import Settings
+from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.domain import AccountStatus, SystemClock
-from refresher.store.base import Account, Store
+from refresher.store.base import Account
 
-T = TypeVar("T")
 EXIT_UNAVAILABLE = 1
-
-
-def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
-    from refresher.store.sql import open_store
-
-    async def run() -> T:
-        store = open_store(settings.store, SystemClock())
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 @main.command("token")
@@ -53,7 +33,7 @@ def token(config_path: str | None, app: str, account: str, want_refresh: bool, a
     settings = load_settings(config_path)
     settings.app(app)  # unknown app → one line naming the configured ones
 
-    found: Account | None = _with_store(settings, lambda store: store.get(app, account))
+    found: Account | None = with_store(settings, lambda store: store.get(app, account))
     if found is None:
         fail(f"unknown account {account!r} of app {app!r} (see: refresher accounts list --app {app})", EXIT_UNAVAILABLE)
     if found.tokens is None:
@@ -93,7 +73,7 @@ def accounts_list(config_path: str | None, app: str | None, status: str | None, 
     if app is not None:
         settings.app(app)
     wanted = AccountStatus(status) if status else None
-    rows = _with_store(settings, lambda store: store.list(app=app, status=wanted, limit=limit))
+    rows = with_store(settings, lambda store: store.list(app=app, status=wanted, limit=limit))
     table = Table("app", "account", "name", "status", "access expires", "refresh expires", "failures", "last error")
     for row in rows:
         tokens = row.tokens

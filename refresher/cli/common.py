@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from refresher import platforms
-from refresher.config import ConfigFileError, Settings, load_config
+from refresher.config import ConfigFileError, LoggingSettings, Settings, load_config
+
+if TYPE_CHECKING:
+    from refresher.store.sql import SqlStore
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 EXIT_USAGE = 2
 
@@ -43,6 +48,32 @@ def load_settings(path: str | None) -> Settings:
         for problem in exc.problems:
             click.echo(f"refresher: {problem}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+def with_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]], *, migrate: bool = True) -> T:
+    """Run ``work`` on the config's store (opened, so migrated, unless ``migrate`` is false), closed after."""
+    from refresher.domain import SystemClock
+    from refresher.store.sql import open_store
+
+    async def run() -> T:
+        store = open_store(settings.store, SystemClock())
+        try:
+            if migrate:
+                await store.open()
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def log_to_terminal(settings: Settings) -> None:
+    """Logs for a person at a terminal: redacted, on stderr (stdout carries what scripts read), and only
+    from warnings up, unless the config asks for debug."""
+    from refresher.logging import configure_logging
+
+    level = "debug" if settings.logging.level == "debug" else "warning"
+    configure_logging(LoggingSettings(level=level, format="console"), secrets=settings.secrets())
 
 
 config_option = click.option(
