@@ -236,21 +236,8 @@ async def complete_flow(
     if not callback_params.get("code"):
         raise MissingCode()
     pkce = PKCE(verifier=oauth_state.pkce_verifier, challenge="") if oauth_state.pkce_verifier else None
-    accounts = await exchange_and_store(app_name, platform, store, callback_params, pkce, oauth_state.redirect_uri)
-    return Completed(accounts=accounts, state=oauth_state)
-
-
-async def exchange_and_store(
-    app_name: str,
-    platform: Platform,
-    store: Store,
-    callback_params: Mapping[str, str],
-    pkce: PKCE | None,
-    redirect_uri: str | None,
-) -> list[Account]:
-    """Exchange the code and store every account of the grant (the state, if any, is already checked)."""
     try:
-        grants = await platform.exchange_code(callback_params, pkce=pkce, redirect_uri=redirect_uri)
+        grants = await platform.exchange_code(callback_params, pkce=pkce, redirect_uri=oauth_state.redirect_uri)
     except RefresherError as exc:
         log.warning(
             "onboarding.exchange_failed",
@@ -262,8 +249,13 @@ async def exchange_and_store(
         )
         raise
     accounts = [await store.upsert_grant(app_name, platform.name, grant) for grant in grants]
-    log.info("onboarding.granted", app=app_name, platform=platform.name, accounts=[a.key for a in accounts])
-    return accounts
+    log.info(
+        "onboarding.granted",
+        app=app_name,
+        platform=platform.name,
+        accounts=[account.key for account in accounts],
+    )
+    return Completed(accounts=accounts, state=oauth_state)
 
 
 async def complete(

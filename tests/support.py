@@ -22,14 +22,6 @@ ECHO_CALLS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "tiktok": ("/v2/user/info/", [("fields", "open_id,union_id,avatar_url,display_name")]),
 }
 
-# What a seller picks on the consent page so that each platform yields a typical grant.
-GRANT_OPTIONS: dict[str, dict[str, str]] = {
-    "shopee": {},
-    "tiktok_shop": {},
-    "lazada": {},
-    "tiktok": {},
-}
-
 
 def settings_for(sandbox: Any, apps: dict[str, str] | None = None, **top: Any) -> Settings:
     """Settings with one app per platform (named like the platform) pointing at ``sandbox``."""

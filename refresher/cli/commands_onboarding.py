@@ -137,7 +137,7 @@ def exchange(
     """Complete a flow by hand: CALLBACK is the URL the platform redirected to (or its query string), whose
     state is checked against one `refresher auth-url` stored; or give `--code` (and, for Shopee,
     `--shop-id` or `--main-account-id`) to exchange a code you obtained some other way."""
-    from refresher.onboarding import complete, exchange_and_store, parse_callback
+    from refresher.onboarding import complete, parse_callback
 
     settings = _settings_for(config_path, app)
     if (callback is None) == (code is None):
@@ -165,7 +165,8 @@ def exchange(
                 # only a stored state holds, so they must go through auth-url + CALLBACK.
                 if platform.supports_pkce:
                     fail(f"{app} uses PKCE: run `refresher auth-url {app}`, then `refresher exchange {app} CALLBACK`")
-                accounts = await exchange_and_store(app, platform, store, params, None, platform.app.redirect_uri)
+                grants = await platform.exchange_code(params, None, platform.app.redirect_uri)
+                accounts = [await store.upsert_grant(app, platform.name, grant) for grant in grants]
         say(f"granted: {len(accounts)} account(s) of app {app} stored")
         print_accounts(accounts, clock.now())
         return 0
