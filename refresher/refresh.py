@@ -296,16 +296,17 @@ class Refresher:
             raise
 
         register_secrets([tokens.access_token, tokens.refresh_token])
+        duration = _ms(started)
         try:
-            saved = await self.store.save_tokens(account.id, self.owner, tokens)
+            saved = await self.store.save_tokens(
+                account.id, self.owner, tokens, self._audit_entry(account, "success", duration, attempts, None)
+            )
         except LeaseLost:
             # Our lease expired during the call and someone else holds the account now. The new token
             # is the only valid one if the platform rotated: try once to commit it over theirs would race,
             # so log loudly; the other worker's refresh will be rejected and settle via the re-read path.
             log.error("refresh.lease_lost_after_success", app=account.app, account=account.key)
             return RefreshResult(account, "failure", None, attempts, _ms(started))
-        duration = _ms(started)
-        await self._audit(saved, "success", duration, attempts, None)
         log.info(
             "refresh",
             app=saved.app,
@@ -393,13 +394,13 @@ class Refresher:
             next_attempt = now + CONFIG_ERROR_RETRY
         else:
             next_attempt = now + _sweep_backoff(account.consecutive_failures + 1, policy)
+        duration = _ms(started)
+        audit = self._audit_entry(account, error.error_class, duration, attempts, error)
         try:
-            saved = await self.store.record_failure(account.id, self.owner, error.info(), next_attempt, status)
+            saved = await self.store.record_failure(account.id, self.owner, error.info(), next_attempt, status, audit)
         except LeaseLost:
             log.warning("refresh.lease_lost_on_failure", app=account.app, account=account.key)
             return RefreshResult(account, "failure", error, attempts, _ms(started))
-        duration = _ms(started)
-        await self._audit(saved, error.error_class, duration, attempts, error)
         log.warning(
             "refresh",
             app=saved.app,
@@ -423,26 +424,22 @@ class Refresher:
         with contextlib.suppress(LeaseLost):  # someone else's now: nothing of ours to release
             await self.store.release(account.id, self.owner)
 
-    async def _audit(
+    def _audit_entry(
         self, account: Account, outcome: str, duration: int, attempts: int, error: RefresherError | None
-    ) -> None:
-        try:
-            await self.store.audit(
-                AuditEntry(
-                    at=self.clock.now(),
-                    app=account.app,
-                    account_key=account.key,
-                    outcome=outcome,
-                    duration_ms=duration,
-                    attempts=attempts,
-                    error_class=error.error_class if error else None,
-                    error_code=error.code if error else None,
-                    request_id=error.request_id if error else None,
-                    message=error.message[:300] if error else None,
-                )
-            )
-        except Exception:
-            log.exception("refresh.audit_failed", app=account.app, account=account.key)
+    ) -> AuditEntry:
+        """The audit row of a settled refresh; the store writes it in the same transaction as the outcome."""
+        return AuditEntry(
+            at=self.clock.now(),
+            app=account.app,
+            account_key=account.key,
+            outcome=outcome,
+            duration_ms=duration,
+            attempts=attempts,
+            error_class=error.error_class if error else None,
+            error_code=error.code if error else None,
+            request_id=error.request_id if error else None,
+            message=error.message[:300] if error else None,
+        )
 
     async def _notify(
         self,

@@ -20,6 +20,8 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
+import structlog.testing
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -89,6 +91,21 @@ def raw_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     schema = url.rsplit("%3D", 1)[1]
     with psycopg.connect(PG_URL, options=f"-csearch_path={schema}") as pg:
         return list(pg.execute(sql.encode()).fetchall())
+
+
+def raw_exec(url: str, sql: str) -> None:
+    """A statement run straight on the database, around the store (to break it on purpose)."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    schema = url.rsplit("%3D", 1)[1]
+    with psycopg.connect(PG_URL, options=f"-csearch_path={schema}") as pg:
+        pg.execute(sql.encode())
 
 
 def tokens(n: int, *, access_in: dt.timedelta = HOUR, now: dt.datetime = T0, tag: str = "") -> TokenSet:
@@ -409,6 +426,32 @@ async def test_history_is_pruned_and_restore_brings_back_an_old_token_set(
 
 
 # ------------------------------------------------------------------------------------ audit, alarms
+
+
+async def test_outcome_and_audit_row_commit_together_and_a_refused_row_never_costs_the_tokens(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    a = await store.upsert_grant(APP, "shopee", grant("shop:1"))
+    assert await store.claim(APP, "shop:1", "w1", 10 * MINUTE) is not None
+    await store.save_tokens(a.id, "w1", tokens(2), AuditEntry(T0, APP, "shop:1", "success", 80, 1))
+    assert await store.claim(APP, "shop:1", "w1", 10 * MINUTE) is not None
+    # A platform's overlong error code and request id are cut to their columns, not refused.
+    overlong = AuditEntry(T0, APP, "shop:1", "transient", 90, 3, "transient", "E" * 500, "R" * 900, "boom")
+    await store.record_failure(a.id, "w1", ErrorInfo("transient", "E" * 500, "boom"), T0 + MINUTE, None, overlong)
+    log = await store.audit_log(app=APP)
+    assert [(e.outcome, e.duration_ms) for e in log] == [("transient", 90), ("success", 80)]
+    assert log[0].error_code == "E" * 128 and log[0].request_id == "R" * 255
+
+    # The audit table refuses every row: the rotated token is saved all the same, and the failure is logged.
+    raw_exec(store_url(store), "ALTER TABLE audit_log RENAME TO audit_log_gone")
+    assert await store.claim(APP, "shop:1", "w1", 10 * MINUTE) is not None
+    with structlog.testing.capture_logs() as logged:
+        saved = await store.save_tokens(a.id, "w1", tokens(3), AuditEntry(T0, APP, "shop:1", "success", 70, 1))
+    assert [e["event"] for e in logged] == ["store.audit_failed"]
+    assert tokens(3).refresh_token not in repr(logged)
+    assert saved.tokens is not None and saved.tokens.refresh_token == tokens(3).refresh_token
+    again = await store.get(APP, "shop:1")
+    assert again is not None and again.tokens == saved.tokens and again.lease_owner is None
 
 
 async def test_audit_log_never_holds_a_token_and_is_pruned(store: SqlStore, clock: FakeClock) -> None:

@@ -219,7 +219,7 @@ class AlertPolicy:
 
     async def _resolve(self, event: RefreshEvent) -> None:
         try:
-            open_alarms = [a for a in await self.store.open_alarms(event.app) if a.account_key == event.account_key]
+            open_alarms = await self.store.open_alarms(event.app, event.account_key)
         except Exception:
             log.exception("alert.state_unavailable", app=event.app, account=event.account_key)
             return

@@ -165,9 +165,12 @@ class Store(Protocol):
     async def mark_refresh_started(self, account_id: int, owner: str) -> None:
         """Record that a refresh call is about to go out under this lease (commits)."""
 
-    async def save_tokens(self, account_id: int, owner: str, tokens: TokenSet) -> Account:
+    async def save_tokens(
+        self, account_id: int, owner: str, tokens: TokenSet, audit: AuditEntry | None = None
+    ) -> Account:
         """One transaction: previous tokens → history (pruned to ``history_versions``), new tokens
-        stored, status active, failures cleared, ``last_success_at`` set, lease released."""
+        stored, status active, failures cleared, ``last_success_at`` set, lease released, and the
+        ``audit`` row if given (a row that cannot be written is skipped, never the tokens)."""
 
     async def record_failure(
         self,
@@ -176,8 +179,10 @@ class Store(Protocol):
         error: ErrorInfo,
         next_attempt_at: dt.datetime | None,
         status: AccountStatus | None = None,
+        audit: AuditEntry | None = None,
     ) -> Account:
-        """Count a failed sweep: failures + 1, last error, next attempt, optional status, lease released."""
+        """Count a failed sweep: failures + 1, last error, next attempt, optional status, lease released,
+        and the ``audit`` row if given, in one transaction."""
 
     async def release(self, account_id: int, owner: str) -> None:
         """Give a lease back without changing anything else (shutdown, nothing to do)."""
@@ -199,7 +204,7 @@ class Store(Protocol):
 
     # -- alarms (dedupe state) ------------------------------------------------------------------------
 
-    async def open_alarms(self, app: str | None = None) -> Sequence[Alarm]: ...
+    async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]: ...
 
     async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None: ...
 

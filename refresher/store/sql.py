@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -56,6 +57,8 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x7265667265736872
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _MESSAGE_LIMIT = 2000
+
+_log = structlog.get_logger("refresher.store")
 # Keys dropped from a platform's raw answer before it is stored (belt and braces: the platform
 # plugins already remove secrets, and token *values* are scrubbed wherever they appear).
 _SECRET_KEYS = frozenset(
@@ -709,10 +712,15 @@ class SqlStore:
                 update(accounts).where(accounts.c.id == account_id).values(refresh_started_at=now, last_attempt_at=now)
             )
 
-    async def save_tokens(self, account_id: int, owner: str, tokens: TokenSet) -> Account:
+    async def save_tokens(
+        self, account_id: int, owner: str, tokens: TokenSet, audit: AuditEntry | None = None
+    ) -> Account:
         now = self.clock.now()
         async with self._tx(write=True, priority=URGENT) as conn:  # a rotated token: commit it first
             row = await self._leased(conn, account_id, owner)
+            if audit is not None:
+                # In this transaction, not one of its own: one durable commit per refresh instead of two.
+                await self._insert_audit(conn, audit, self._row_secrets(row))
             await self._push_history(conn, row, now)
             values: dict[str, Any] = {
                 **self._token_values(row.app, row.key, tokens),
@@ -742,10 +750,13 @@ class SqlStore:
         error: ErrorInfo,
         next_attempt_at: dt.datetime | None,
         status: AccountStatus | None = None,
+        audit: AuditEntry | None = None,
     ) -> Account:
         now = self.clock.now()
         async with self._tx(write=True) as conn:
             row = await self._leased(conn, account_id, owner)
+            if audit is not None:
+                await self._insert_audit(conn, audit, self._row_secrets(row))
             values: dict[str, Any] = {
                 "consecutive_failures": row.consecutive_failures + 1,
                 "last_error": _scrub(_error_json(error), self._row_secrets(row)),
@@ -821,30 +832,39 @@ class SqlStore:
             return await self._read(conn, row.id)
 
     async def audit(self, entry: AuditEntry) -> None:
-        message = entry.message[:_MESSAGE_LIMIT] if entry.message else entry.message
         async with self._tx(write=True) as conn:
-            if message:
-                # Never a token in the audit table, whatever a caller put into the message.
-                row = (
-                    await conn.execute(
-                        select(accounts).where(accounts.c.app == entry.app, accounts.c.key == entry.account_key)
-                    )
-                ).first()
-                if row is not None:
-                    message = _scrub(message, self._row_secrets(row))
-            await conn.execute(
-                insert(audit_log).values(
-                    at=as_utc(entry.at),
-                    app=entry.app,
-                    account_key=entry.account_key,
-                    outcome=entry.outcome,
-                    duration_ms=entry.duration_ms,
-                    attempts=entry.attempts,
-                    error_class=entry.error_class,
-                    error_code=entry.error_code,
-                    request_id=entry.request_id,
-                    message=message,
+            row = (
+                await conn.execute(
+                    select(accounts).where(accounts.c.app == entry.app, accounts.c.key == entry.account_key)
                 )
+            ).first()
+            await self._insert_audit(conn, entry, self._row_secrets(row) if row is not None else frozenset())
+
+    async def _insert_audit(self, conn: AsyncConnection, entry: AuditEntry, secrets: frozenset[str]) -> None:
+        """Add an audit row under a savepoint: a row the database refuses is logged and skipped, and the
+        transaction around it (which may hold a rotated token) goes on."""
+        message = entry.message[:_MESSAGE_LIMIT] if entry.message else entry.message
+        if message and secrets:
+            message = _scrub(message, secrets)  # never a token in the audit table, whatever the caller wrote
+        values = {
+            "at": as_utc(entry.at),
+            "app": entry.app,
+            "account_key": entry.account_key,
+            "outcome": entry.outcome[:32],
+            "duration_ms": entry.duration_ms,
+            "attempts": entry.attempts,
+            # Cut to the columns' sizes: a platform's overlong error code must not fail the insert.
+            "error_class": entry.error_class[:64] if entry.error_class else None,
+            "error_code": entry.error_code[:128] if entry.error_code else None,
+            "request_id": entry.request_id[:255] if entry.request_id else None,
+            "message": message,
+        }
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(audit_log).values(**values))
+        except DBAPIError as exc:
+            _log.error(
+                "store.audit_failed", app=entry.app, account=entry.account_key, error=type(exc.orig).__name__
             )
 
     async def audit_log(
@@ -892,10 +912,12 @@ class SqlStore:
             details=dict(row.details or {}),
         )
 
-    async def open_alarms(self, app: str | None = None) -> Sequence[Alarm]:
+    async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]:
         stmt = select(alarms).where(alarms.c.resolved_at.is_(None))
         if app is not None:
             stmt = stmt.where(alarms.c.app == app)
+        if account_key is not None:
+            stmt = stmt.where(alarms.c.account_key == account_key)
         async with self._tx() as conn:
             rows = await conn.execute(stmt.order_by(alarms.c.opened_at, alarms.c.app, alarms.c.account_key))
             return [self._alarm(row) for row in rows]
