@@ -612,7 +612,8 @@ async def test_two_replicas_share_dedupe_state(receiver: Receiver, pg_url: str) 
             AlertPolicy(settings, s, [webhook(receiver)], clock, reauth_link=lambda *_: None, dispatcher=dispatcher)
             for s in stores
         )
-        await a.observe(event(failures=1))
+        # Both replicas see the failure at the same moment: the store lets exactly one of them send.
+        await asyncio.gather(*(p.observe(event(failures=1)) for p in (a, b, a, b)))
         await b.observe(event(failures=2))  # the other replica sees the open alarm: no second message
         await b.observe(event("success"))  # and it may resolve what replica A opened
         await a.observe(event("success"))

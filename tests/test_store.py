@@ -504,6 +504,40 @@ async def test_alarms_upsert_by_account_and_cause(store: SqlStore, clock: FakeCl
     assert await store.get_alarm(APP, "shop:1", "nope") is None
 
 
+async def test_note_alarm_sent_lets_exactly_one_caller_send(store: SqlStore, make_store: StoreFactory) -> None:
+    quiet = T0 - HOUR  # "sent at or before this" may be sent again
+    assert await store.note_alarm_sent(APP, "shop:1", "failures", T0, quiet, {"n": 1})
+    assert not await store.note_alarm_sent(APP, "shop:1", "failures", T0 + MINUTE, quiet, {"n": 2})
+    assert await store.get_alarm(APP, "shop:1", "failures") == Alarm(APP, "shop:1", "failures", T0, T0, None, {"n": 1})
+    # The reminder: quiet for long enough, stamped again, still opened at T0.
+    later = T0 + 2 * HOUR
+    assert await store.note_alarm_sent(APP, "shop:1", "failures", later, later - HOUR, {"n": 3})
+    assert await store.get_alarm(APP, "shop:1", "failures") == Alarm(
+        APP, "shop:1", "failures", T0, later, None, {"n": 3}
+    )
+    # A resolved alarm that fires again is a new one: it opens now, whatever its last message.
+    await store.put_alarm(Alarm(APP, "shop:1", "failures", T0, later, later + MINUTE, {}))
+    again = later + 2 * MINUTE
+    assert await store.note_alarm_sent(APP, "shop:1", "failures", again, again - HOUR, {"n": 4})
+    assert await store.get_alarm(APP, "shop:1", "failures") == Alarm(
+        APP, "shop:1", "failures", again, again, None, {"n": 4}
+    )
+
+    # Replicas: several stores (engines) on the one database race for the same alarm; one wins.
+    others = [make_store() for _ in range(3)]
+    for other in others:
+        await other.open()
+    try:
+        at = T0 + 5 * HOUR
+        won = await asyncio.gather(
+            *(s.note_alarm_sent(APP, "shop:2", "reauth_required", at, at - HOUR, {}) for s in [store, *others] * 3)
+        )
+        assert sorted(won) == [False] * 11 + [True]
+    finally:
+        for other in others:
+            await other.close()
+
+
 async def test_oauth_state_is_single_use_and_expires(store: SqlStore, clock: FakeClock) -> None:
     state = OAuthState("s-1", APP, T0, T0 + 15 * MINUTE, "/done", "verifier-SECRET", "http://127.0.0.1/cb")
     await store.put_state(state)

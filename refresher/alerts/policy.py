@@ -192,16 +192,10 @@ class AlertPolicy:
             "consecutive_failures": message.consecutive_failures,
         }
         try:
-            current = await self.store.get_alarm(app, key, cause)
-            if current is not None and current.resolved_at is None:
-                last = current.last_sent_at
-                if last is not None and now - last < self.settings.repeat_every:
-                    return  # already told; the next reminder is due at last_sent_at + repeat_every
-                alarm = dataclasses.replace(current, last_sent_at=now, details=details)
-            else:
-                alarm = Alarm(app, key, cause, now, last_sent_at=now, resolved_at=None, details=details)
-            # Persist first: a crash after this loses one message, never causes a storm of repeats.
-            await self.store.put_alarm(alarm)
+            # Persist first: a crash after this loses one message, never causes a storm of repeats. The
+            # store decides atomically, so of several replicas seeing the same failure only one sends.
+            if not await self.store.note_alarm_sent(app, key, cause, now, now - self.settings.repeat_every, details):
+                return  # already told; the next reminder is due at last_sent_at + repeat_every
         except Exception:
             log.exception("alert.state_unavailable", app=app, account=key, cause=cause)
         log.warning(

@@ -12,7 +12,7 @@ Rules every implementation keeps (ARCHITECTURE.md, "The store"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -210,6 +210,19 @@ class Store(Protocol):
 
     async def put_alarm(self, alarm: Alarm) -> None:
         """Insert or replace the alarm of (app, account_key, cause)."""
+
+    async def note_alarm_sent(
+        self,
+        app: str,
+        account_key: str,
+        cause: str,
+        now: dt.datetime,
+        quiet_since: dt.datetime,
+        details: Mapping[str, Any],
+    ) -> bool:
+        """Atomically decide who sends an alarm message: open the alarm (or reopen a resolved one), or
+        stamp ``last_sent_at = now`` on an open one last sent at or before ``quiet_since``, and say True;
+        say False if it is open and was sent more recently (by this process or another replica)."""
 
     # -- onboarding state (issue 5) -------------------------------------------------------------------
 

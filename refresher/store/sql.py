@@ -28,7 +28,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import and_, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
@@ -939,6 +939,40 @@ class SqlStore:
         stmt = stmt.on_conflict_do_update(index_elements=["app", "account_key", "cause"], set_=values)
         async with self._tx(write=True) as conn:
             await conn.execute(stmt)
+
+    async def note_alarm_sent(
+        self,
+        app: str,
+        account_key: str,
+        cause: str,
+        now: dt.datetime,
+        quiet_since: dt.datetime,
+        details: Mapping[str, Any],
+    ) -> bool:
+        # One conditional upsert: with replicas, the row lock (PostgreSQL) or the write lock (SQLite) makes
+        # exactly one of two concurrent callers see its row come back; a read-then-write would let both send.
+        now = as_utc(now)
+        values = {"opened_at": now, "last_sent_at": now, "resolved_at": None, "details": _jsonable(dict(details))}
+        stmt = self._insert(alarms).values(app=app, account_key=account_key, cause=cause, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["app", "account_key", "cause"],
+            set_={
+                # A resolved alarm that fires again is a new alarm: it opens now.
+                "opened_at": case(
+                    (alarms.c.resolved_at.is_not(None), stmt.excluded.opened_at), else_=alarms.c.opened_at
+                ),
+                "last_sent_at": stmt.excluded.last_sent_at,
+                "resolved_at": None,
+                "details": stmt.excluded.details,
+            },
+            where=or_(
+                alarms.c.resolved_at.is_not(None),
+                alarms.c.last_sent_at.is_(None),
+                alarms.c.last_sent_at <= as_utc(quiet_since),
+            ),
+        ).returning(alarms.c.app)
+        async with self._tx(write=True) as conn:
+            return (await conn.execute(stmt)).first() is not None
 
     # -- onboarding state ------------------------------------------------------------------------------
 
