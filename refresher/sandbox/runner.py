@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -97,12 +99,19 @@ class SandboxServer:
         return await answer_consent(authorize_url, "deny")
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Built once: loading the CA bundle for every consent cost more than the consent itself when tests and
+    # the soak onboard thousands of grants.
+    return httpx.create_ssl_context()
+
+
 async def answer_consent(
     authorize_url: str, choice: str = "approve", options: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """Play the seller against any running sandbox (in this process or another): open ``authorize_url``,
     press Approve or Deny (with the approve link's ``options``), and return the callback's query."""
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=_tls()) as client:
         page = await client.get(authorize_url)
         if page.status_code in (301, 302, 303, 307):  # auto-approve
             return dict(parse_qsl(urlsplit(page.headers["location"]).query))
