@@ -30,6 +30,7 @@ from refresher.alerts import (
     build_channels,
     verify_signature,
 )
+from refresher.alerts.policy import REDELIVER_AFTER
 from refresher.alerts.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from refresher.config import AlertSettings, StoreSettings
 from refresher.config import WebhookChannel as WebhookChannelSettings
@@ -303,6 +304,50 @@ async def test_dedupe_repeat_every_and_restart(receiver: Receiver, make_policy: 
     await again.policy.observe(event(failures=10, error_class="config_error", at=again.clock.now()))
     await again.settle()
     assert [r.json()["cause"] for r in receiver.wait_for(3)] == ["failures", "failures", "config_error"]
+
+
+async def test_an_alarm_persisted_but_never_delivered_is_sent_again_soon_not_next_day(
+    receiver: Receiver, make_policy: Any, store: Any
+) -> None:
+    # A daemon stamped the alarm and died before any channel took the message (store written by hand
+    # here: that is all such a daemon leaves behind).
+    assert await store.note_alarm_sent("shopee-sg", "shop:1001", "failures", T0, T0, {})
+    h = await make_policy([webhook(receiver)], repeat_every="24h")
+    h.clock.set(T0 + dt.timedelta(minutes=5))  # too soon: its delivery might still be under way elsewhere
+    await h.policy.observe(event(failures=4, at=h.clock.now()))
+    await h.settle()
+    assert receiver.requests == []
+    h.clock.set(T0 + REDELIVER_AFTER + dt.timedelta(minutes=1))
+    await h.policy.observe(event(failures=5, at=h.clock.now()))
+    await h.settle()
+    assert [r.json()["consecutive_failures"] for r in receiver.wait_for(1)] == [5]
+    alarm = await store.get_alarm("shopee-sg", "shop:1001", "failures")
+    assert alarm.delivered_at is not None and alarm.last_sent_at == h.clock.now()
+    # Delivered now: the next message waits for repeat_every, however many failures come.
+    h.clock.advance(dt.timedelta(hours=2))
+    await h.policy.observe(event(failures=6, at=h.clock.now()))
+    await h.settle()
+    assert len(receiver.requests) == 1
+
+
+async def test_an_alarm_no_channel_took_is_sent_again_once_its_delivery_gave_up(
+    receiver: Receiver, make_policy: Any, store: Any
+) -> None:
+    receiver.status = 500
+    h = await make_policy([webhook(receiver)], delivery_attempts=2, repeat_every="24h")
+    await h.policy.observe(event(failures=3))
+    h.clock.advance(REDELIVER_AFTER * 2)
+    await h.policy.observe(event(failures=4, at=h.clock.now()))  # still being retried: not doubled
+    await h.settle()
+    assert len(receiver.requests) == 2  # the two attempts of the one message
+    assert (await store.get_alarm("shopee-sg", "shop:1001", "failures")).delivered_at is None
+
+    receiver.status = 200
+    h.clock.advance(dt.timedelta(minutes=1))  # the delivery gave up: the next look sends it again
+    await h.policy.observe(event(failures=5, at=h.clock.now()))
+    await h.settle()
+    assert [r.json()["consecutive_failures"] for r in receiver.wait_for(3)] == [3, 3, 5]
+    assert (await store.get_alarm("shopee-sg", "shop:1001", "failures")).delivered_at is not None
 
 
 async def test_resolved_once_after_recovery(receiver: Receiver, make_policy: Any, store: Any) -> None:

@@ -21,6 +21,7 @@ log = structlog.get_logger("refresher.alerts")
 
 Send = Callable[[], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
+Done = Callable[[bool], None]  # told once per job: True when delivered, False when given up or dropped
 
 
 class DeliveryError(Exception):
@@ -33,6 +34,15 @@ class _Job:
     name: str  # channel name, or app name for hooks
     send: Send
     attempts: int
+    done: Done | None = None
+
+    def settle(self, delivered: bool) -> None:
+        if self.done is None:
+            return
+        try:
+            self.done(delivered)
+        except Exception:  # a caller's bookkeeping never crashes a worker
+            log.exception("delivery.done_callback_failed", kind=self.kind, name=self.name)
 
 
 class Dispatcher:
@@ -76,17 +86,20 @@ class Dispatcher:
         self._closed = False
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{n}") for n in range(self._workers_wanted)]
 
-    def submit(self, kind: str, name: str, send: Send, attempts: int = 5) -> None:
-        """Queue one delivery and return at once."""
+    def submit(self, kind: str, name: str, send: Send, attempts: int = 5, done: Done | None = None) -> None:
+        """Queue one delivery and return at once; ``done`` learns how it ended."""
+        job = _Job(kind, name, send, max(1, attempts), done)
         if self._closed:
             self._count_drop(kind)
             log.warning("delivery.dropped", kind=kind, name=name, reason="dispatcher closed")
+            job.settle(False)
             return
         while len(self._queue) >= self.queue_size:
             old = self._queue.popleft()
             self._count_drop(old.kind)
             log.warning("delivery.dropped", kind=old.kind, name=old.name, reason="queue full")
-        self._queue.append(_Job(kind, name, send, max(1, attempts)))
+            old.settle(False)
+        self._queue.append(job)
         self._idle.clear()
         self._ready.set()
 
@@ -155,9 +168,11 @@ class Dispatcher:
                 error=str(exc) if isinstance(exc, DeliveryError) else None,
             )
             self._count(job, "failure")
+            job.settle(False)
             return
         self.delivered += 1
         self._count(job, "success")
+        job.settle(True)
 
     def _count(self, job: _Job, outcome: str) -> None:
         if self.metrics is None:

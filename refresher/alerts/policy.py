@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -33,6 +34,18 @@ _RESOLVED_BY_SUCCESS = (FAILURES, REAUTH_REQUIRED, CONFIG_ERROR)
 
 ReauthLink = Callable[[str, str], "str | None"]
 
+# An alarm message that no channel confirmed (the process died before sending it, or every channel
+# failed all its attempts) is sent again on the next look at the alarm after this long, instead of at the
+# next daily reminder. Longer than a dispatcher's full retry run, so a message still being retried is not
+# doubled.
+REDELIVER_AFTER = dt.timedelta(minutes=10)
+
+
+@dataclasses.dataclass
+class _Delivery:
+    queued: float  # time.monotonic() when queued
+    channels_left: int  # channels whose delivery has not ended
+
 
 class AlertPolicy:
     """Turns refresh events into alarms, reminders and all-clears, deduplicated through the store."""
@@ -53,6 +66,9 @@ class AlertPolicy:
         self.clock = clock
         self.reauth_link = reauth_link
         self.dispatcher = dispatcher
+        # Alarm messages this process queued whose delivery has not ended yet: not "undelivered" while a
+        # channel may still be retrying them, whatever a simulated clock says.
+        self._in_flight: dict[tuple[str, str, str], _Delivery] = {}
 
     def apply_settings(self, settings: AlertSettings, channels: Sequence[Channel]) -> None:
         """A config reload: new thresholds and channels for every later message."""
@@ -192,12 +208,20 @@ class AlertPolicy:
             "consecutive_failures": message.consecutive_failures,
         }
         try:
-            # Persist first: a crash after this loses one message, never causes a storm of repeats. The
-            # store decides atomically, so of several replicas seeing the same failure only one sends.
-            if not await self.store.note_alarm_sent(app, key, cause, now, now - self.settings.repeat_every, details):
+            # Persist first: a crash after this delays one message (it is undelivered, so sent again after
+            # REDELIVER_AFTER), never causes a storm of repeats. The store decides atomically, so of
+            # several replicas seeing the same failure only one sends.
+            quiet_since = now - self.settings.repeat_every
+            delivery = self._in_flight.get((app, key, cause))
+            # (The age check only guards against a delivery whose end was never reported.)
+            retrying = delivery is not None and time.monotonic() - delivery.queued < REDELIVER_AFTER.total_seconds()
+            undelivered_since = None if retrying else now - REDELIVER_AFTER
+            if not await self.store.note_alarm_sent(app, key, cause, now, quiet_since, details, undelivered_since):
                 return  # already told; the next reminder is due at last_sent_at + repeat_every
+            confirm: tuple[str, str, str, dt.datetime] | None = (app, key, cause, now)
         except Exception:
             log.exception("alert.state_unavailable", app=app, account=key, cause=cause)
+            confirm = None
         log.warning(
             "alert",
             kind=message.kind,
@@ -209,7 +233,7 @@ class AlertPolicy:
             request_id=message.request_id,
             consecutive_failures=message.consecutive_failures,
         )
-        self._send(message)
+        self._send(message, confirm)
 
     async def _resolve(self, event: RefreshEvent) -> None:
         try:
@@ -236,11 +260,30 @@ class AlertPolicy:
             log.info("alert", kind="resolved", cause=alarm.cause, app=event.app, account=event.account_key)
             self._send(self._message("resolved", alarm.cause, event))
 
-    def _send(self, message: AlarmMessage) -> None:
+    def _send(self, message: AlarmMessage, confirm: tuple[str, str, str, dt.datetime] | None = None) -> None:
+        """Queue ``message`` for every channel; with ``confirm`` (the alarm and the stamp of this message),
+        the first channel that takes it marks the alarm delivered."""
+        delivery = None
+        if confirm is not None and self.channels:
+            delivery = self._in_flight[confirm[:3]] = _Delivery(time.monotonic(), len(self.channels))
         for channel in self.channels:
-            self.dispatcher.submit(
-                "alert",
-                channel.name,
-                functools.partial(channel.send, message),
-                attempts=self.settings.delivery_attempts,
-            )
+            send = functools.partial(channel.send, message)
+            done = None
+            if confirm is not None and delivery is not None:
+                send = functools.partial(self._send_and_confirm, send, confirm)
+                done = functools.partial(self._delivery_ended, confirm[:3], delivery)
+            self.dispatcher.submit("alert", channel.name, send, self.settings.delivery_attempts, done)
+
+    def _delivery_ended(self, key: tuple[str, str, str], delivery: _Delivery, delivered: bool) -> None:
+        delivery.channels_left -= 1
+        if (delivered or delivery.channels_left <= 0) and self._in_flight.get(key) is delivery:
+            del self._in_flight[key]
+
+    async def _send_and_confirm(
+        self, send: Callable[[], Awaitable[None]], confirm: tuple[str, str, str, dt.datetime]
+    ) -> None:
+        await send()
+        try:
+            await self.store.mark_alarm_delivered(*confirm)
+        except Exception:  # delivered all the same; at worst the message is sent once more later
+            log.exception("alert.state_unavailable", app=confirm[0], account=confirm[1], cause=confirm[2])

@@ -88,6 +88,7 @@ class Alarm:
     last_sent_at: dt.datetime | None
     resolved_at: dt.datetime | None
     details: dict[str, Any] = field(default_factory=dict)
+    delivered_at: dt.datetime | None = None  # when a channel took the message sent at last_sent_at
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,15 @@ class Store(Protocol):
         now: dt.datetime,
         quiet_since: dt.datetime,
         details: Mapping[str, Any],
+        undelivered_since: dt.datetime | None = None,
     ) -> bool:
         """Atomically decide who sends an alarm message: open the alarm (or reopen a resolved one), or
-        stamp ``last_sent_at = now`` on an open one last sent at or before ``quiet_since``, and say True;
-        say False if it is open and was sent more recently (by this process or another replica)."""
+        stamp ``last_sent_at = now`` on an open one last sent at or before ``quiet_since`` (or, not
+        delivered, at or before ``undelivered_since``), and say True; say False if it is open and was
+        sent more recently (by this process or another replica). The new message is not delivered yet."""
+
+    async def mark_alarm_delivered(self, app: str, account_key: str, cause: str, sent_at: dt.datetime) -> None:
+        """A channel took the message stamped ``sent_at``; a later message of the alarm stays undelivered."""
 
     # -- onboarding state (issue 5) -------------------------------------------------------------------
 

@@ -142,6 +142,7 @@ alarms = Table(
     Column("last_sent_at", UTCDateTime()),
     Column("resolved_at", UTCDateTime()),
     Column("details", Json, nullable=False),
+    Column("delivered_at", UTCDateTime()),  # a channel took the message of last_sent_at (0004)
 )
 
 oauth_states = Table(
