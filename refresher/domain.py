@@ -194,6 +194,10 @@ class TransientError(RefresherError):
     error_class = "transient"
 
 
+class PlatformTimeout(TransientError):
+    """The platform did not answer in time (the signing proxy says 504 for it, not 502)."""
+
+
 class MalformedAnswer(TransientError):
     """The platform answered something we cannot read (HTML, truncated JSON, wrong types).
 

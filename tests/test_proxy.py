@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ async def upstream() -> AsyncIterator[Upstream]:
             }
         )
         status = int(request.query_params.get("status", "200"))
+        await asyncio.sleep(float(request.query_params.get("sleep", "0")))  # a platform too slow to answer
         return Response(
             json.dumps({"echo": True, "got": body.decode()}),
             status_code=status,
@@ -278,6 +280,18 @@ async def test_unreachable_platform_is_502_with_a_clean_message(api_env: ApiEnv)
     assert answer.status_code == 502
     assert "platform unreachable" in answer.json()["detail"]
     assert account.tokens is not None and account.tokens.access_token not in answer.text
+
+
+async def test_a_platform_that_does_not_answer_in_time_is_504(api_env: ApiEnv, upstream: Upstream) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    platform.app = platform.app.model_copy(
+        update={"hosts": {**platform.app.hosts, "api": upstream.url}, "timeout": dt.timedelta(seconds=0.3)}
+    )
+    answer = await api_env.call("GET", proxy_path(account.key, SHOP_INFO), "proxy", params={"sleep": "2"})
+    assert answer.status_code == 504
+    assert "platform unreachable" in answer.json()["detail"] and "0.3s" in answer.json()["detail"]
+    assert len(upstream.seen) == 1  # the call went out once; a timeout is not retried by the proxy
 
 
 async def test_proxy_logs_the_caller_and_never_the_token(api_env: ApiEnv) -> None:

@@ -27,6 +27,7 @@ from refresher.domain import (
     Grant,
     Identity,
     MalformedAnswer,
+    PlatformTimeout,
     RefresherError,
     SystemClock,
     TokenSet,
@@ -405,9 +406,9 @@ class Platform(ABC):
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise TransientError(f"{what}: no complete answer within {total:g}s", platform=self.name) from None
+            raise PlatformTimeout(f"{what}: no complete answer within {total:g}s", platform=self.name) from None
         except httpx.TimeoutException:
-            raise TransientError(f"{what}: timed out ({path})", platform=self.name) from None
+            raise PlatformTimeout(f"{what}: timed out ({path})", platform=self.name) from None
         except httpx.TransportError as exc:
             raise TransientError(
                 f"{what}: connection failed ({type(exc).__name__} on {path})", platform=self.name

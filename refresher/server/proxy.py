@@ -20,7 +20,7 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from refresher.domain import AccessTokenInvalid, AccountStatus, RefresherError, TransientError
+from refresher.domain import AccessTokenInvalid, AccountStatus, PlatformTimeout, RefresherError, TransientError
 from refresher.platforms.base import MAX_API_ANSWER_BYTES, Answer, ApiCall, Platform
 from refresher.server.auth import get_runtime, require
 from refresher.server.runtime import Runtime
@@ -162,7 +162,7 @@ async def proxy(
                 log.warning("proxy.refresh_failed", app=app, account=account, outcome=outcome)
     except TransientError as exc:
         log.warning("proxy.upstream_failed", app=app, account=account, caller=caller, error=str(exc))
-        status = 504 if "timed out" in exc.message or "within" in exc.message else 502
+        status = 504 if isinstance(exc, PlatformTimeout) else 502
         return _problem(status, f"platform unreachable: {exc.message}")
     except RefresherError as exc:
         log.warning("proxy.failed", app=app, account=account, caller=caller, error=str(exc))
