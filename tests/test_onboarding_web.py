@@ -181,6 +181,18 @@ async def test_return_to_allowlist(daemon: Daemon, client: httpx.AsyncClient) ->
     assert len(await daemon.store.list(app="tiktok")) == 1
 
 
+async def test_an_api_token_even_with_every_scope_cannot_start_a_flow(
+    sandbox: SandboxServer, clock: FakeClock, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    every = ["tokens:read", "tokens:read_refresh", "accounts:read", "accounts:write", "refresh", "proxy"]
+    erp = {"name": "erp", "secret": "erp-token-0123456789abcdef", "scopes": every}
+    async with running_daemon(sandbox, clock, tmp_path / "tokens.db", api_tokens=[erp]) as daemon:
+        url = f"{base(daemon)}/connect/shopee"
+        refused = await client.get(url, headers={"Authorization": f"Bearer {erp['secret']}"})
+        assert refused.status_code == 401 and "admin token is not valid" in refused.text
+        assert (await client.get(url, headers=AUTH)).status_code == 302
+
+
 async def test_connect_needs_the_admin_token_or_a_valid_invitation(
     daemon: Daemon, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:

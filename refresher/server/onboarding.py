@@ -8,7 +8,6 @@ what happened. Pages never show a token or the authorization code, and every val
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import html
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlencode
@@ -30,6 +29,7 @@ from refresher.onboarding import (
     return_to_allowed,
 )
 from refresher.platforms.base import Platform
+from refresher.server.auth import ADMIN_NAME, authenticate
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, StoreError
 
@@ -154,8 +154,8 @@ def _connect_refusal(settings: Settings, request: Request, app: str, clock: Cloc
     if not server.connect_requires_auth:
         return None
     token = _bearer(request)
-    admin = server.admin_token.get_secret_value() if server.admin_token else None
-    if token is not None and admin and hmac.compare_digest(token.encode(), admin.encode()):
+    caller = authenticate(server, token)
+    if caller is not None and caller.name == ADMIN_NAME:  # the same constant-time check as the API's
         return None
     invite = request.query_params.get("invite")
     if invite:
