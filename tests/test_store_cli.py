@@ -52,7 +52,7 @@ def test_migrate_creates_then_reports_current(tmp_path: Path) -> None:
         conn.execute("UPDATE alembic_version SET version_num = 'zzzz'")
     conn.close()
     newer = CliRunner().invoke(main, ["migrate", "-c", str(cfg)])
-    assert newer.exit_code == 1
+    assert newer.exit_code == 2
     assert newer.output.count("\n") == 1 and "schema revision zzzz" in newer.output
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,20 +17,11 @@ from refresher.cli.commands_tokens import accounts
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.config import Settings
 from refresher.domain import AccountStatus, Identity, TokenSet
-from refresher.store.base import StoreError
 from refresher.store.sql import SqlStore
 
 T = TypeVar("T")
 
 EXPORT_FORMAT = "refresher.accounts/v1"
-
-
-def _with_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]], *, migrate: bool = True) -> T:
-    """Run ``work`` on an opened store; store problems become one line and exit code 1."""
-    try:
-        return with_store(settings, work, migrate=migrate)
-    except StoreError as exc:
-        fail(str(exc).splitlines()[0], 1)
 
 
 @main.command("migrate")
@@ -44,7 +35,7 @@ def migrate(config_path: str | None) -> None:
         before, after = await store.migrate()
         return before, after, store.safe_url
 
-    before, after, store_url = _with_store(settings, work, migrate=False)
+    before, after, store_url = with_store(settings, work, migrate=False)
     if before == after:
         click.echo(f"{store_url}: schema already at revision {after}")
     else:
@@ -66,7 +57,7 @@ def rotate_key(config_path: str | None) -> None:
     async def work(store: SqlStore) -> int:
         return await store.rotate_keys()
 
-    count = _with_store(settings, work)
+    count = with_store(settings, work)
     click.echo(f"re-encrypted {count} stored value set(s) under the first key")
 
 
@@ -115,7 +106,7 @@ def export_accounts(config_path: str | None, app: str | None, output: str, fmt: 
                 return rows
             offset += 500
 
-    rows = _with_store(settings, work)
+    rows = with_store(settings, work)
     text = json.dumps({"format": EXPORT_FORMAT, "accounts": rows}, indent=2, ensure_ascii=False) + "\n"
     if output == "-":
         sys.stdout.write(text)
@@ -228,5 +219,5 @@ def import_accounts(config_path: str | None, file: Path) -> None:
             await store.import_account(app, platform, identity, tokens, status)
         return len(entries)
 
-    count = _with_store(settings, work)
+    count = with_store(settings, work)
     click.echo(f"imported {count} account(s) from {file}")
