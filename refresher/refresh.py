@@ -5,7 +5,8 @@ The order of things on success is the whole point of this module:
 2. ``mark_refresh_started`` commits, so a crash between the platform rotating the token and our commit is
    recognisable on restart (``Account.refresh_started_at`` still set);
 3. the platform call, retried with backoff for transient errors only;
-4. ``save_tokens`` commits the new token set, clears failures and releases the lease in one transaction;
+4. ``save_tokens`` commits the new token set, clears failures and releases the lease in one transaction
+   (asked again and again while the store fails: the new tokens are the only ones that work);
 5. only then logs, metrics, hooks and alarms run (listeners), and none of them can undo step 4.
 """
 
@@ -46,7 +47,7 @@ from refresher.domain import (
 )
 from refresher.logging import register_secrets
 from refresher.platforms.base import Platform
-from refresher.store.base import Account, AuditEntry, LeaseLost, Store
+from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, Store, StoreError
 
 log = structlog.get_logger("refresher.refresh")
 
@@ -54,6 +55,10 @@ log = structlog.get_logger("refresher.refresh")
 # never longer than a quarter of the app's refresh window (so several tries fit before expiry).
 RETRY_BASE = dt.timedelta(minutes=1)
 CONFIG_ERROR_RETRY = dt.timedelta(minutes=30)  # the operator must act; retry slowly in case they did
+# A store that refuses freshly issued tokens is asked again after 0.2 s, doubling up to 5 s, until it
+# takes them.
+SAVE_RETRY_FIRST = 0.2
+SAVE_RETRY_MAX = 5.0
 
 
 @dataclass(frozen=True)
@@ -298,9 +303,12 @@ class Refresher:
         register_secrets([tokens.access_token, tokens.refresh_token])
         duration = _ms(started)
         try:
-            saved = await self.store.save_tokens(
-                account.id, self.owner, tokens, self._audit_entry(account, "success", duration, attempts, None)
+            saved = await self._save_new_tokens(
+                account, tokens, self._audit_entry(account, "success", duration, attempts, None)
             )
+        except AccountNotFound:
+            log.warning("refresh.account_deleted_during_refresh", app=account.app, account=account.key)
+            return RefreshResult(account, "skipped", None, attempts, _ms(started))
         except LeaseLost:
             # Our lease expired during the call and someone else holds the account now. The new token
             # is the only valid one if the platform rotated: try once to commit it over theirs would race,
@@ -319,6 +327,41 @@ class Refresher:
         )
         await self._notify(saved, "success", None, attempts, duration, tokens)
         return RefreshResult(saved, "success", None, attempts, duration)
+
+    async def _save_new_tokens(self, account: Account, tokens: TokenSet, audit: AuditEntry) -> Account:
+        """Commit tokens the platform just issued. The platform has most likely rotated: these are the only
+        tokens that work, so a store that fails (database down, locked longer than its busy timeout, a
+        failover) is tried again, without end, until it takes them or another worker holds the account.
+        The lease stays ours meanwhile: an expired lease nobody took over is still honoured on save."""
+        delay, failures = SAVE_RETRY_FIRST, 0
+        try:
+            while True:
+                try:
+                    saved = await self.store.save_tokens(account.id, self.owner, tokens, audit)
+                except (LeaseLost, AccountNotFound):
+                    raise
+                except StoreError as exc:
+                    failures += 1
+                    log.error(
+                        "refresh.save_failed",
+                        app=account.app,
+                        account=account.key,
+                        error=str(exc),
+                        failures=failures,
+                        detail=f"new tokens kept in memory; trying again in {delay:g}s",
+                    )
+                else:
+                    if failures:
+                        log.warning("refresh.save_recovered", app=account.app, account=account.key, failures=failures)
+                    return saved
+                await self._sleep(delay)
+                delay = min(delay * 2, SAVE_RETRY_MAX)
+        except asyncio.CancelledError:
+            if failures:
+                # Shut down while the store was still failing: the new tokens go with this process. On
+                # restart the account is probed (refresh_started_at is set) and alarmed if they are missed.
+                log.error("refresh.save_abandoned", app=account.app, account=account.key, failures=failures)
+            raise
 
     async def _call_with_retries(
         self,
