@@ -24,6 +24,7 @@ from refresher.domain import (
     FakeClock,
     Grant,
     MalformedAnswer,
+    PlatformTimeout,
     ReauthRequired,
     RefresherError,
     RefreshTokenRejected,
@@ -230,7 +231,7 @@ async def test_skewed_clock_is_clock_skew(rig: Rig) -> None:
 # ------------------------------------------------------------------------------------------- faults
 
 FAULTS = [
-    ("timeout", TransientError),
+    ("timeout", PlatformTimeout),
     ("502", TransientError),
     ("429", TransientError),
     ("error200", TransientError),

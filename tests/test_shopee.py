@@ -24,6 +24,7 @@ from refresher.domain import (
     FakeClock,
     Grant,
     MalformedAnswer,
+    PlatformTimeout,
     ReauthRequired,
     RefresherError,
     RefreshTokenRejected,
@@ -286,7 +287,7 @@ async def test_skewed_clock_is_clock_skew(rig: Rig) -> None:
 # ------------------------------------------------------------------------------------------- faults
 
 FAULTS = [
-    ("timeout", TransientError),
+    ("timeout", PlatformTimeout),
     ("500", TransientError),
     ("503", TransientError),
     ("429", TransientError),
