@@ -1042,25 +1042,38 @@ class SqlStore:
 
     # -- keys ------------------------------------------------------------------------------------------
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, batch: int = 500) -> int:
         if not self._cipher.enabled:
             raise StoreError("store.encryption_keys is empty: there is no key to encrypt under")
+        # In batches of rows, each its own short transaction: on SQLite one transaction over the whole
+        # store would hold the write lock for its whole run, and every refresh would wait behind it. Each
+        # row is rewritten only if it still needs it, so a batch interrupted or raced by a refresh (which
+        # already writes under the new key) is safe to run again.
         rewritten = 0
-        async with self._tx(write=True) as conn:
-            fields = ("access_token", "refresh_token", "previous_refresh_token")
-            for row in (await conn.execute(self._for_update(select(accounts)))).all():
-                changes = self._reencrypt(row, row.app, row.key, fields)
-                if changes:
-                    await conn.execute(update(accounts).where(accounts.c.id == row.id).values(**changes))
-                    rewritten += 1
-            hist = select(token_history, accounts.c.app, accounts.c.key).join(
-                accounts, accounts.c.id == token_history.c.account_id
-            )
-            for row in (await conn.execute(hist)).all():
-                changes = self._reencrypt(row, row.app, row.key, ("access_token", "refresh_token"))
-                if changes:
-                    await conn.execute(update(token_history).where(token_history.c.id == row.id).values(**changes))
-                    rewritten += 1
+        history = select(token_history, accounts.c.app, accounts.c.key).join(
+            accounts, accounts.c.id == token_history.c.account_id
+        )
+        for table, query, fields in (
+            (accounts, select(accounts), ("access_token", "refresh_token", "previous_refresh_token")),
+            (token_history, history, ("access_token", "refresh_token")),
+        ):
+            last = 0
+            while True:
+                async with self._tx(write=True) as conn:
+                    page = (
+                        await conn.execute(
+                            self._for_update(query.where(table.c.id > last).order_by(table.c.id).limit(batch))
+                        )
+                    ).all()
+                    for row in page:
+                        changes = self._reencrypt(row, row.app, row.key, fields)
+                        if changes:
+                            await conn.execute(update(table).where(table.c.id == row.id).values(**changes))
+                            rewritten += 1
+                if len(page) < batch:
+                    break
+                last = page[-1].id
+        async with self._tx(write=True) as conn:  # a handful of short-lived rows
             for row in (await conn.execute(select(oauth_states))).all():
                 changes = self._reencrypt(row, row.app, row.state, ("pkce_verifier",))
                 if changes:
