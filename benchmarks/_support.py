@@ -12,16 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: tests.support
 
 from refresher.sandbox import SandboxServer
 from refresher.store.base import Store
-
-PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+from tests import support
 
 
 def machine() -> str:
@@ -96,14 +94,12 @@ class SandboxProcess:
 
 @contextlib.contextmanager
 def pg_database(prefix: str) -> Iterator[str]:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """The tests' throwaway database (tests/support.py), with a plain error instead of a test skip."""
+    reason = support.pg_unreachable()
+    if reason:
+        raise SystemExit(f"benchmark: {reason}")
+    with support.pg_database(prefix) as url:
+        yield url
 
 
 async def onboard_shops(store: Store, plugin: Any, sandbox: SandboxServer, count: int, per_grant: int = 200) -> int:

@@ -1,10 +1,15 @@
-"""Small helpers shared by the end-to-end tests: configs that point at a running sandbox."""
+"""Small helpers shared by the end-to-end tests: configs that point at a running sandbox, and throwaway
+schemas and databases on the real PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
@@ -13,6 +18,54 @@ from refresher.config import AppSettings, Settings, parse_config
 from refresher.domain import RefresherError
 
 PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
+
+PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_unreachable() -> str | None:
+    """Why the test PostgreSQL cannot be used, or ``None``."""
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {PG_URL} cannot be reached ({type(exc).__name__}); set REFRESHER_TEST_PG_URL"
+
+
+def with_search_path(url: str, schema: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+@contextlib.contextmanager
+def pg_schema(prefix: str = "refresher_test") -> Iterator[str]:
+    """A fresh schema in the test database (skips the test without PostgreSQL); yields a store URL whose
+    tables live only there, and drops the schema after."""
+    reason = pg_unreachable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(PG_URL, schema)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str = "refresher_db") -> Iterator[str]:
+    """A database of its own (for several processes or engines; skips without PostgreSQL), dropped after."""
+    reason = pg_unreachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 # One business-API call per platform that the sandbox answers only with a valid signature and token.
 ECHO_CALLS: dict[str, tuple[str, list[tuple[str, str]]]] = {

@@ -6,11 +6,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +36,7 @@ from refresher.domain import AccountStatus, ErrorInfo, FakeClock, Identity, Toke
 from refresher.metrics import Metrics
 from refresher.store.base import Account
 from refresher.store.sql import open_store
+from tests.support import pg_schema
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 CHANNEL_SECRET = "channel-secret-9f8e7d6c5b4a"
@@ -620,27 +619,11 @@ def test_alarm_message_text_and_json() -> None:
 
 # ------------------------------------------------------------------------------------- replicas
 
-PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A store URL on the real PostgreSQL, its tables in a throwaway schema."""
-    import psycopg
-
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            pass
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} unreachable ({type(exc).__name__}); set REFRESHER_TEST_PG_URL")
-    schema = f"alerts_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with pg_schema("alerts_test") as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -27,10 +26,10 @@ from refresher.sandbox.core import SANDBOX_CREDENTIALS
 from refresher.sandbox.runner import answer_consent
 from refresher.store import open_store
 from refresher.store.schema import accounts as accounts_table
+from tests.support import pg_database
 
 pytestmark = pytest.mark.slow
 
-PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 ACCOUNTS = int(os.environ.get("REFRESHER_MP_ACCOUNTS", "1000"))
 SHOPS_PER_GRANT = 200
 WORKERS = 3
@@ -43,28 +42,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} cannot be reached ({type(exc).__name__})")
-    name = f"refresher_mp_{os.urandom(6).hex()}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tokens.db'}"
     else:
-        with pg_database() as url:
+        with pg_database("refresher_mp") as url:
             yield url
 
 

@@ -27,9 +27,8 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,11 +50,10 @@ from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifet
 from refresher.scheduler import simulate
 from refresher.store import open_store
 from refresher.store.base import Account
-from tests.support import assert_no_secret
+from tests.support import assert_no_secret, pg_database
 
 pytestmark = pytest.mark.slow
 
-PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 T0 = dt.datetime(2026, 2, 2, tzinfo=dt.UTC)
 WEEK = dt.timedelta(days=7)
 # Access tokens live two days and are refreshed in their last six hours: one refresh per account every
@@ -70,30 +68,6 @@ SHOPS_PER_GRANT = 50  # Shopee main-account grants: many shops per consent, so o
 
 
 # --------------------------------------------------------------------------------------------- databases
-
-
-def pg_unreachable() -> str | None:
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_URL} cannot be reached ({type(exc).__name__}); set REFRESHER_TEST_PG_URL"
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """A database of its own for one test (created through the ``test`` database, dropped after)."""
-    reason = pg_unreachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"refresher_rep_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def lifetimes_of(access: dt.timedelta) -> dict[str, Lifetimes]:
@@ -306,7 +280,7 @@ def report(label: str, run: WeekRun) -> None:
 
 @pytest.mark.parametrize("replicas", [2, 3])
 async def test_replicas_on_postgresql_refresh_once_and_take_over(replicas: int) -> None:
-    with pg_database() as url:
+    with pg_database("refresher_rep") as url:
         run = await run_week(url, replicas, ACCOUNTS)
     report(f"{replicas} replicas on PostgreSQL", run)
     check_week(run, replicas)
@@ -385,7 +359,7 @@ async def wait_ready(port: int, timeout: float = 30) -> None:
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    with pg_database() as url:
+    with pg_database("refresher_rep") as url:
         yield url
 
 

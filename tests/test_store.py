@@ -7,13 +7,11 @@ Every test that takes ``db_url`` runs once per backend. On PostgreSQL each test 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
 import sqlite3
 import stat
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,8 +39,8 @@ from refresher.store import (
 )
 from refresher.store.schema import metadata
 from refresher.store.sql import head_revision
+from tests.support import PG_URL, pg_schema
 
-PG_URL = os.environ.get("REFRESHER_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
@@ -50,34 +48,6 @@ APP = "shopee-sg"
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def pg_unreachable() -> str | None:
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_URL} cannot be reached ({type(exc).__name__}); set REFRESHER_TEST_PG_URL"
-
-
-def with_search_path(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-
-
-@contextlib.contextmanager
-def pg_schema() -> Iterator[str]:
-    """A fresh schema in the test database; yields a store URL whose tables live only there."""
-    reason = pg_unreachable()
-    if reason:
-        pytest.skip(reason)
-    schema = f"refresher_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield with_search_path(PG_URL, schema)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def raw_rows(url: str, sql: str) -> list[tuple[Any, ...]]:

@@ -16,7 +16,7 @@ import structlog.testing
 import yaml
 
 from refresher import platforms
-from refresher.config import parse_config
+from refresher.config import Settings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
 from refresher.sandbox import SandboxServer
@@ -24,7 +24,7 @@ from refresher.sandbox import SandboxServer
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
-def settings_for(sandbox: SandboxServer, db: Path) -> object:
+def settings_for(sandbox: SandboxServer, db: Path) -> Settings:
     document = {
         "store": {"url": f"sqlite:///{db}"},
         "server": {"enabled": False},
@@ -56,7 +56,7 @@ async def test_rotated_tokens_are_kept_until_a_failing_store_takes_them(tmp_path
     clock = FakeClock(T0)
     db = tmp_path / "tokens.db"
     async with SandboxServer(clock=clock, seed=5) as sandbox:
-        daemon = Daemon(settings_for(sandbox, db), clock=clock)  # type: ignore[arg-type]
+        daemon = Daemon(settings_for(sandbox, db), clock=clock)
         await daemon.start(schedule=False)
         try:
             key = await onboard(daemon, sandbox)

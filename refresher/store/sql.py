@@ -833,11 +833,10 @@ class SqlStore:
 
     async def audit(self, entry: AuditEntry) -> None:
         async with self._tx(write=True) as conn:
-            row = (
-                await conn.execute(
-                    select(accounts).where(accounts.c.app == entry.app, accounts.c.key == entry.account_key)
-                )
-            ).first()
+            row = None
+            if entry.message:  # only a message can carry a token to scrub
+                query = select(accounts).where(accounts.c.app == entry.app, accounts.c.key == entry.account_key)
+                row = (await conn.execute(query)).first()
             await self._insert_audit(conn, entry, self._row_secrets(row) if row is not None else frozenset())
 
     async def _insert_audit(self, conn: AsyncConnection, entry: AuditEntry, secrets: frozenset[str]) -> None:
