@@ -133,27 +133,12 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "descript
 
 
 def _error_out(error: ErrorInfo | None) -> ErrorOut | None:
-    if error is None:
-        return None
-    return ErrorOut(
-        error_class=error.error_class,
-        code=error.code,
-        message=error.message,
-        request_id=error.request_id,
-        http_status=error.http_status,
-    )
+    # The API models mirror the domain's dataclasses field for field: read them by attribute.
+    return None if error is None else ErrorOut.model_validate(error, from_attributes=True)
 
 
 def _identity_out(account: Account) -> IdentityOut:
-    ident = account.identity
-    return IdentityOut(
-        key=ident.key,
-        kind=ident.kind,
-        platform_id=ident.platform_id,
-        name=ident.name,
-        region=ident.region,
-        extra=dict(ident.extra),
-    )
+    return IdentityOut.model_validate(account.identity, from_attributes=True)
 
 
 def account_out(account: Account) -> AccountOut:
