@@ -5,17 +5,15 @@ platform uses it) and returns the URL the seller opens; ``complete`` checks the 
 turns the platform's own denial into :class:`~refresher.domain.AuthorizationDenied`, exchanges the code
 and stores one account per grant (re-authorizing an account updates it in place).
 
-State bookkeeping: the store's ``consume_state`` only says "not there", which would make a reused state
-look like a forged one. So a consumed state leaves a tombstone (``used:`` + its SHA-256) for a while, and
-the state string carries its own expiry so an expired state is named as such even once the store has
-pruned it. Neither is trusted for anything but choosing the message: only a live row grants a flow.
+State bookkeeping: a consumed state's row stays in the store for a day, marked ``used_at`` (a column no
+caller can set), so a replay is named "already used" rather than "unknown"; the state string carries its
+own expiry so an expired state is named as such even once the store has pruned it. Neither is trusted for
+anything but choosing the message: only ``consume_state`` on a live, unused row of the same app grants.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import ipaddress
 import secrets
 from collections.abc import Mapping, Sequence
@@ -31,9 +29,6 @@ from refresher.store.base import Account, OAuthState, Store
 log = structlog.get_logger("refresher.onboarding")
 
 DEFAULT_STATE_TTL = dt.timedelta(minutes=15)
-# How long a used state is remembered, so a second use says "already used" rather than "unknown".
-USED_STATE_MEMORY = dt.timedelta(days=1)
-_TOMBSTONE = "used:"
 
 
 class OnboardingError(RefresherError):
@@ -96,10 +91,6 @@ def _embedded_expiry(state: str) -> dt.datetime | None:
         return from_epoch(int(tail, 16))
     except (ValueError, OverflowError, OSError):
         return None
-
-
-def _tombstone(state: str) -> str:
-    return _TOMBSTONE + hashlib.sha256(state.encode("utf-8")).hexdigest()
 
 
 def parse_callback(text: str) -> dict[str, str]:
@@ -193,31 +184,27 @@ async def begin(
 
 
 async def take_state(app_name: str, store: Store, clock: Clock, state: str | None) -> OAuthState:
-    """Consume the callback's state or raise :class:`StateError` saying exactly why it is refused."""
+    """Consume the callback's state or raise :class:`StateError` saying exactly why it is refused.
+
+    Only ``consume_state`` grants: it takes a live, unused row of this app and marks it used in one
+    statement. Everything after a refusal only chooses the message.
+    """
     if not state:
         raise StateError("missing", app=app_name)
+    found = await store.consume_state(state, app_name)
+    if found is not None:
+        return found
+    row = await store.find_state(state)
     now = clock.now()
-    found = await store.consume_state(state)
-    if found is None:
-        tomb = await store.consume_state(_tombstone(state))
-        if tomb is not None:
-            # Keep remembering it (a third try is a reuse too); a racing retry may have put it back first.
-            with contextlib.suppress(Exception):
-                await store.put_state(tomb)
-            raise StateError("reused", app=app_name)
-        embedded = _embedded_expiry(state)
-        if embedded is not None and embedded <= now:
-            raise StateError("expired", app=app_name)
-        raise StateError("unknown", app=app_name)
-    # Leave the tombstone before anything else can fail, so a replay of this callback is named.
-    await store.put_state(
-        OAuthState(state=_tombstone(state), app=found.app, created_at=now, expires_at=now + USED_STATE_MEMORY)
-    )
-    if found.app != app_name:
+    if row is not None and row.used_at is not None:
+        raise StateError("reused", app=app_name)
+    if row is not None and row.app != app_name:
+        # Left unused: the seller's real callback (for the app that issued it) still works.
         raise StateError("wrong_app", app=app_name)
-    if found.expires_at <= now:
+    embedded = _embedded_expiry(state)
+    if (row is not None and row.expires_at <= now) or (embedded is not None and embedded <= now):
         raise StateError("expired", app=app_name)
-    return found
+    raise StateError("unknown", app=app_name)
 
 
 async def complete_flow(
@@ -229,7 +216,7 @@ async def complete_flow(
         # The state is spent either way; a denied flow must not be resumable with it.
         state = callback_params.get("state")
         if state:
-            await store.consume_state(state)
+            await store.consume_state(state, app_name)
         log.warning("onboarding.denied", app=app_name, platform=platform.name, code=denial.code)
         raise denial
     oauth_state = await take_state(app_name, store, clock, callback_params.get("state"))

@@ -4,13 +4,19 @@ sandbox, without the daemon; plus the pure helpers (allowlist, loopback check, c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import hashlib
+import secrets
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from refresher import platforms as registry
 from refresher.domain import AuthorizationDenied, ConfigError, FakeClock
@@ -27,10 +33,12 @@ from refresher.onboarding import (
 )
 from refresher.platforms.base import Platform, make_http_client
 from refresher.sandbox import SandboxServer
+from refresher.store.base import OAuthState
 from refresher.store.sql import SqlStore
 from tests.onboarding_support import config_text, free_port, register_redirect, settings_from
 
 T0 = dt.datetime(2026, 5, 1, 8, 0, tzinfo=dt.UTC)
+MINUTE = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -135,8 +143,11 @@ async def test_denial_and_missing_code(
     params = await sandbox.deny(url)
     with pytest.raises(AuthorizationDenied):
         await complete("tiktok", tiktok, store, clock, params)
-    # The denied flow's state is spent.
-    assert await store.consume_state(state.state) is None
+    # The denied flow's state is spent, and a replay of it is named as such.
+    assert await store.consume_state(state.state, "tiktok") is None
+    with pytest.raises(StateError) as replay:
+        await take_state("tiktok", store, clock, state.state)
+    assert replay.value.kind == "reused"
     _, state = await begin("tiktok", tiktok, store, clock)
     with pytest.raises(MissingCode):
         await complete("tiktok", tiktok, store, clock, {"state": state.state})
@@ -204,3 +215,48 @@ def test_result_pages_escape_what_the_platform_sent_and_show_no_token() -> None:
     text = bytes(failed.body).decode()
     assert failed.status_code == 502
     assert "SECRETVALUE1" not in text and "<b>" not in text and "e&lt;1&gt;" in text
+
+
+async def test_a_callback_naming_the_wrong_app_leaves_the_real_state_usable(
+    store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    shopee = plugin(sandbox, "shopee", http, clock)
+    _, state = await begin("shopee", shopee, store, clock)
+    with pytest.raises(StateError) as wrong:
+        await take_state("lazada", store, clock, state.state)
+    assert wrong.value.kind == "wrong_app"
+    taken = await take_state("shopee", store, clock, state.state)  # the seller's real callback still works
+    assert taken.state == state.state
+
+
+_DERIVATIONS = {
+    "sha256": lambda s: hashlib.sha256(s.encode()).hexdigest(),
+    "old tombstone": lambda s: "used:" + hashlib.sha256(s.encode()).hexdigest(),
+    "prefixed": lambda s: "used:" + s,
+    "upper": str.upper,
+    "trimmed": lambda s: s[:-1],
+    "extended": lambda s: s + "0",
+    "spaced": lambda s: f" {s}",
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.text(alphabet=string.ascii_letters + string.digits + "-_.:", min_size=8, max_size=64))
+async def test_no_value_derived_from_a_stored_row_is_accepted_as_a_state(
+    raw: str, store: SqlStore, clock: FakeClock
+) -> None:
+    """Whatever the store keeps about a state, used or not, only the exact unused state grants a flow."""
+    now, unique = clock.now(), secrets.token_hex(4)  # hypothesis may draw the same text twice
+    used = OAuthState(f"u{unique}{raw}", "shopee", now, now + MINUTE)
+    live = OAuthState(f"l{unique}{raw}", "shopee", now, now + MINUTE)
+    for state in (used, live):
+        await store.put_state(state)
+    assert await take_state("shopee", store, clock, used.state)
+    rows = [row for row in (await store.find_state(used.state), await store.find_state(live.state)) if row]
+    candidates = {str(v) for row in rows for v in dataclasses.asdict(row).values() if v is not None}
+    candidates |= {derive(row.state) for row in rows for derive in _DERIVATIONS.values()}
+    candidates.discard(live.state)  # the one value that may grant
+    for candidate in sorted(candidates):
+        with pytest.raises(StateError):
+            await take_state("shopee", store, clock, candidate)
+    assert (await take_state("shopee", store, clock, live.state)).state == live.state

@@ -9,7 +9,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -281,3 +281,27 @@ async def test_logs_of_a_whole_flow_carry_no_secret(
     assert "onboarding.granted" in events and "onboarding.denied" in events
     code = dict(parse_qsl(urlsplit(ok.callback_url).query))["code"]
     assert_no_secret(output, daemon, account.tokens.access_token, account.tokens.refresh_token, code)
+
+
+@pytest.mark.parametrize("platform", ["lazada", "tiktok_shop"])
+async def test_a_used_states_marker_never_opens_a_flow(
+    platform: str, daemon: Daemon, client: httpx.AsyncClient
+) -> None:
+    """The old tombstone attack: a used state's marker (``used:`` + its SHA-256, what the store used to
+    keep) sent through the platform's real consent to our callback must be refused like any stranger."""
+    import hashlib
+
+    first = await browse(client, f"{base(daemon)}/connect/{platform}", headers=AUTH)
+    assert first.outcome == "granted", first.final.text
+    used = dict(parse_qsl(urlsplit(first.callback_url).query))["state"]
+    stored = {a.key for a in await daemon.store.list(app=platform)}
+    consent = first.urls[1]  # the platform's authorize URL /connect sent the browser to
+    assert urlsplit(consent).port != daemon.port and "state=" in consent
+    for forged in (f"used:{hashlib.sha256(used.encode()).hexdigest()}", hashlib.sha256(used.encode()).hexdigest()):
+        query = dict(parse_qsl(urlsplit(consent).query))
+        attack_url = urlsplit(consent)._replace(query=urlencode({**query, "state": forged})).geturl()
+        # No admin token, no invitation: straight to the platform, as an attacker would.
+        attack = await browse(client, attack_url)
+        assert attack.final.status_code == 400, attack.final.text
+        assert "not one this server issued" in attack.final.text
+        assert {a.key for a in await daemon.store.list(app=platform)} == stored

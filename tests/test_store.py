@@ -7,6 +7,7 @@ Every test that takes ``db_url`` runs once per backend. On PostgreSQL each test 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -512,12 +513,17 @@ async def test_oauth_state_is_single_use_and_expires(store: SqlStore, clock: Fak
     state = OAuthState("s-1", APP, T0, T0 + 15 * MINUTE, "/done", "verifier-SECRET", "http://127.0.0.1/cb")
     await store.put_state(state)
     await store.put_state(OAuthState("s-2", APP, T0, T0 + MINUTE))
-    results = await asyncio.gather(*(store.consume_state("s-1") for _ in range(5)))
-    assert [r for r in results if r is not None] == [state]
-    assert await store.consume_state("s-1") is None
-    assert await store.consume_state("unknown") is None
+    assert await store.consume_state("s-1", "another-app") is None  # another app's state is left alone
+    results = await asyncio.gather(*(store.consume_state("s-1", APP) for _ in range(5)))
+    taken = [r for r in results if r is not None]
+    assert len(taken) == 1 and taken[0].used_at is not None
+    assert dataclasses.replace(taken[0], used_at=None) == state
+    assert await store.consume_state("s-1", APP) is None
+    found = await store.find_state("s-1")
+    assert found is not None and found.used_at == taken[0].used_at  # remembered, only to explain a replay
+    assert await store.consume_state("unknown", APP) is None
     clock.advance(2 * MINUTE)
-    assert await store.consume_state("s-2") is None  # expired
+    assert await store.consume_state("s-2", APP) is None  # expired
 
 
 async def test_expiry_queries(store: SqlStore, clock: FakeClock) -> None:
@@ -598,7 +604,7 @@ async def test_tokens_are_encrypted_at_rest_and_keys_rotate(make_store: StoreFac
         assert got.tokens.refresh_token == f"RT-shop:{i}2-secret-refresh"
         assert got.previous_refresh_token == f"RT-shop:{i}1-secret-refresh"
         assert (await only_new.history(APP, f"shop:{i}"))[0].tokens.refresh_token == f"RT-shop:{i}1-secret-refresh"
-    state = await only_new.consume_state("st")
+    state = await only_new.consume_state("st", APP)
     assert state is not None and state.pkce_verifier == "pkce-SECRET-verifier"
     with pytest.raises(StoreError):
         await make_store(encryption_keys=[key_a]).get(APP, "shop:0")
@@ -757,7 +763,7 @@ async def test_no_token_reaches_a_log_line(
         await store.record_failure(a.id, "w", ErrorInfo("transient", None, "x"), None)
         await store.history(APP, "shop:1")
         await store.put_state(OAuthState("s", APP, T0, T0 + HOUR, pkce_verifier="pkce-SECRET"))
-        await store.consume_state("s")
+        await store.consume_state("s", APP)
         with pytest.raises(LeaseLost):
             await store.release(a.id, "w")
     assert caplog.records, "the test must capture something to be meaningful"

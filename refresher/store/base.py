@@ -102,6 +102,12 @@ class OAuthState:
     return_to: str | None = None
     pkce_verifier: str | None = field(default=None, repr=False)
     redirect_uri: str | None = None
+    # Set when a callback took the state: from then on the row only explains a replay ("already used").
+    used_at: dt.datetime | None = None
+
+
+# How long a used state is remembered, so a second use says "already used" rather than "unknown".
+USED_STATE_MEMORY = dt.timedelta(days=1)
 
 
 class Store(Protocol):
@@ -234,8 +240,12 @@ class Store(Protocol):
 
     async def put_state(self, state: OAuthState) -> None: ...
 
-    async def consume_state(self, state: str) -> OAuthState | None:
-        """Return and delete a state atomically (single use); ``None`` if unknown or already used."""
+    async def consume_state(self, state: str, app: str) -> OAuthState | None:
+        """Mark a live, unused state of ``app`` used and return it, atomically (single use); ``None``
+        if there is no such state (unknown, used, expired, or another app's: that one stays usable)."""
+
+    async def find_state(self, state: str) -> OAuthState | None:
+        """The stored state row, used or not, only to explain a refusal; it never grants a flow."""
 
     # -- keys ----------------------------------------------------------------------------------------
 

@@ -155,5 +155,6 @@ oauth_states = Table(
     Column("return_to", Text),
     Column("pkce_verifier", Text),  # encrypted like the tokens
     Column("redirect_uri", Text),
+    Column("used_at", UTCDateTime()),  # set once, by the callback that took it; a used row never grants
     Index(None, "expires_at"),
 )

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from refresher.crypto import CryptoError, TokenCipher
 from refresher.domain import AccountStatus, Clock, ErrorInfo, Grant, Identity, TokenSet, as_utc
 from refresher.store.base import (
+    USED_STATE_MEMORY,
     Account,
     AccountNotFound,
     Alarm,
@@ -1006,8 +1007,16 @@ class SqlStore:
     async def put_state(self, state: OAuthState) -> None:
         now = self.clock.now()
         async with self._tx(write=True) as conn:
-            # Expired states are useless: clear them here rather than in a separate job.
-            await conn.execute(delete(oauth_states).where(oauth_states.c.expires_at <= now))
+            # Spent states are kept a while (a replay is then named "already used"); expired unused ones
+            # are useless. Clear both here rather than in a separate job.
+            await conn.execute(
+                delete(oauth_states).where(
+                    or_(
+                        and_(oauth_states.c.used_at.is_(None), oauth_states.c.expires_at <= now),
+                        oauth_states.c.used_at <= now - USED_STATE_MEMORY,
+                    )
+                )
+            )
             await conn.execute(
                 insert(oauth_states).values(
                     state=state.state,
@@ -1020,15 +1029,33 @@ class SqlStore:
                 )
             )
 
-    async def consume_state(self, state: str) -> OAuthState | None:
+    async def consume_state(self, state: str, app: str) -> OAuthState | None:
         now = self.clock.now()
         async with self._tx(write=True) as conn:
-            # DELETE … RETURNING: of two callbacks racing with the same state, exactly one gets it.
+            # One conditional UPDATE … RETURNING: of two callbacks racing with the same state, exactly one
+            # gets it. The row stays, marked used, so it can never be consumed again (used_at is not a
+            # value a caller can send), and a state of another app is left untouched for its own callback.
             row = (
-                await conn.execute(delete(oauth_states).where(oauth_states.c.state == state).returning(*oauth_states.c))
+                await conn.execute(
+                    update(oauth_states)
+                    .where(
+                        oauth_states.c.state == state,
+                        oauth_states.c.app == app,
+                        oauth_states.c.used_at.is_(None),
+                        oauth_states.c.expires_at > now,
+                    )
+                    .values(used_at=now)
+                    .returning(*oauth_states.c)
+                )
             ).first()
-        if row is None or as_utc(row.expires_at) <= now:
-            return None
+        return None if row is None else self._state_from_row(row)
+
+    async def find_state(self, state: str) -> OAuthState | None:
+        async with self._tx() as conn:
+            row = (await conn.execute(select(oauth_states).where(oauth_states.c.state == state))).first()
+        return None if row is None else self._state_from_row(row)
+
+    def _state_from_row(self, row: Row[Any]) -> OAuthState:
         return OAuthState(
             state=row.state,
             app=row.app,
@@ -1037,6 +1064,7 @@ class SqlStore:
             return_to=row.return_to,
             pkce_verifier=self._dec(row.pkce_verifier, row.app, row.state, "pkce_verifier"),
             redirect_uri=row.redirect_uri,
+            used_at=row.used_at,
         )
 
     # -- keys ------------------------------------------------------------------------------------------
