@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from test_api import APP, TOKENS, ApiEnv, running_api
 
 from refresher.client import AccessToken, RefresherAuth, TokenSource, TokenUnavailable, get_token
 from refresher.domain import ConfigError, Identity
 from refresher.store.base import Account
+from tests.test_api import APP, TOKENS, ApiEnv, running_api
 
 SHOP_INFO = "/api/v2/shop/get_shop_info"
 

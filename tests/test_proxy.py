@@ -17,10 +17,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from test_api import APP, TOKENS, ApiEnv, running_api
 
 from refresher.server.http import start_server, stop_server
 from refresher.server.proxy import MAX_REQUEST_BYTES
+from tests.test_api import APP, TOKENS, ApiEnv, running_api
 
 SHOP_INFO = "/api/v2/shop/get_shop_info"
 

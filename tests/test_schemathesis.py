@@ -17,11 +17,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi.checks import status_code_conformance
-from test_api import ADMIN_SECRET, APP, build_settings
 
 from refresher.daemon import Daemon
 from refresher.domain import FakeClock
 from refresher.sandbox import SandboxServer
+from tests.test_api import ADMIN_SECRET, APP, build_settings
 
 AUTH = {"Authorization": f"Bearer {ADMIN_SECRET}"}
 MAX_EXAMPLES = 15  # per operation; the whole module stays well under a minute on 2 cores

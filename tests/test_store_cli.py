@@ -9,13 +9,13 @@ import stat
 from pathlib import Path
 
 from click.testing import CliRunner
-from test_store import grant
 
 from refresher.cli import main
 from refresher.crypto import generate_key
 from refresher.domain import SystemClock
 from refresher.store import SqlStore
 from refresher.store.sql import head_revision
+from tests.test_store import grant
 
 
 def config(tmp_path: Path, *keys: str, name: str = "tokens.db") -> Path:

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_store import pg_schema
 
 from refresher.domain import Grant, Identity, SystemClock, TokenSet
 from refresher.store import LeaseLost, SqlStore
+from tests.support import pg_schema
 
 APP = "mp-app"
 ACCOUNTS = 120
