@@ -262,6 +262,40 @@ async def test_dot_segments_cannot_climb_out_of_the_api_base(api_env: ApiEnv, up
     assert upstream.seen == []
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/%252e%252e/%252e%252e/x",  # double-encoded dots: an upstream that decodes again would climb
+        "/api/%25252E%25252E/x",
+        "/api/x%3Fsign=forged&access_token=x",  # an encoded '?' would put parameters before the signed ones
+        "/api/x%253Fsign=forged",
+        "/api/x%23",  # an encoded '#' would cut the signed query off
+        "/api/%00x",
+        "/api/%01x",
+        "/api/%7fx",
+        "/api/" + "a" * 65536,
+        "/api/x?q=" + "a" * 66000,
+    ],
+)
+async def test_hostile_paths_are_400_and_never_forwarded(api_env: ApiEnv, upstream: Upstream, path: str) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url + "/base"}})
+    assert api_env.daemon.port is not None
+    status = await raw_get(api_env.daemon.port, f"/proxy/{APP}/{account.key}{path}", api_env.auth("proxy"))
+    assert status == 400
+    assert upstream.seen == []
+
+
+async def test_an_encoded_character_that_is_no_trick_is_still_forwarded(api_env: ApiEnv, upstream: Upstream) -> None:
+    (account,) = await api_env.onboard()
+    platform = api_env.daemon.platforms[APP]
+    platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url + "/base"}})
+    answer = await api_env.call("GET", proxy_path(account.key, "/api/v2/item/sku%20one.v2"), "proxy")
+    assert answer.status_code == 200, answer.text
+    assert upstream.seen[0]["path"] == "/base/api/v2/item/sku one.v2"
+
+
 async def test_oversized_request_body_is_refused(api_env: ApiEnv, upstream: Upstream) -> None:
     (account,) = await api_env.onboard()
     platform = api_env.daemon.platforms[APP]

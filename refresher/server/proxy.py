@@ -15,7 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Annotated
+from urllib.parse import unquote
 
+import httpx
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,6 +31,10 @@ from refresher.store.base import Account
 log = structlog.get_logger("refresher.proxy")
 
 MAX_REQUEST_BYTES = 10 << 20  # platform APIs take small JSON bodies; an upload of 10 MiB is already odd
+# Platform API paths are a few dozen characters and queries a few hundred; the signed URL must also stay
+# under httpx's 64 KiB URL limit once the token and signature are added.
+MAX_PATH_CHARS = 2048
+MAX_QUERY_CHARS = 16384
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 # Request headers the platform may see. Everything else stays here: Authorization (the caller's refresher
@@ -85,6 +91,30 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` (already percent-decoded once by the router) must not be forwarded, or None.
+
+    An upstream may decode the path again, so every further decoding is checked too: no dot segment
+    (climbing out of the API base path), no ``?`` or ``#`` (which would inject query parameters ahead of
+    the signed ones, or cut the signed query off) and no control character, at any level of encoding.
+    """
+    if len(path) > MAX_PATH_CHARS:
+        return f"the platform path is longer than {MAX_PATH_CHARS} characters"
+    level = path
+    for _ in range(8):  # each round undoes one layer of percent-encoding; 8 covers any real double-encoding
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in level):
+            return "the platform path must not contain control characters"
+        if "?" in level or "#" in level:
+            return "the platform path must not contain an encoded '?' or '#'"
+        if any(segment in (".", "..") for segment in level.replace("\\", "/").split("/")):
+            return "the platform path must not contain '.' or '..' segments, encoded or not"
+        decoded = unquote(level)
+        if decoded == level:
+            return None
+        level = decoded
+    return "the platform path is percent-encoded too many times"
+
+
 def _relay(answer: Answer, extra: dict[str, str] | None = None) -> Response:
     headers = {k: v for k, v in answer.headers.items() if k.lower() not in DROP_ANSWER_HEADERS}
     if extra:
@@ -123,10 +153,11 @@ async def proxy(
         return _problem(404, f"unknown account {account!r} of app {app!r}")
     if current.status != AccountStatus.ACTIVE or current.tokens is None:
         return _problem(409, f"account {account!r} of app {app!r} is {current.status} and has no usable token")
-    segments = path.replace("\\", "/").split("/")
-    if any(segment in (".", "..") for segment in segments):
-        # A dot segment would let a caller climb out of the app's API base path on the platform host.
-        return _problem(400, "the platform path must not contain '.' or '..' segments")
+    problem = _path_problem(path)
+    if problem is not None:
+        return _problem(400, problem)
+    if len(request.url.query) > MAX_QUERY_CHARS:
+        return _problem(400, f"the query string is longer than {MAX_QUERY_CHARS} characters")
     body = await _read_body(request)
     if body is None:
         return _problem(413, f"request body larger than {MAX_REQUEST_BYTES} bytes")
@@ -160,6 +191,11 @@ async def proxy(
                 answer = await _send(platform, call, fresh)
             else:
                 log.warning("proxy.refresh_failed", app=app, account=account, outcome=outcome)
+    except httpx.InvalidURL:
+        # httpx refused the URL we built (a character or length it will not send). Its message quotes
+        # the URL, which holds the signed query: say only what the caller can fix.
+        log.warning("proxy.invalid_url", app=app, account=account, caller=caller)
+        return _problem(400, "the platform path or query cannot be sent as a URL (invalid character or length)")
     except TransientError as exc:
         log.warning("proxy.upstream_failed", app=app, account=account, caller=caller, error=str(exc))
         status = 504 if isinstance(exc, PlatformTimeout) else 502
