@@ -23,6 +23,9 @@ from refresher.domain import Clock, RefresherError, from_epoch
 _CONTEXT = b"refresher-invite-v1\x00"
 _TOKEN = re.compile(r"^([0-9a-z]{1,12})\.([A-Za-z0-9_-]{43})$")
 MIN_SECRET_LENGTH = 16
+# A link that works for years is a standing door; a year is longer than any onboarding needs, and keeps the
+# expiry far from datetime's year-9999 end (``--ttl 100000000d`` overflowed it).
+MAX_TTL = dt.timedelta(days=365)
 
 
 class InviteError(RefresherError):
@@ -58,6 +61,8 @@ def make_invite(app: str, ttl: dt.timedelta, *, secret: str, clock: Clock) -> st
     """A URL-safe invitation token for ``app`` that stops working after ``ttl``."""
     if ttl <= dt.timedelta(0):
         raise InviteError("malformed", "an invitation's lifetime must be positive (e.g. --ttl 7d)")
+    if ttl > MAX_TTL:
+        raise InviteError("malformed", f"an invitation's lifetime must be at most {MAX_TTL.days} days")
     expires = int((clock.now() + ttl).timestamp())
     return f"{_base36(expires)}.{_mac(secret, app, expires)}"
 

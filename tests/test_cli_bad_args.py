@@ -84,6 +84,9 @@ def cases(config: Path) -> list[tuple[list[str], str]]:
         (["sandbox", "--port", "http"], "Invalid value"),
         (["status", "-c", str(config.parent / "missing.yaml")], "no such file"),
         (["check-config", "-c"], "requires an argument"),
+        (["invite", "-c", c, "shop-sg", "--ttl", "100000000d"], "at most 365 days"),
+        (["invite", "-c", c, "shop-sg", "--ttl", "99999999999999d"], "--ttl"),
+        (["invite", "-c", c, "shop-sg", "--ttl", "366d"], "at most 365 days"),
     ]
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from refresher.domain import FakeClock
-from refresher.invites import InviteError, check_invite, invite_url, make_invite
+from refresher.invites import MAX_TTL, InviteError, check_invite, invite_url, make_invite
 
 SECRET = "invite-secret-0123456789abcdef"
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -80,3 +80,10 @@ def test_short_secret_and_nonpositive_ttl_are_refused_with_one_clear_line() -> N
         make_invite("app", dt.timedelta(days=1), secret="short", clock=clock)
     with pytest.raises(InviteError, match="positive"):
         make_invite("app", dt.timedelta(0), secret=SECRET, clock=clock)
+
+
+def test_an_invitation_lifetime_is_bounded() -> None:
+    clock = FakeClock(T0)
+    make_invite("app", MAX_TTL, secret=SECRET, clock=clock)
+    with pytest.raises(InviteError, match="at most 365 days"):
+        make_invite("app", MAX_TTL + dt.timedelta(seconds=1), secret=SECRET, clock=clock)

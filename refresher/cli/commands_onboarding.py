@@ -184,13 +184,15 @@ def exchange(
 @friendly_errors
 def invite(config_path: str | None, app: str, ttl: str) -> None:
     """Print an invitation URL a seller can open to authorize APP without the admin token."""
-    from refresher.invites import invite_url, make_invite
+    from refresher.invites import MAX_TTL, invite_url, make_invite
 
     settings = _settings_for(config_path, app)
     try:
         lifetime = parse_duration(ttl)
-    except ValueError as exc:
-        fail(f"--ttl: {exc}")
+    except (ValueError, OverflowError) as exc:  # OverflowError: more days than a timedelta holds
+        fail(f"--ttl: {exc if isinstance(exc, ValueError) else f'{ttl!r} is too long'}")
+    if lifetime > MAX_TTL:
+        fail(f"--ttl: {ttl!r} is too long; an invitation works for at most {MAX_TTL.days} days")
     server = settings.server
     if server.invite_secret is None:
         fail(f"{settings.source}: server.invite_secret is not set (invitations are signed with it)")
