@@ -37,7 +37,7 @@ from refresher.domain import (
     TransientError,
 )
 from refresher.platforms.base import Answer, ApiCall, Platform
-from refresher.store.base import Store
+from refresher.store.base import AccountLookup
 
 __all__ = ["AccessToken", "RefresherAuth", "TokenSource", "get_token", "proxy_client"]
 
@@ -96,7 +96,7 @@ class TokenSource:
         *,
         url: str | None = None,
         api_token: str | None = None,
-        store: Store | None = None,
+        store: AccountLookup | None = None,
         clock: Clock | None = None,
         timeout: float = 10.0,
     ) -> None:
@@ -120,7 +120,7 @@ class TokenSource:
         return cls(url=url, api_token=api_token, clock=clock, timeout=timeout)
 
     @classmethod
-    def from_store(cls, store: Store, *, clock: Clock | None = None) -> TokenSource:
+    def from_store(cls, store: AccountLookup, *, clock: Clock | None = None) -> TokenSource:
         """Read tokens straight from an opened store (same process or same database as the daemon)."""
         return cls(store=store, clock=clock)
 

@@ -139,7 +139,7 @@ class Daemon:
         register_secrets(self.settings.secrets())
         self.notifier.status("opening the token store")
         await self.store.open()
-        if not getattr(self.store, "encrypted", True):
+        if not self.store.encrypted:
             log.warning(
                 "store.unencrypted",
                 detail="tokens are stored in clear; set store.encryption_keys to encrypt them at rest",

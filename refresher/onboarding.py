@@ -24,7 +24,7 @@ import structlog
 
 from refresher.domain import Clock, ConfigError, RefresherError, from_epoch
 from refresher.platforms.base import PKCE, Platform
-from refresher.store.base import Account, OAuthState, Store
+from refresher.store.base import Account, OAuthState, OnboardingStore, StateStore
 
 log = structlog.get_logger("refresher.onboarding")
 
@@ -149,7 +149,7 @@ def is_loopback_http(url: str) -> bool:
 async def begin(
     app_name: str,
     platform: Platform,
-    store: Store,
+    store: OnboardingStore,
     clock: Clock,
     *,
     return_to: str | None = None,
@@ -183,7 +183,7 @@ async def begin(
     return url, oauth_state
 
 
-async def take_state(app_name: str, store: Store, clock: Clock, state: str | None) -> OAuthState:
+async def take_state(app_name: str, store: StateStore, clock: Clock, state: str | None) -> OAuthState:
     """Consume the callback's state or raise :class:`StateError` saying exactly why it is refused.
 
     Only ``consume_state`` grants: it takes a live, unused row of this app and marks it used in one
@@ -208,7 +208,7 @@ async def take_state(app_name: str, store: Store, clock: Clock, state: str | Non
 
 
 async def complete_flow(
-    app_name: str, platform: Platform, store: Store, clock: Clock, callback_params: Mapping[str, str]
+    app_name: str, platform: Platform, store: OnboardingStore, clock: Clock, callback_params: Mapping[str, str]
 ) -> Completed:
     """Check the state, honour a denial, exchange the code and store every account of the grant."""
     denial = platform.callback_error(callback_params)
@@ -246,7 +246,7 @@ async def complete_flow(
 
 
 async def complete(
-    app_name: str, platform: Platform, store: Store, clock: Clock, callback_params: Mapping[str, str]
+    app_name: str, platform: Platform, store: OnboardingStore, clock: Clock, callback_params: Mapping[str, str]
 ) -> list[Account]:
     """:func:`complete_flow` for callers that only need the stored accounts."""
     return (await complete_flow(app_name, platform, store, clock, callback_params)).accounts

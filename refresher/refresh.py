@@ -47,7 +47,7 @@ from refresher.domain import (
 )
 from refresher.logging import register_secrets
 from refresher.platforms.base import Platform
-from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, Store, StoreError
+from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
 
 log = structlog.get_logger("refresher.refresh")
 
@@ -135,7 +135,7 @@ class Refresher:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: RefreshStore,
         platforms: Mapping[str, Platform],
         clock: Clock,
         owner: str,

@@ -21,7 +21,7 @@ from refresher.alerts.events import AlarmMessage, RefreshEvent
 from refresher.config import AlertSettings
 from refresher.domain import AccountStatus, Clock
 from refresher.logging import redact_text
-from refresher.store.base import Account, Alarm, Store
+from refresher.store.base import Account, Alarm, AlertStore
 
 log = structlog.get_logger("refresher.alerts")
 
@@ -53,7 +53,7 @@ class AlertPolicy:
     def __init__(
         self,
         settings: AlertSettings,
-        store: Store,
+        store: AlertStore,
         channels: Sequence[Channel],
         clock: Clock,
         *,

@@ -51,7 +51,7 @@ async def _opened(settings: Settings, app_name: str, clock: Clock) -> AsyncItera
     """The store and the app's plugin, closed again whatever happens."""
     from refresher import platforms as registry
     from refresher.platforms.base import make_http_client
-    from refresher.store.sql import open_store
+    from refresher.store import open_store
 
     app = settings.app(app_name)
     http = make_http_client(timeout=app.timeout.total_seconds())

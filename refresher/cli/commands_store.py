@@ -17,7 +17,7 @@ from refresher.cli.commands_tokens import accounts
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.config import Settings
 from refresher.domain import AccountStatus, Identity, TokenSet
-from refresher.store.sql import SqlStore
+from refresher.store.base import Store
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ def migrate(config_path: str | None) -> None:
     """Apply pending schema migrations to the token store (the daemon also does this on start)."""
     settings = load_settings(config_path)
 
-    async def work(store: SqlStore) -> tuple[str | None, str, str]:
+    async def work(store: Store) -> tuple[str | None, str, str]:
         before, after = await store.migrate()
         return before, after, store.safe_url
 
@@ -54,7 +54,7 @@ def rotate_key(config_path: str | None) -> None:
     if not settings.store.encryption_keys:
         fail("store.encryption_keys is empty: add the new key first (keep the old ones after it)")
 
-    async def work(store: SqlStore) -> int:
+    async def work(store: Store) -> int:
         return await store.rotate_keys()
 
     count = with_store(settings, work)
@@ -77,7 +77,7 @@ def export_accounts(config_path: str | None, app: str | None, output: str, fmt: 
     """Write the current accounts and tokens as JSON (for tools that read a token file)."""
     settings = load_settings(config_path)
 
-    async def work(store: SqlStore) -> list[dict[str, Any]]:
+    async def work(store: Store) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -214,7 +214,7 @@ def import_accounts(config_path: str | None, file: Path) -> None:
     except ValueError as exc:
         fail(str(exc))
 
-    async def work(store: SqlStore) -> int:
+    async def work(store: Store) -> int:
         for app, platform, identity, tokens, status in entries:
             await store.import_account(app, platform, identity, tokens, status)
         return len(entries)

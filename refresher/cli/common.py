@@ -16,7 +16,7 @@ from refresher import platforms
 from refresher.config import ConfigFileError, LoggingSettings, Settings, load_config
 
 if TYPE_CHECKING:
-    from refresher.store.sql import SqlStore
+    from refresher.store.base import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -50,10 +50,10 @@ def load_settings(path: str | None) -> Settings:
         sys.exit(EXIT_USAGE)
 
 
-def with_store(settings: Settings, work: Callable[[SqlStore], Awaitable[T]], *, migrate: bool = True) -> T:
+def with_store(settings: Settings, work: Callable[[Store], Awaitable[T]], *, migrate: bool = True) -> T:
     """Run ``work`` on the config's store (opened, so migrated, unless ``migrate`` is false), closed after."""
     from refresher.domain import SystemClock
-    from refresher.store.sql import open_store
+    from refresher.store import open_store
 
     async def run() -> T:
         store = open_store(settings.store, SystemClock())

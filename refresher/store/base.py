@@ -1,4 +1,5 @@
-"""The token store contract. The store knows nothing of HTTP or platforms.
+"""The token store contract, as small role protocols (:class:`LeaseStore`, :class:`AlarmStore`, …) that
+each caller depends on, and :class:`Store`, all of them. The store knows nothing of HTTP or platforms.
 
 Rules every implementation keeps (ARCHITECTURE.md, "The store"):
 * ``claim_due`` / ``claim`` take a lease (owner, expiry) atomically and return the account *as read
@@ -110,8 +111,15 @@ class OAuthState:
 USED_STATE_MEMORY = dt.timedelta(days=1)
 
 
-class Store(Protocol):
-    """Durable token storage with leases. Every method is a coroutine and one transaction."""
+# -- roles: each caller depends on the part of the store it uses ------------------------------------
+# Every method is a coroutine and one transaction. :class:`Store` is all of them (the SQL store);
+# in-memory stand-ins for some roles are in :mod:`refresher.store.memory`.
+
+
+class Lifecycle(Protocol):
+    @property
+    def encrypted(self) -> bool:
+        """Whether tokens are encrypted at rest (``store.encryption_keys`` is set)."""
 
     async def open(self) -> None:
         """Connect and apply pending migrations (refuses a database newer than the code)."""
@@ -121,14 +129,21 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise :class:`StoreError` when the database cannot be reached (for ``/readyz``)."""
 
-    # -- accounts ------------------------------------------------------------------------------------
 
-    async def upsert_grant(self, app: str, platform: str, grant: Grant) -> Account:
-        """Store an authorization: insert a new account, or update the existing one *in place* (same id,
-        new tokens, status active, failures and next attempt cleared, previous tokens to history)."""
+class SchemaAdmin(Protocol):
+    @property
+    def safe_url(self) -> str:
+        """The store's URL without its password, for messages."""
 
+    async def migrate(self) -> tuple[str | None, str]:
+        """Connect and apply pending migrations; returns the revisions before and after."""
+
+
+class AccountLookup(Protocol):
     async def get(self, app: str, key: str) -> Account | None: ...
 
+
+class AccountReader(AccountLookup, Protocol):
     async def list(
         self,
         app: str | None = None,
@@ -142,6 +157,19 @@ class Store(Protocol):
     async def count_by_status(self, app: str) -> dict[AccountStatus, int]:
         """Accounts of ``app`` per status, every status present (zero included)."""
 
+    async def accounts_refresh_expiring(self, app: str, before: dt.datetime, limit: int = 1000) -> Sequence[Account]:
+        """Active accounts of ``app`` whose refresh token expires before ``before``, soonest first
+        (for "re-authorize soon" alarms)."""
+
+    async def earliest_expiry(self, app: str) -> dt.datetime | None:
+        """Earliest access-token expiry among the app's active accounts (for metrics)."""
+
+
+class AccountWriter(Protocol):
+    async def upsert_grant(self, app: str, platform: str, grant: Grant) -> Account:
+        """Store an authorization: insert a new account, or update the existing one *in place* (same id,
+        new tokens, status active, failures and next attempt cleared, previous tokens to history)."""
+
     async def set_status(self, app: str, key: str, status: AccountStatus) -> Account: ...
 
     async def delete(self, app: str, key: str) -> bool: ...
@@ -151,11 +179,9 @@ class Store(Protocol):
     ) -> Account:
         """Bring an account in from another tool (same as ``upsert_grant`` but keeps the given status)."""
 
-    async def accounts_refresh_expiring(self, app: str, before: dt.datetime, limit: int = 1000) -> Sequence[Account]:
-        """Active accounts of ``app`` whose refresh token expires before ``before``, soonest first
-        (for "re-authorize soon" alarms)."""
 
-    # -- leases --------------------------------------------------------------------------------------
+class LeaseStore(Protocol):
+    """Claims and settling. Only the lease owner may save, record a failure or release."""
 
     async def claim_due(
         self, app: str, horizon: dt.timedelta, limit: int, owner: str, lease_ttl: dt.timedelta
@@ -194,13 +220,15 @@ class Store(Protocol):
     async def release(self, account_id: int, owner: str) -> None:
         """Give a lease back without changing anything else (shutdown, nothing to do)."""
 
-    # -- history, audit ------------------------------------------------------------------------------
 
+class HistoryStore(Protocol):
     async def history(self, app: str, key: str, limit: int = 20) -> Sequence[HistoryEntry]: ...
 
     async def restore(self, app: str, key: str, version: int) -> Account:
         """Make an older token set from history current again (operator's choice)."""
 
+
+class AuditLog(Protocol):
     async def audit(self, entry: AuditEntry) -> None: ...
 
     async def audit_log(
@@ -209,7 +237,9 @@ class Store(Protocol):
 
     async def prune_audit(self, older_than: dt.datetime) -> int: ...
 
-    # -- alarms (dedupe state) ------------------------------------------------------------------------
+
+class AlarmStore(Protocol):
+    """Alarm dedupe state, shared by replicas."""
 
     async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]: ...
 
@@ -236,7 +266,9 @@ class Store(Protocol):
     async def mark_alarm_delivered(self, app: str, account_key: str, cause: str, sent_at: dt.datetime) -> None:
         """A channel took the message stamped ``sent_at``; a later message of the alarm stays undelivered."""
 
-    # -- onboarding state (issue 5) -------------------------------------------------------------------
+
+class StateStore(Protocol):
+    """Single-use OAuth ``state`` values of onboarding flows (issue 5)."""
 
     async def put_state(self, state: OAuthState) -> None: ...
 
@@ -247,10 +279,35 @@ class Store(Protocol):
     async def find_state(self, state: str) -> OAuthState | None:
         """The stored state row, used or not, only to explain a refusal; it never grants a flow."""
 
-    # -- keys ----------------------------------------------------------------------------------------
 
+class KeyAdmin(Protocol):
     async def rotate_keys(self) -> int:
         """Re-encrypt every token (current and history) under the first key; returns rows rewritten."""
 
-    async def earliest_expiry(self, app: str) -> dt.datetime | None:
-        """Earliest access-token expiry among the app's active accounts (for metrics)."""
+
+class RefreshStore(AccountLookup, LeaseStore, Protocol):
+    """What :class:`refresher.refresh.Refresher` uses: look an account up, claim it and settle it."""
+
+
+class AlertStore(AccountLookup, AlarmStore, Protocol):
+    """What the alert policy uses: alarm dedupe state, and the account an alarm is about."""
+
+
+class OnboardingStore(AccountWriter, StateStore, Protocol):
+    """What an onboarding flow uses: its single-use states, and the account a grant creates or updates."""
+
+
+class Store(
+    Lifecycle,
+    SchemaAdmin,
+    AccountReader,
+    AccountWriter,
+    LeaseStore,
+    HistoryStore,
+    AuditLog,
+    AlarmStore,
+    StateStore,
+    KeyAdmin,
+    Protocol,
+):
+    """The whole store (what the daemon and the CLI open)."""

@@ -1,0 +1,120 @@
+"""Alarm dedupe state: one row per account and cause, shared by every replica."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.engine import Row
+
+from refresher.domain import as_utc
+from refresher.store.base import Alarm
+from refresher.store.codec import jsonable
+from refresher.store.core import StoreCore
+from refresher.store.schema import alarms
+
+
+class SqlAlarms(StoreCore):
+    @staticmethod
+    def _alarm(row: Row[Any]) -> Alarm:
+        return Alarm(
+            app=row.app,
+            account_key=row.account_key,
+            cause=row.cause,
+            opened_at=row.opened_at,
+            last_sent_at=row.last_sent_at,
+            resolved_at=row.resolved_at,
+            details=dict(row.details or {}),
+            delivered_at=row.delivered_at,
+        )
+
+    async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]:
+        stmt = select(alarms).where(alarms.c.resolved_at.is_(None))
+        if app is not None:
+            stmt = stmt.where(alarms.c.app == app)
+        if account_key is not None:
+            stmt = stmt.where(alarms.c.account_key == account_key)
+        async with self._tx() as conn:
+            rows = await conn.execute(stmt.order_by(alarms.c.opened_at, alarms.c.app, alarms.c.account_key))
+            return [self._alarm(row) for row in rows]
+
+    async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None:
+        stmt = select(alarms).where(alarms.c.app == app, alarms.c.account_key == account_key, alarms.c.cause == cause)
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).first()
+            return None if row is None else self._alarm(row)
+
+    async def put_alarm(self, alarm: Alarm) -> None:
+        values = {
+            "opened_at": as_utc(alarm.opened_at),
+            "last_sent_at": as_utc(alarm.last_sent_at) if alarm.last_sent_at else None,
+            "resolved_at": as_utc(alarm.resolved_at) if alarm.resolved_at else None,
+            "details": jsonable(alarm.details),
+            "delivered_at": as_utc(alarm.delivered_at) if alarm.delivered_at else None,
+        }
+        stmt = self._insert(alarms).values(app=alarm.app, account_key=alarm.account_key, cause=alarm.cause, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["app", "account_key", "cause"], set_=values)
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
+
+    async def note_alarm_sent(
+        self,
+        app: str,
+        account_key: str,
+        cause: str,
+        now: dt.datetime,
+        quiet_since: dt.datetime,
+        details: Mapping[str, Any],
+        undelivered_since: dt.datetime | None = None,
+    ) -> bool:
+        # One conditional upsert: with replicas, the row lock (PostgreSQL) or the write lock (SQLite) makes
+        # exactly one of two concurrent callers see its row come back; a read-then-write would let both send.
+        now = as_utc(now)
+        values = {
+            "opened_at": now,
+            "last_sent_at": now,
+            "resolved_at": None,
+            "details": jsonable(dict(details)),
+            "delivered_at": None,
+        }
+        may_send = [
+            alarms.c.resolved_at.is_not(None),
+            alarms.c.last_sent_at.is_(None),
+            alarms.c.last_sent_at <= as_utc(quiet_since),
+        ]
+        if undelivered_since is not None:
+            may_send.append(and_(alarms.c.delivered_at.is_(None), alarms.c.last_sent_at <= as_utc(undelivered_since)))
+        stmt = self._insert(alarms).values(app=app, account_key=account_key, cause=cause, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["app", "account_key", "cause"],
+            set_={
+                # A resolved alarm that fires again is a new alarm: it opens now.
+                "opened_at": case(
+                    (alarms.c.resolved_at.is_not(None), stmt.excluded.opened_at), else_=alarms.c.opened_at
+                ),
+                "last_sent_at": stmt.excluded.last_sent_at,
+                "resolved_at": None,
+                "details": stmt.excluded.details,
+                "delivered_at": None,
+            },
+            where=or_(*may_send),
+        ).returning(alarms.c.app)
+        async with self._tx(write=True) as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def mark_alarm_delivered(self, app: str, account_key: str, cause: str, sent_at: dt.datetime) -> None:
+        stmt = (
+            update(alarms)
+            .where(
+                alarms.c.app == app,
+                alarms.c.account_key == account_key,
+                alarms.c.cause == cause,
+                alarms.c.last_sent_at == as_utc(sent_at),
+                alarms.c.delivered_at.is_(None),
+            )
+            .values(delivered_at=self.clock.now())
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)

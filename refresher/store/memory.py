@@ -1,0 +1,133 @@
+"""In-memory stand-ins for some store roles, for fast unit tests of the code that uses them.
+
+They keep the same rules as the SQL store (the contract tests in ``tests/test_store_roles.py`` run the
+same cases against both), but nothing survives the process and nothing is shared between replicas: never
+use them to hold real tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from refresher.domain import Clock, as_utc
+from refresher.store.base import USED_STATE_MEMORY, Account, Alarm, OAuthState, StoreError
+
+
+class MemoryAccounts:
+    """:class:`~refresher.store.base.AccountLookup` over accounts put in with :meth:`add`."""
+
+    def __init__(self) -> None:
+        self._accounts: dict[tuple[str, str], Account] = {}
+
+    def add(self, account: Account) -> None:
+        self._accounts[(account.app, account.key)] = account
+
+    async def get(self, app: str, key: str) -> Account | None:
+        return self._accounts.get((app, key))
+
+
+class MemoryAlarms:
+    """:class:`~refresher.store.base.AlarmStore` in a dict (one process, no replicas)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._alarms: dict[tuple[str, str, str], Alarm] = {}
+
+    async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]:
+        found = [
+            a
+            for a in self._alarms.values()
+            if a.resolved_at is None
+            and (app is None or a.app == app)
+            and (account_key is None or a.account_key == account_key)
+        ]
+        return sorted(found, key=lambda a: (a.opened_at, a.app, a.account_key))
+
+    async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None:
+        return self._alarms.get((app, account_key, cause))
+
+    async def put_alarm(self, alarm: Alarm) -> None:
+        self._alarms[(alarm.app, alarm.account_key, alarm.cause)] = dataclasses.replace(
+            alarm, details=dict(alarm.details)
+        )
+
+    async def note_alarm_sent(
+        self,
+        app: str,
+        account_key: str,
+        cause: str,
+        now: dt.datetime,
+        quiet_since: dt.datetime,
+        details: Mapping[str, Any],
+        undelivered_since: dt.datetime | None = None,
+    ) -> bool:
+        now = as_utc(now)
+        old = self._alarms.get((app, account_key, cause))
+        if old is not None and old.resolved_at is None and old.last_sent_at is not None:
+            sent = as_utc(old.last_sent_at)
+            undelivered = (
+                undelivered_since is not None and old.delivered_at is None and sent <= as_utc(undelivered_since)
+            )
+            if sent > as_utc(quiet_since) and not undelivered:
+                return False  # sent recently: someone else's message stands
+        # A resolved alarm that fires again is a new alarm: it opens now.
+        opened = now if old is None or old.resolved_at is not None else old.opened_at
+        self._alarms[(app, account_key, cause)] = Alarm(
+            app=app,
+            account_key=account_key,
+            cause=cause,
+            opened_at=opened,
+            last_sent_at=now,
+            resolved_at=None,
+            details=dict(details),
+            delivered_at=None,
+        )
+        return True
+
+    async def mark_alarm_delivered(self, app: str, account_key: str, cause: str, sent_at: dt.datetime) -> None:
+        alarm = self._alarms.get((app, account_key, cause))
+        if alarm is None or alarm.delivered_at is not None or alarm.last_sent_at is None:
+            return
+        if as_utc(alarm.last_sent_at) == as_utc(sent_at):
+            self._alarms[(app, account_key, cause)] = dataclasses.replace(alarm, delivered_at=self.clock.now())
+
+
+class MemoryStates:
+    """:class:`~refresher.store.base.StateStore` in a dict: single use, expiring, remembered after use."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._states: dict[str, OAuthState] = {}
+
+    async def put_state(self, state: OAuthState) -> None:
+        now = self.clock.now()
+        for key, old in list(self._states.items()):
+            spent = old.used_at is not None and as_utc(old.used_at) <= now - USED_STATE_MEMORY
+            if spent or (old.used_at is None and as_utc(old.expires_at) <= now):
+                del self._states[key]
+        if state.state in self._states:
+            raise StoreError("store: that OAuth state exists already")
+        self._states[state.state] = dataclasses.replace(state, used_at=None)
+
+    async def consume_state(self, state: str, app: str) -> OAuthState | None:
+        now = self.clock.now()
+        found = self._states.get(state)
+        if found is None or found.app != app or found.used_at is not None or as_utc(found.expires_at) <= now:
+            return None
+        used = dataclasses.replace(found, used_at=now)
+        self._states[state] = used
+        return used
+
+    async def find_state(self, state: str) -> OAuthState | None:
+        return self._states.get(state)
+
+
+class MemoryAlertStore(MemoryAccounts, MemoryAlarms):
+    """:class:`~refresher.store.base.AlertStore`: what the alert policy needs, in memory."""
+
+    def __init__(self, clock: Clock) -> None:
+        MemoryAccounts.__init__(self)
+        MemoryAlarms.__init__(self, clock)

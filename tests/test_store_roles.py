@@ -1,0 +1,167 @@
+"""The role contracts, run against every implementation: the in-memory stand-ins, SQLite and PostgreSQL.
+
+The same cases pass on all three, so a fast unit test that uses a stand-in (the last tests here) tests
+the behaviour the real store has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from refresher.domain import FakeClock
+from refresher.onboarding import StateError, new_state, take_state
+from refresher.store import Alarm, AlarmStore, OAuthState, SqlStore, StateStore, StoreError
+from refresher.store.memory import MemoryAlarms, MemoryStates
+from tests.support import pg_schema
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+MINUTE = dt.timedelta(minutes=1)
+APP = "shopee-sg"
+
+
+class Roles(AlarmStore, StateStore, Protocol):
+    pass
+
+
+class MemoryRoles(MemoryAlarms, MemoryStates):
+    def __init__(self, clock: FakeClock) -> None:
+        MemoryAlarms.__init__(self, clock)
+        MemoryStates.__init__(self, clock)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str | None]:
+    if backend == "memory":
+        yield None
+    elif backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/tokens.db"
+    else:
+        with pg_schema() as url:
+            yield url
+
+
+@pytest.fixture
+async def roles(db_url: str | None, clock: FakeClock) -> AsyncIterator[Roles]:
+    if db_url is None:
+        yield MemoryRoles(clock)
+        return
+    store = SqlStore(db_url, clock=clock)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------------------------------- alarms
+
+
+async def test_alarms_upsert_by_account_and_cause(roles: Roles) -> None:
+    alarm = Alarm(APP, "shop:1", "failures", T0, None, None, {"failures": 3})
+    await roles.put_alarm(alarm)
+    await roles.put_alarm(Alarm(APP, "shop:1", "reauth_required", T0 + MINUTE, T0, None))
+    await roles.put_alarm(Alarm("other", "x", "failures", T0 + 2 * MINUTE, None, None))
+    assert await roles.get_alarm(APP, "shop:1", "failures") == alarm
+    assert [(a.app, a.cause) for a in await roles.open_alarms()] == [
+        (APP, "failures"),
+        (APP, "reauth_required"),
+        ("other", "failures"),
+    ]
+    await roles.put_alarm(dataclasses.replace(alarm, resolved_at=T0 + HOUR))
+    assert [a.cause for a in await roles.open_alarms(APP, "shop:1")] == ["reauth_required"]
+    assert await roles.get_alarm(APP, "shop:1", "nope") is None
+
+
+async def test_note_alarm_sent_quiet_time_reopening_and_delivery(roles: Roles, clock: FakeClock) -> None:
+    quiet = T0 - HOUR
+    assert await roles.note_alarm_sent(APP, "shop:1", "failures", T0, quiet, {"n": 1})
+    assert not await roles.note_alarm_sent(APP, "shop:1", "failures", T0 + MINUTE, quiet, {"n": 2})
+    assert await roles.get_alarm(APP, "shop:1", "failures") == Alarm(APP, "shop:1", "failures", T0, T0, None, {"n": 1})
+    # Not delivered: may be sent again once it is older than undelivered_since, though not yet quiet.
+    soon = T0 + 10 * MINUTE
+    assert not await roles.note_alarm_sent(APP, "shop:1", "failures", soon, quiet, {"n": 3}, T0 - MINUTE)
+    assert await roles.note_alarm_sent(APP, "shop:1", "failures", soon, quiet, {"n": 3}, T0)
+    # Delivered: only the message stamped at that time counts.
+    await roles.mark_alarm_delivered(APP, "shop:1", "failures", T0)
+    assert (await roles.get_alarm(APP, "shop:1", "failures")).delivered_at is None  # type: ignore[union-attr]
+    await roles.mark_alarm_delivered(APP, "shop:1", "failures", soon)
+    delivered = await roles.get_alarm(APP, "shop:1", "failures")
+    assert delivered is not None and delivered.delivered_at == clock.now() and delivered.opened_at == T0
+    later = soon + MINUTE
+    assert not await roles.note_alarm_sent(APP, "shop:1", "failures", later, quiet, {"n": 4}, later)
+    # A resolved alarm that fires again opens now.
+    await roles.put_alarm(dataclasses.replace(delivered, resolved_at=later))
+    assert await roles.note_alarm_sent(APP, "shop:1", "failures", later, later, {"n": 5})
+    assert await roles.get_alarm(APP, "shop:1", "failures") == Alarm(
+        APP, "shop:1", "failures", later, later, None, {"n": 5}
+    )
+
+
+# ------------------------------------------------------------------------------------------- states
+
+
+async def test_state_is_single_use_per_app_and_expires(roles: Roles, clock: FakeClock) -> None:
+    state = OAuthState("s-1", APP, T0, T0 + 15 * MINUTE, "/done", "verifier-SECRET", "http://127.0.0.1/cb")
+    await roles.put_state(state)
+    await roles.put_state(OAuthState("s-2", APP, T0, T0 + MINUTE))
+    with pytest.raises(StoreError):
+        await roles.put_state(OAuthState("s-2", APP, T0, T0 + MINUTE))
+    assert await roles.consume_state("s-1", "another-app") is None
+    taken = await roles.consume_state("s-1", APP)
+    assert taken is not None and taken.used_at == T0 and dataclasses.replace(taken, used_at=None) == state
+    assert await roles.consume_state("s-1", APP) is None
+    assert await roles.find_state("s-1") == taken
+    clock.advance(2 * MINUTE)
+    assert await roles.consume_state("s-2", APP) is None
+    # Putting a new state clears expired unused ones and used ones older than a day.
+    clock.advance(dt.timedelta(days=1))
+    await roles.put_state(OAuthState("s-3", APP, clock.now(), clock.now() + MINUTE))
+    assert await roles.find_state("s-2") is None and await roles.find_state("s-1") is None
+
+
+# ------------------------------------------------- a fast unit test of a caller, on the stand-in
+
+
+async def test_take_state_names_each_refusal(clock: FakeClock) -> None:
+    states = MemoryStates(clock)
+    live = OAuthState(new_state(T0 + MINUTE), APP, T0, T0 + MINUTE)
+    await states.put_state(live)
+    await states.put_state(OAuthState("other-app-state", "tiktok-shop", T0, T0 + MINUTE))
+    kinds = []
+    for app, value in [
+        (APP, None),
+        (APP, "other-app-state"),
+        (APP, "never-issued"),
+    ]:
+        with pytest.raises(StateError) as refused:
+            await take_state(app, states, clock, value)
+        kinds.append(refused.value.kind)
+    assert kinds == ["missing", "wrong_app", "unknown"]
+    assert await take_state(APP, states, clock, live.state) == dataclasses.replace(live, used_at=T0)
+    with pytest.raises(StateError) as reused:
+        await take_state(APP, states, clock, live.state)
+    assert reused.value.kind == "reused"
+    # The other app's state was left usable for its own callback.
+    assert await take_state("tiktok-shop", states, clock, "other-app-state") is not None
+    clock.advance(2 * MINUTE)
+    late = new_state(T0 + MINUTE)  # never stored, but its embedded expiry has passed
+    with pytest.raises(StateError) as expired:
+        await take_state(APP, states, clock, late)
+    assert expired.value.kind == "expired"
