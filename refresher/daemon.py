@@ -156,7 +156,7 @@ class Daemon:
             for router in self.extra_routes:
                 app.include_router(router)
             self._server, self._server_task, self.port = await start_server(
-                app, self.settings.server.host, self.settings.server.port
+                app, self.settings.server.host, self.settings.server.port, access_log=self.settings.logging.access_log
             )
         self._started = True
         apps = ", ".join(sorted(self._platforms)) or "none"
@@ -241,10 +241,11 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path, credential_models=registry.credential_models())
-            if _safe_url(new.store.url) != _safe_url(self.settings.store.url):
-                raise ConfigFileError([])  # handled below with a clear message
+            problem = reload_problem(self.settings, new)
+            reason = f"{self.config_path}: {problem}" if problem else None
         except ConfigFileError as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else "store.url cannot change without a restart"
+            reason = str(exc).splitlines()[0]
+        if reason is not None:
             log.error("config.reload_refused", reason=reason, keeping="the running configuration")
             self.notifier.ready("reload refused; running on the previous configuration")
             return False
@@ -316,6 +317,27 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.warning("watchdog.store_unreachable")
             await asyncio.sleep(interval)
+
+
+# Store settings the open store was built with: a reload cannot apply them (lease_ttl and audit_retention
+# are read at each sweep, so they may change).
+_STORE_FIXED = ("url", "encryption_keys", "pool_size", "history_versions")
+
+
+def reload_problem(old: Settings, new: Settings) -> str | None:
+    """Why a valid new config must still not replace the running one on SIGHUP, or None.
+
+    Each case is what a truncated or half-written file looks like, and applying it would quietly stop the
+    daemon's work (no app swept, the admin token refused) or point it at another store mid-run.
+    """
+    if old.apps and not new.apps:
+        return "the new file defines no apps (truncated?); refusing to stop every app - restart to do that"
+    if old.server.admin_token is not None and new.server.admin_token is None:
+        return "the new file has no server.admin_token (truncated?); removing it needs a restart"
+    for name in _STORE_FIXED:
+        if getattr(old.store, name) != getattr(new.store, name):
+            return f"store.{name} cannot change without a restart"
+    return None
 
 
 def _plugin_classes(settings: Settings, platforms: Mapping[str, Platform]) -> dict[str, type[Platform]]:
