@@ -193,8 +193,6 @@ class AlertSettings(_Strict):
 class LoggingSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
-    # uvicorn's line per HTTP request; off by default (secret query values are redacted when it is on).
-    access_log: bool = False
 
 
 class RetrySettings(_Strict):

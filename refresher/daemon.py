@@ -9,6 +9,7 @@ and the old one keeps running.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import socket
@@ -33,12 +34,18 @@ from refresher.scheduler import Scheduler
 from refresher.server.app import create_app
 from refresher.server.http import EmbeddedServer, start_server, stop_server
 from refresher.store import open_store
-from refresher.store.base import Account, Store
+from refresher.store.base import Account, Store, StoreError
 from refresher.systemd import Notifier
 
 log = structlog.get_logger("refresher.daemon")
 
 SHUTDOWN_GRACE = 20.0
+# The audit table is cut to store.audit_retention after sweeps, at most once an hour, in short batches
+# (each its own transaction: on SQLite each holds the write lock only briefly, so refreshes interleave).
+# A backlog, e.g. a first start on an old table, takes a few passes instead of one long lock.
+AUDIT_PRUNE_EVERY = dt.timedelta(hours=1)
+AUDIT_PRUNE_BATCH = 500
+AUDIT_PRUNE_BATCHES_PER_PASS = 20
 
 
 def default_owner() -> str:
@@ -104,6 +111,8 @@ class Daemon:
         self._reload = asyncio.Event()
         self._started = False
         self.extra_routes: list[Any] = []
+        self._audit_pruned_at: dt.datetime | None = None  # last pass that caught up
+        self._audit_pruning = False
 
     # -- Runtime (what the HTTP routes see) -------------------------------------------------------------
 
@@ -156,7 +165,7 @@ class Daemon:
             for router in self.extra_routes:
                 app.include_router(router)
             self._server, self._server_task, self.port = await start_server(
-                app, self.settings.server.host, self.settings.server.port, access_log=self.settings.logging.access_log
+                app, self.settings.server.host, self.settings.server.port
             )
         self._started = True
         apps = ", ".join(sorted(self._platforms)) or "none"
@@ -201,6 +210,30 @@ class Daemon:
             self.metrics.set_accounts(app, str(status), count)
         earliest = await self.store.earliest_expiry(app)
         self.metrics.set_earliest_expiry(app, (earliest - now).total_seconds() if earliest else None)
+        await self.prune_audit(now)
+
+    async def prune_audit(self, now: dt.datetime) -> int:
+        """Delete audit rows older than ``store.audit_retention`` (see AUDIT_PRUNE_EVERY); returns how many."""
+        due = self._audit_pruned_at is None or now - self._audit_pruned_at >= AUDIT_PRUNE_EVERY
+        if not due or self._audit_pruning:  # several apps' sweeps end together: one pass is enough
+            return 0
+        self._audit_pruning = True
+        cutoff = now - self.settings.store.audit_retention
+        removed = 0
+        try:
+            for _ in range(AUDIT_PRUNE_BATCHES_PER_PASS):
+                count = await self.store.prune_audit(cutoff, limit=AUDIT_PRUNE_BATCH)
+                removed += count
+                if count < AUDIT_PRUNE_BATCH:
+                    self._audit_pruned_at = now  # caught up; until then every sweep takes another pass
+                    break
+        except StoreError as exc:
+            log.warning("audit.prune_failed", error=str(exc))
+        finally:
+            self._audit_pruning = False
+        if removed:
+            log.info("audit.pruned", removed=removed, older_than=cutoff.isoformat())
+        return removed
 
     async def _on_refresh(self, event: RefreshEvent, account: Account, tokens: TokenSet | None) -> None:
         self.metrics.refresh_finished(event)
@@ -241,11 +274,10 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path, credential_models=registry.credential_models())
-            problem = reload_problem(self.settings, new)
-            reason = f"{self.config_path}: {problem}" if problem else None
+            if _safe_url(new.store.url) != _safe_url(self.settings.store.url):
+                raise ConfigFileError([])  # handled below with a clear message
         except ConfigFileError as exc:
-            reason = str(exc).splitlines()[0]
-        if reason is not None:
+            reason = str(exc).splitlines()[0] if str(exc) else "store.url cannot change without a restart"
             log.error("config.reload_refused", reason=reason, keeping="the running configuration")
             self.notifier.ready("reload refused; running on the previous configuration")
             return False
@@ -317,27 +349,6 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.warning("watchdog.store_unreachable")
             await asyncio.sleep(interval)
-
-
-# Store settings the open store was built with: a reload cannot apply them (lease_ttl and audit_retention
-# are read at each sweep, so they may change).
-_STORE_FIXED = ("url", "encryption_keys", "pool_size", "history_versions")
-
-
-def reload_problem(old: Settings, new: Settings) -> str | None:
-    """Why a valid new config must still not replace the running one on SIGHUP, or None.
-
-    Each case is what a truncated or half-written file looks like, and applying it would quietly stop the
-    daemon's work (no app swept, the admin token refused) or point it at another store mid-run.
-    """
-    if old.apps and not new.apps:
-        return "the new file defines no apps (truncated?); refusing to stop every app - restart to do that"
-    if old.server.admin_token is not None and new.server.admin_token is None:
-        return "the new file has no server.admin_token (truncated?); removing it needs a restart"
-    for name in _STORE_FIXED:
-        if getattr(old.store, name) != getattr(new.store, name):
-            return f"store.{name} cannot change without a restart"
-    return None
 
 
 def _plugin_classes(settings: Settings, platforms: Mapping[str, Platform]) -> dict[str, type[Platform]]:

@@ -79,7 +79,13 @@ class SqlAudit(StoreCore):
                 for row in await conn.execute(stmt)
             ]
 
-    async def prune_audit(self, older_than: dt.datetime) -> int:
+    async def prune_audit(self, older_than: dt.datetime, limit: int | None = None) -> int:
+        stmt = delete(audit_log).where(audit_log.c.at < as_utc(older_than))
+        if limit is not None:
+            # The oldest ``limit`` rows (index on ``at``), so each call is a short write transaction.
+            oldest = select(audit_log.c.id).where(audit_log.c.at < as_utc(older_than))
+            oldest = oldest.order_by(audit_log.c.at, audit_log.c.id).limit(limit)
+            stmt = delete(audit_log).where(audit_log.c.id.in_(oldest.scalar_subquery()))
         async with self._tx(write=True) as conn:
-            result = await conn.execute(delete(audit_log).where(audit_log.c.at < as_utc(older_than)))
+            result = await conn.execute(stmt)
             return int(result.rowcount or 0)

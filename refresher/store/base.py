@@ -235,7 +235,8 @@ class AuditLog(Protocol):
         self, app: str | None = None, account_key: str | None = None, limit: int = 100
     ) -> Sequence[AuditEntry]: ...
 
-    async def prune_audit(self, older_than: dt.datetime) -> int: ...
+    async def prune_audit(self, older_than: dt.datetime, limit: int | None = None) -> int:
+        """Delete audit rows older than ``older_than`` (at most ``limit``, oldest first); returns how many."""
 
 
 class AlarmStore(Protocol):

@@ -1,0 +1,96 @@
+"""store.audit_retention: the daemon cuts the audit table after its sweeps, in small batches.
+
+Real parts: the daemon with the sandbox's Shopee app, a SQLite file, simulated time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, insert, select
+
+from refresher import daemon as daemon_module
+from refresher import platforms
+from refresher.config import Settings, parse_config
+from refresher.daemon import Daemon
+from refresher.domain import FakeClock
+from refresher.sandbox import SandboxServer
+from refresher.store import AuditEntry, SqlStore
+from refresher.store.schema import audit_log
+
+T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+def settings_for(sandbox: SandboxServer, db: Path) -> Settings:
+    document = {
+        "store": {"url": f"sqlite:///{db}", "audit_retention": "7d"},
+        "server": {"enabled": False},
+        "logging": {"level": "warning", "format": "json"},
+        "apps": {"shopee": sandbox.app_config("shopee")},
+    }
+    return parse_config(
+        yaml.safe_dump(document), file="retention.yaml", credential_models=platforms.credential_models()
+    )
+
+
+async def add_rows(store: SqlStore, count: int, at: dt.datetime) -> None:
+    rows = [
+        {
+            "at": at + dt.timedelta(seconds=i),
+            "app": "shopee",
+            "account_key": f"shop:{i}",
+            "outcome": "success",
+            "duration_ms": 1,
+            "attempts": 1,
+        }
+        for i in range(count)
+    ]
+    async with store._tx(write=True) as conn:  # one statement: thousands of single commits would be slow
+        await conn.execute(insert(audit_log), rows)
+
+
+async def rows(store: SqlStore) -> int:
+    async with store._tx() as conn:
+        return int((await conn.execute(select(func.count()).select_from(audit_log))).scalar_one())
+
+
+async def test_sweeps_prune_the_audit_table_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon_module, "AUDIT_PRUNE_BATCH", 100)
+    monkeypatch.setattr(daemon_module, "AUDIT_PRUNE_BATCHES_PER_PASS", 4)
+    clock = FakeClock(T0)
+    async with SandboxServer(clock=clock, seed=3) as sandbox:
+        daemon = Daemon(settings_for(sandbox, tmp_path / "tokens.db"), clock=clock)
+        await daemon.start(schedule=False)
+        try:
+            store = daemon.store
+            assert isinstance(store, SqlStore)
+            await add_rows(store, 1_000, T0 - 30 * DAY)  # older than the 7 days kept
+            await store.audit(AuditEntry(T0 - 6 * DAY, "shopee", "shop:recent", "success", 5))
+
+            await daemon.tick("shopee")  # one pass: 4 batches of 100, the oldest first
+            assert await rows(store) == 1_000 - 400 + 1
+            async with store._tx() as conn:
+                oldest = (await conn.execute(select(func.min(audit_log.c.at)))).scalar_one()
+            assert oldest == T0 - 30 * DAY + dt.timedelta(seconds=400)
+
+            await daemon.tick("shopee")  # not caught up yet, so the next sweep goes on
+            await daemon.tick("shopee")  # 200 left: this pass catches up
+            assert [e.account_key for e in await store.audit_log(limit=10_000)] == ["shop:recent"]
+
+            # Caught up: no more passes within the hour, then the row that aged past 7 days goes.
+            clock.advance(2 * DAY)
+            await daemon.tick("shopee")
+            assert await rows(store) == 0
+            await store.audit(AuditEntry(T0 - 10 * DAY, "shopee", "shop:late", "success", 5))
+            clock.advance(dt.timedelta(minutes=30))
+            await daemon.tick("shopee")
+            assert await rows(store) == 1
+            clock.advance(dt.timedelta(minutes=31))
+            await daemon.tick("shopee")
+            assert await rows(store) == 0
+        finally:
+            await daemon.stop()
