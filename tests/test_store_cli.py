@@ -120,3 +120,39 @@ def test_import_errors_are_one_line_without_the_token(tmp_path: Path) -> None:
         assert "SECRET" not in result.output
     missing = CliRunner().invoke(main, ["accounts", "import", "-c", str(cfg), str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_read_commands_refuse_a_mistyped_sqlite_path(tmp_path: Path) -> None:
+    cfg = tmp_path / "typo.yaml"
+    db = tmp_path / "no" / "such" / "tokens.db"
+    cfg.write_text(f'store:\n  url: "sqlite:///{db}"\napps: {{}}\n')
+    for command in (["status"], ["accounts", "list"], ["accounts", "export", "-o", "-"]):
+        result = CliRunner().invoke(main, [*command, "-c", str(cfg)])
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.count("\n") == 1 and f"no database at {db}" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "no").exists()  # nothing created on the way
+    created = CliRunner().invoke(main, ["migrate", "-c", str(cfg)])  # a command that creates the store
+    assert created.exit_code == 0, created.output
+    assert db.exists()
+    assert CliRunner().invoke(main, ["status", "-c", str(cfg)]).exit_code == 0
+
+
+def test_status_and_accounts_list_work_under_a_wrong_key(tmp_path: Path) -> None:
+    right, wrong = generate_key(), generate_key()
+    seed(tmp_path / "tokens.db", right)
+    cfg = config(tmp_path, wrong)
+    status = CliRunner().invoke(main, ["status", "--json", "-c", str(cfg)])
+    assert status.exit_code == 0, status.output
+    listed = json.loads(status.output)
+    assert [row["account"] for row in listed] == ["shop:0", "shop:1"]
+    assert all(row["access expires in"] not in ("", "-") for row in listed)  # expiries are shown
+    table = CliRunner().invoke(main, ["accounts", "list", "-c", str(cfg)])
+    assert table.exit_code == 0, table.output
+    assert "shop:0" in table.output and "shop:1" in table.output
+    # What shows a token still needs the right key: one line, exit 2, no token and no key.
+    export = CliRunner().invoke(main, ["accounts", "export", "-o", "-", "-c", str(cfg)])
+    assert export.exit_code == 2 and export.output.count("\n") == 1, export.output
+    assert "decrypt" in export.output or "key" in export.output, export.output
+    for secret in ("AT-shop:0", "RT-shop:0", right, wrong):
+        assert secret not in status.output + table.output + export.output

@@ -48,7 +48,6 @@ def status_rows(accounts: Sequence[Account], now: dt.datetime) -> list[list[str]
 
     rows = []
     for account in accounts:
-        tokens = account.tokens
         error = account.last_error
         rows.append(
             [
@@ -56,8 +55,8 @@ def status_rows(accounts: Sequence[Account], now: dt.datetime) -> list[list[str]
                 account.key,
                 account.identity.name or "",
                 str(account.status),
-                until(tokens.access_expires_at if tokens else None),
-                until(tokens.refresh_expires_at if tokens else None),
+                until(account.access_expires_at),
+                until(account.refresh_expires_at),
                 str(account.consecutive_failures),
                 f"{error.error_class}: {error.code or ''} {error.message[:60]}".strip() if error else "",
             ]
@@ -112,7 +111,10 @@ def status(config_path: str | None, app: str | None, status_filter: str | None, 
     if app is not None:
         settings.app(app)  # unknown app → one line naming the configured ones
     wanted = AccountStatus(status_filter) if status_filter else None
-    accounts = list(with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000)))
+    # No token is shown, so none is decrypted: status works even with a wrong store.encryption_keys.
+    accounts = list(
+        with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000, secrets=False))
+    )
     print_status(status_rows(accounts, SystemClock().now()), as_json)
     if not accounts and not as_json:
         click.echo("no accounts yet: onboard one with `refresher authorize APP`", err=True)

@@ -35,7 +35,7 @@ def migrate(config_path: str | None) -> None:
         before, after = await store.migrate()
         return before, after, store.safe_url
 
-    before, after, store_url = with_store(settings, work, migrate=False)
+    before, after, store_url = with_store(settings, work, migrate=False, create=True)
     if before == after:
         click.echo(f"{store_url}: schema already at revision {after}")
     else:
@@ -219,5 +219,5 @@ def import_accounts(config_path: str | None, file: Path) -> None:
             await store.import_account(app, platform, identity, tokens, status)
         return len(entries)
 
-    count = with_store(settings, work)
+    count = with_store(settings, work, create=True)
     click.echo(f"imported {count} account(s) from {file}")

@@ -73,17 +73,16 @@ def accounts_list(config_path: str | None, app: str | None, status: str | None, 
     if app is not None:
         settings.app(app)
     wanted = AccountStatus(status) if status else None
-    rows = with_store(settings, lambda store: store.list(app=app, status=wanted, limit=limit))
+    rows = with_store(settings, lambda store: store.list(app=app, status=wanted, limit=limit, secrets=False))
     table = Table("app", "account", "name", "status", "access expires", "refresh expires", "failures", "last error")
     for row in rows:
-        tokens = row.tokens
         table.add_row(
             row.app,
             row.key,
             row.identity.name or "",
             str(row.status),
-            tokens.access_expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if tokens else "",
-            tokens.refresh_expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if tokens and tokens.refresh_expires_at else "",
+            row.access_expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if row.access_expires_at else "",
+            row.refresh_expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if row.refresh_expires_at else "",
             str(row.consecutive_failures),
             (row.last_error.message[:60] if row.last_error else ""),
         )

@@ -50,13 +50,18 @@ def load_settings(path: str | None) -> Settings:
         sys.exit(EXIT_USAGE)
 
 
-def with_store(settings: Settings, work: Callable[[Store], Awaitable[T]], *, migrate: bool = True) -> T:
-    """Run ``work`` on the config's store (opened, so migrated, unless ``migrate`` is false), closed after."""
+def with_store(
+    settings: Settings, work: Callable[[Store], Awaitable[T]], *, migrate: bool = True, create: bool = False
+) -> T:
+    """Run ``work`` on the config's store (opened, so migrated, unless ``migrate`` is false), closed after.
+
+    Only a command that is meant to create the store passes ``create``: for the others a SQLite file that
+    does not exist is a mistyped path (one line, exit 2), not a new empty store."""
     from refresher.domain import SystemClock
     from refresher.store import open_store
 
     async def run() -> T:
-        store = open_store(settings.store, SystemClock())
+        store = open_store(settings.store, SystemClock(), create=create)
         try:
             if migrate:
                 await store.open()

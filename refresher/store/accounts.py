@@ -104,6 +104,8 @@ class SqlAccounts(SqlHistory):
         status: AccountStatus | None = None,
         limit: int = 100,
         offset: int = 0,
+        *,
+        secrets: bool = True,
     ) -> Sequence[Account]:
         stmt = (
             select(accounts)
@@ -113,7 +115,7 @@ class SqlAccounts(SqlHistory):
             .offset(offset)
         )
         async with self._tx() as conn:
-            return [self._codec.account(row) for row in await conn.execute(stmt)]
+            return [self._codec.account(row, secrets=secrets) for row in await conn.execute(stmt)]
 
     async def count(self, app: str | None = None, status: AccountStatus | None = None) -> int:
         async with self._tx() as conn:

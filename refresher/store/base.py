@@ -55,6 +55,14 @@ class Account:
     previous_refresh_token: str | None = field(default=None, repr=False)
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    # The expiries, also when ``tokens`` was not read (a listing); with ``tokens`` they are always its own.
+    access_expires_at: dt.datetime | None = None
+    refresh_expires_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None:
+            object.__setattr__(self, "access_expires_at", self.tokens.access_expires_at)
+            object.__setattr__(self, "refresh_expires_at", self.tokens.refresh_expires_at)
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,11 @@ class AccountReader(AccountLookup, Protocol):
         status: AccountStatus | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> Sequence[Account]: ...
+        *,
+        secrets: bool = True,
+    ) -> Sequence[Account]:
+        """Accounts by app and key; ``secrets=False`` reads no token (``tokens`` None), only what a listing
+        shows, so it works whatever ``store.encryption_keys`` says."""
 
     async def count(self, app: str | None = None, status: AccountStatus | None = None) -> int: ...
 

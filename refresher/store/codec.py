@@ -106,7 +106,9 @@ class RowCodec:
             raw=dict(row.raw or {}),
         )
 
-    def account(self, row: Row[Any]) -> Account:
+    def account(self, row: Row[Any], *, secrets: bool = True) -> Account:
+        """The row as an :class:`Account`; with ``secrets=False`` no token is decrypted (``tokens`` is None,
+        the expiries are read from their clear columns), so a listing works even under a wrong key."""
         return Account(
             id=row.id,
             app=row.app,
@@ -121,7 +123,7 @@ class RowCodec:
                 extra=dict(row.extra or {}),
             ),
             status=AccountStatus(row.status),
-            tokens=self.tokens(row, row.app, row.key),
+            tokens=self.tokens(row, row.app, row.key) if secrets else None,
             consecutive_failures=row.consecutive_failures,
             last_success_at=row.last_success_at,
             last_attempt_at=row.last_attempt_at,
@@ -131,7 +133,11 @@ class RowCodec:
             lease_expires_at=row.lease_expires_at,
             refresh_started_at=row.refresh_started_at,
             version=row.version,
-            previous_refresh_token=self.decrypt(row.previous_refresh_token, row.app, row.key, "previous_refresh_token"),
+            previous_refresh_token=(
+                self.decrypt(row.previous_refresh_token, row.app, row.key, "previous_refresh_token") if secrets else None
+            ),
+            access_expires_at=as_utc(row.access_expires_at) if row.access_expires_at else None,
+            refresh_expires_at=as_utc(row.refresh_expires_at) if row.refresh_expires_at else None,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )

@@ -31,10 +31,11 @@ class StoreCore(SqlDatabase):
         encryption_keys: Sequence[str] = (),
         history_versions: int = 10,
         pool_size: int = 5,
+        create: bool = True,
     ) -> None:
         if history_versions < 1:
             raise StoreError("store.history_versions: must be at least 1")
-        super().__init__(url, pool_size=pool_size)
+        super().__init__(url, pool_size=pool_size, create=create)
         self.clock = clock
         self.history_versions = history_versions
         self._codec = RowCodec(encryption_keys)

@@ -89,8 +89,10 @@ def parse_url(url: str) -> tuple[str, URL, Path | None]:
 class SqlDatabase:
     """One database (SQLite file or PostgreSQL), connected on first use; every statement runs in :meth:`_tx`."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, create: bool = True) -> None:
         self._backend, self._url, self._path = parse_url(url)
+        # False for commands that only read: a mistyped SQLite path is then an error, not a new empty store.
+        self._create = create
         # For messages: the URL as the operator wrote it, without its password.
         self._display_url = make_url(url).render_as_string(hide_password=True)
         self._pool_size = pool_size
@@ -186,6 +188,11 @@ class SqlDatabase:
         """Create the SQLite file 0600 before SQLite does (it would use the umask), in a 0700 dir."""
         assert self._path is not None
         directory = self._path.parent
+        if not self._create and not self._path.exists():
+            raise StoreError(
+                f"store.url: no database at {self._path} (is the path right? `refresher run` or "
+                "`refresher migrate` creates it)"
+            )
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not os.access(directory, os.W_OK | os.X_OK):

@@ -28,12 +28,17 @@ class SqlStore(SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys):
     """Every role of :mod:`refresher.store.base` on SQLite (aiosqlite) or PostgreSQL (psycopg 3)."""
 
 
-def open_store(settings: StoreSettings, clock: Clock) -> SqlStore:
-    """The one way to build the store of a config (not yet connected: call :meth:`SqlStore.open`)."""
+def open_store(settings: StoreSettings, clock: Clock, *, create: bool = True) -> SqlStore:
+    """The one way to build the store of a config (not yet connected: call :meth:`SqlStore.open`).
+
+    ``create=False`` (commands that only read) refuses a SQLite file that does not exist instead of
+    creating it and its directories.
+    """
     return SqlStore(
         settings.url,
         clock=clock,
         encryption_keys=[key.get_secret_value() for key in settings.encryption_keys],
         history_versions=settings.history_versions,
         pool_size=settings.pool_size,
+        create=create,
     )
