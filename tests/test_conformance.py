@@ -68,7 +68,7 @@ def assert_no_secret(rig: Rig, error: BaseException) -> None:
 async def api_call_ok(rig: Rig, grant: Grant, access_token: str) -> RefresherError | None:
     path, query = ECHO_CALLS[rig.plugin.name]
     signed = rig.plugin.sign_call(ApiCall("GET", path, query), access_token, grant.identity)
-    answer = await rig.plugin.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
+    answer = await rig.plugin.transport.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
     return rig.plugin.classify_api_answer(answer)
 
 

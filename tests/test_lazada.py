@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -23,6 +23,7 @@ from refresher.domain import (
     ConfigError,
     FakeClock,
     Grant,
+    Identity,
     MalformedAnswer,
     PlatformTimeout,
     ReauthRequired,
@@ -81,7 +82,7 @@ async def api(rig: Rig, access_token: str, tamper: bool = False) -> RefresherErr
     url = signed.url
     if tamper:
         url = url.replace(f"sign={signed.sign}", f"sign={signed.sign[:-1]}{'0' if signed.sign[-1] != '0' else '1'}")
-    answer = await rig.plugin.send(signed.method, url, headers=signed.headers)
+    answer = await rig.plugin.transport.send(signed.method, url, headers=signed.headers)
     return rig.plugin.classify_api_answer(answer)
 
 
@@ -328,3 +329,127 @@ async def test_consent_checks_client_id_and_redirect(rig: Rig) -> None:
     assert (await rig.http.get(url.replace(f"client_id={APP_KEY}", "client_id=999"))).status_code == 400
     no_redirect = url.replace("redirect_uri=", "redirect_urx=")
     assert (await rig.http.get(no_redirect)).status_code == 400
+
+
+# ------------------------------------------------------------------------- bodies (issue: POST signing)
+
+FORM = "application/x-www-form-urlencoded"
+
+
+async def _send(rig: Rig, call: ApiCall, access_token: str, identity: Identity | None = None) -> Answer:
+    signed = rig.plugin.sign_call(call, access_token, identity)
+    return await rig.plugin.transport.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
+
+
+async def test_form_body_is_signed_as_parameters_and_accepted(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    form = b"payload=%7B%22a%22%3A1%7D&page=2"
+    answer = await _send(rig, ApiCall("POST", "/seller/get", body=form, content_type=FORM), grant.tokens.access_token)
+    assert rig.plugin.classify_api_answer(answer) is None, answer.body
+    assert json.loads(answer.body)["data"]["received"] == {"payload": '{"a":1}', "page": "2"}
+    assert rig.sandbox.state.counters["lazada.bad_sign"] == 0
+
+
+async def test_the_sandbox_refuses_a_form_signed_as_raw_body_bytes(rig: Rig) -> None:
+    """The old signer appended the form's bytes to the signed text: Lazada (and the sandbox) refuse that."""
+    _, grant = await onboard(rig)
+    form = "payload=%7B%22a%22%3A1%7D"
+    params = {
+        "app_key": APP_KEY,
+        "timestamp": str(int(rig.clock.now().timestamp() * 1000)),
+        "sign_method": "sha256",
+        "access_token": grant.tokens.access_token,
+    }
+    params["sign"] = lazada_sign(str(SECRET), "/seller/get", params, form)
+    answer = await rig.plugin.transport.send(
+        "POST",
+        f"{rig.plugin.host('api')}/seller/get",
+        params=params,
+        content=form.encode(),
+        headers={"content-type": FORM},
+    )
+    error = rig.plugin.classify_api_answer(answer)
+    assert isinstance(error, ConfigError) and error.code == "IncompleteSignature"
+
+
+async def test_json_body_is_appended_raw_and_tampering_is_caught(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    call = ApiCall("POST", "/seller/get", body=b'{"Request":{"x":1}}', content_type="application/json")
+    answer = await _send(rig, call, grant.tokens.access_token)
+    assert rig.plugin.classify_api_answer(answer) is None, answer.body
+    signed = rig.plugin.sign_call(call, grant.tokens.access_token)
+    forged = await rig.plugin.transport.send("POST", signed.url, headers=signed.headers, content=b'{"Request":{"x":2}}')
+    error = rig.plugin.classify_api_answer(forged)
+    assert isinstance(error, ConfigError) and error.code == "IncompleteSignature"
+
+
+async def test_system_parameters_in_a_form_are_replaced_not_signed_twice(rig: Rig) -> None:
+    _, grant = await onboard(rig)
+    call = ApiCall("POST", "/seller/get", body=b"app_key=evil&sign=x&q=1", content_type=FORM)
+    signed = rig.plugin.sign_call(call, grant.tokens.access_token)
+    assert signed.body == b"q=1"
+    answer = await _send(rig, call, grant.tokens.access_token)
+    assert rig.plugin.classify_api_answer(answer) is None, answer.body
+
+
+# ---------------------------------------------------------------- routing per account (issue: regions)
+
+
+async def test_each_account_is_routed_to_its_own_venture(rig: Rig) -> None:
+    _, grant = await onboard(rig, countries="my")
+    assert grant.identity.region == "my"
+    call = ApiCall("GET", "/seller/get")
+    signed = rig.plugin.sign_call(call, grant.tokens.access_token, grant.identity)
+    assert signed.base_url == rig.plugin.host("api_my") and "/lazada/my/rest/" in signed.url
+    answer = await _send(rig, call, grant.tokens.access_token, grant.identity)
+    assert rig.plugin.classify_api_answer(answer) is None, answer.body
+    assert json.loads(answer.body)["data"]["location"] == "MY"
+    # The app's default gateway (Singapore) does not know a Malaysian seller, as on Lazada.
+    wrong = await _send(rig, call, grant.tokens.access_token)
+    assert rig.plugin.classify_api_answer(wrong) is not None
+    assert rig.sandbox.state.counters["lazada.wrong_gateway"] == 1
+
+
+async def test_cross_border_seller_picks_a_venture_per_call(rig: Rig) -> None:
+    _, grant = await onboard(rig, countries="sg,my,th")
+    countries = grant.identity.extra["countries"]
+    assert sorted(countries) == ["my", "sg", "th"] and all(c["seller_id"] for c in countries.values())
+    default = rig.plugin.sign_call(ApiCall("GET", "/seller/get"), grant.tokens.access_token, grant.identity)
+    assert default.base_url == rig.plugin.host("api_sg")
+    thai = ApiCall("GET", "/seller/get", headers={"x-refresher-country": "th"})
+    signed = rig.plugin.sign_call(thai, grant.tokens.access_token, grant.identity)
+    assert signed.base_url == rig.plugin.host("api_th") and "x-refresher-country" not in signed.headers
+    answer = await _send(rig, thai, grant.tokens.access_token, grant.identity)
+    data = json.loads(answer.body)["data"]
+    assert data["location"] == "TH" and str(data["seller_id"]) == countries["th"]["seller_id"]
+
+
+async def test_refresh_keeps_the_ventures_current(rig: Rig) -> None:
+    _, grant = await onboard(rig, countries="sg,my")
+    stale = replace(
+        grant.identity, region="sg", extra={**grant.identity.extra, "country_user_info": [], "countries": {}}
+    )
+    tokens = await rig.plugin.refresh(stale, grant.tokens.refresh_token)
+    updated = await rig.plugin.updated_identity(stale, tokens)
+    assert updated is not None and updated.region == "cb"
+    assert sorted(updated.extra["countries"]) == ["my", "sg"]
+    assert await rig.plugin.updated_identity(updated, tokens) is None  # unchanged: nothing to store
+
+
+# ------------------------------------------------------------------------------------- error codes
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("InvalidApiPath", ConfigError), ("InvalidTimestamp", ClockSkew), ("OPEN_API_TIMESTAMP_INVALID", ClockSkew)],
+)
+def test_documented_codes_are_not_transient(rig: Rig, code: str, expected: type[RefresherError]) -> None:
+    body = json.dumps({"type": "ISV", "code": code, "message": "m", "request_id": "r"}).encode()
+    error = rig.plugin.classify_api_answer(Answer(200, httpx.Headers({"content-type": "application/json"}), body))
+    assert type(error) is expected and error.code == code
+
+
+def test_an_unknown_code_keeps_its_raw_code(rig: Rig) -> None:
+    body = json.dumps({"type": "ISP", "code": "E0123_NEW", "message": "m", "request_id": "r"}).encode()
+    error = rig.plugin.classify_api_answer(Answer(200, httpx.Headers({"content-type": "application/json"}), body))
+    assert isinstance(error, TransientError) and error.code == "E0123_NEW" and "E0123_NEW" in error.message

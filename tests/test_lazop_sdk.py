@@ -66,3 +66,57 @@ async def test_sdk_with_a_wrong_secret_gets_lazadas_signature_error(lazop: Modul
         answer = await asyncio.to_thread(client.execute, request)
         assert answer.code == "IncompleteSignature" and answer.type == "ISV" and answer.request_id
         assert sandbox.state.counters["lazada.bad_sign"] == 1
+
+
+async def test_sdk_form_post_and_the_proxy_post_sign_alike_and_are_both_accepted(
+    lazop: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lazop-sdk POSTs every parameter as a form; refresher's proxy sends the caller's form as the body and
+    its own system parameters in the query. Same parameters, same timestamp: the same signature, and the
+    sandbox (which signs form fields as parameters, never the form's bytes) takes both."""
+    import time
+    import types
+    from urllib.parse import urlencode
+
+    import requests
+
+    from refresher.domain import FakeClock
+    from refresher.platforms.base import ApiCall
+
+    now = int(time.time())
+    sent: list[dict[str, str]] = []
+
+    def post(url: str, data: dict[str, str], **kwargs: object) -> requests.Response:
+        sent.append(dict(data))
+        return requests.post(url, data, **kwargs)  # type: ignore[arg-type]
+
+    base = importlib.import_module("lazop_sdk.base")
+    monkeypatch.setattr(
+        base, "time", types.SimpleNamespace(time=lambda: now, strftime=time.strftime, localtime=time.localtime)
+    )
+    monkeypatch.setattr(base, "requests", types.SimpleNamespace(post=post, get=requests.get))
+    payload = '{"Request":{"Product":{"Skus":{"Sku":[{"SellerSku":"sku-1","Quantity":"5"}]}}}}'
+
+    async with SandboxServer() as sandbox, httpx.AsyncClient() as http:
+        plugin = LazadaPlatform(app_for(sandbox, "lazada"), http=http, clock=FakeClock())
+        params = await sandbox.approve(plugin.authorize_url("state-form"))
+        [grant] = await plugin.exchange_code(params)
+        token = grant.tokens.access_token
+        client = lazop.LazopClient(f"{sandbox.url}/lazada/rest", APP_KEY, SECRET, timeout=10)
+
+        request = lazop.LazopRequest("/seller/get")  # POST: a form with every parameter
+        request.add_api_param("payload", payload)
+        answer = await asyncio.to_thread(client.execute, request, token)
+        assert answer.code == "0", answer.body
+        [sdk_form] = sent
+
+        # What a service sends through the proxy: its business parameters as a form, no credentials.
+        form = urlencode({"payload": payload, "partner_id": sdk_form["partner_id"]}).encode()
+        call = ApiCall(
+            "POST", "/seller/get", body=form, content_type="application/x-www-form-urlencoded", timestamp=now
+        )
+        signed = plugin.sign_call(call, token, grant.identity)
+        assert signed.sign == sdk_form["sign"]
+        relayed = await plugin.transport.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
+        assert plugin.classify_api_answer(relayed) is None, relayed.body
+        assert sandbox.state.counters["lazada.bad_sign"] == 0

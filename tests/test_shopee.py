@@ -79,7 +79,7 @@ async def api(rig: Rig, grant: Grant, access_token: str, tamper: bool = False) -
     url = signed.url
     if tamper:
         url = url.replace(f"sign={signed.sign}", f"sign={signed.sign[:-1]}{'0' if signed.sign[-1] != '0' else '1'}")
-    answer = await rig.plugin.send(signed.method, url, headers=signed.headers)
+    answer = await rig.plugin.transport.send(signed.method, url, headers=signed.headers)
     return rig.plugin.classify_api_answer(answer)
 
 

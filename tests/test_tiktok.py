@@ -306,7 +306,7 @@ async def test_timeout_is_transient(rig: Rig) -> None:
 
 async def user_info(rig: Rig, token: str, fields: str = "open_id,display_name") -> Answer:
     signed = rig.plugin.sign_call(ApiCall("GET", "/v2/user/info/", (("fields", fields),)), token)
-    return await rig.plugin.send(signed.method, signed.url, headers=signed.headers)
+    return await rig.plugin.transport.send(signed.method, signed.url, headers=signed.headers)
 
 
 async def test_api_call_and_refusals(rig: Rig) -> None:

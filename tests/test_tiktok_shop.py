@@ -285,7 +285,7 @@ async def test_timeout_is_transient(rig: Rig) -> None:
 
 async def call(rig: Rig, plugin: TikTokShopPlatform, api: ApiCall, token: str, grant: Grant | None = None) -> Answer:
     signed = plugin.sign_call(api, token, grant.identity if grant else None)
-    return await plugin.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
+    return await plugin.transport.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
 
 
 async def test_signed_call_accepted_and_tampered_refused(rig: Rig) -> None:
@@ -298,11 +298,11 @@ async def test_signed_call_accepted_and_tampered_refused(rig: Rig) -> None:
 
     signed = rig.plugin.sign_call(shops, token)
     tampered = signed.url.replace("timestamp=", "timestamp=1")  # a changed signed value
-    answer = await rig.plugin.send("GET", tampered, headers=signed.headers)
+    answer = await rig.plugin.transport.send("GET", tampered, headers=signed.headers)
     stamped = rig.plugin.classify_api_answer(answer)
     assert isinstance(stamped, ClockSkew | ConfigError)
     forged = signed.url.replace(f"sign={signed.sign}", "sign=" + "0" * 64)
-    error = rig.plugin.classify_api_answer(await rig.plugin.send("GET", forged, headers=signed.headers))
+    error = rig.plugin.classify_api_answer(await rig.plugin.transport.send("GET", forged, headers=signed.headers))
     assert isinstance(error, ConfigError) and not isinstance(error, ClockSkew)
     assert error.code == "106001" and error.http_status == 401 and error.request_id
     assert rig.sandbox.state.counters["tiktok_shop.sign_error"] == 1
@@ -461,7 +461,7 @@ async def test_unreadable_answer_keeps_the_gateway_log_id(rig: Rig) -> None:
     """The sandbox's HTML page carries no request id; the plugin falls back to the X-Tt-Logid header."""
     broken = Answer(200, httpx.Headers({"x-tt-logid": "LOG123", "content-type": "text/html"}), b"<html>oops</html>")
     with pytest.raises(MalformedAnswer) as err:
-        rig.plugin._envelope(broken, "refresh")
+        rig.plugin.transport.envelope(broken, "refresh")
     assert err.value.request_id == "LOG123" and str(err.value).startswith("refresh: HTML")
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -28,18 +29,10 @@ from refresher.domain import (
     TokenSet,
     TransientError,
 )
-from refresher.platforms.base import (
-    PKCE,
-    Answer,
-    ApiCall,
-    Platform,
-    SignedCall,
-    as_seconds,
-    as_token,
-    retry_after_seconds,
-    safe_excerpt,
-)
-from refresher.platforms.signing import lazada_sign
+from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
+from refresher.platforms.signing import lazada_base_string, lazada_sign
+from refresher.platforms.transport import Answer, retry_after_seconds, safe_excerpt
+from refresher.platforms.values import as_seconds, as_token
 
 CREATE_PATH = "/auth/token/create"
 REFRESH_PATH = "/auth/token/refresh"
@@ -56,16 +49,22 @@ COUNTRY_API_HOSTS: Mapping[str, str] = {
 
 # System parameters refresher adds itself; a caller's copies are dropped rather than signed twice.
 _SYSTEM_PARAMS = frozenset({"app_key", "timestamp", "sign_method", "sign", "access_token"})
+# Picks the venture of a cross-border account for one call; refresher's own, never sent to Lazada.
+COUNTRY_HEADER = "x-refresher-country"
+FORM = "application/x-www-form-urlencoded"
 
+# The error-code table (docs/platforms.md, "Lazada"): every code the docs list and the sandbox emits.
 _TRANSIENT_CODES = frozenset(
     {"ApiCallLimit", "OPEN_API_CALL_EXCEED_LIMIT", "TRAFFIC_CONTROL", "SYSTEM_ERROR", "ServiceTimeout", "SYS_ERROR"}
 )
+_CLOCK_CODES = frozenset({"OPEN_API_TIMESTAMP_INVALID", "InvalidTimestamp"})
 _CONFIG_CODES = frozenset(
     {
         "IncompleteSignature",
         "MissingParameter",
         "APP_KEY_INVALID",
         "InvalidAppKey",
+        "InvalidApiPath",  # the path names no API: a caller's or a config mistake, never fixed by waiting
         "AUTH_TYPE_UNSUPPORTED",  # a Service Market app cannot refresh: a policy to fix, not a retry
         "InvalidParameter",
     }
@@ -97,18 +96,38 @@ class LazadaPlatform(Platform):
     default_refresh_before: ClassVar[dt.timedelta] = dt.timedelta(days=10)
     code_lifetime: ClassVar[dt.timedelta] = dt.timedelta(minutes=30)
     supports_pkce: ClassVar[bool] = False
-    secret_callback_params: ClassVar[frozenset[str]] = frozenset({"code"})
+
+    credentials: LazadaCredentials
 
     def host(self, role: str) -> str:
-        """``api`` follows the app's ``country`` unless overridden; with a ``base_url`` (a sandbox or a
-        test server standing in for the auth host) the API lives under its ``/rest``, as on Lazada."""
-        if role == "api" and role not in self.app.hosts:
+        """``api`` is the gateway of the app's ``country`` (default Singapore); ``api_<country>`` is one
+        venture's gateway (``api_my`` …), each overridable in ``hosts``. With a ``base_url`` (a sandbox or
+        a test server standing in for the auth host) the APIs live under its ``/rest`` and
+        ``/<country>/rest``."""
+        if role in self.app.hosts:
+            return self.app.hosts[role].rstrip("/")
+        if role.startswith("api_") and role[4:] in COUNTRY_API_HOSTS:
+            if "api" in self.app.hosts:
+                return self.app.hosts["api"].rstrip("/")  # one API host for every venture (a proxy, a test)
+            if self.app.base_url:
+                return f"{self.app.base_url.rstrip('/')}/{role[4:]}/rest"
+            return COUNTRY_API_HOSTS[role[4:]]
+        if role == "api":
+            if self.credentials.country:
+                return self.host(f"api_{self.credentials.country}")
             if self.app.base_url:
                 return f"{self.app.base_url.rstrip('/')}/rest"
-            country = self.app.credential("country")
-            if country:
-                return COUNTRY_API_HOSTS[country]
         return super().host(role)
+
+    def api_host(self, identity: Identity | None, chosen: str | None = None) -> str:
+        """The gateway for one call: the account's venture (``chosen`` among a cross-border seller's
+        ventures, else its first), else the app's default."""
+        countries = account_countries(identity)
+        if chosen and chosen.lower() in countries:
+            return self.host(f"api_{chosen.lower()}")
+        if countries:
+            return self.host(f"api_{countries[0]}")
+        return self.host("api")
 
     def _timestamp_ms(self, seconds: int | None = None) -> str:
         if seconds is not None:
@@ -118,7 +137,7 @@ class LazadaPlatform(Platform):
 
     def _signed(self, api_path: str, params: Mapping[str, str], body: bytes | None = None) -> dict[str, str]:
         try:
-            sign = lazada_sign(str(self.app.credential("app_secret")), api_path, params, body)
+            sign = lazada_sign(self.credentials.app_secret.get_secret_value(), api_path, params, body)
         except ValueError as exc:
             raise ConfigError(str(exc), platform=self.name) from None
         return {**params, "sign": sign}
@@ -133,7 +152,7 @@ class LazadaPlatform(Platform):
             "response_type": "code",
             "force_auth": "true",
             "redirect_uri": target,
-            "client_id": str(self.app.credential("app_key")),
+            "client_id": self.credentials.app_key,
             "state": state,
         }
         return f"{self.host('auth')}/oauth/authorize?{urlencode(query)}"
@@ -157,24 +176,40 @@ class LazadaPlatform(Platform):
     async def refresh(self, identity: Identity, refresh_token: str) -> TokenSet:
         """Token refresh: new access and refresh token; the grant's deadline stays where it was."""
         data = await self._call(REFRESH_PATH, {"refresh_token": refresh_token}, "token refresh", "refresh")
+        # The answer's raw part keeps country_user_info_list: updated_identity reads the ventures from it.
         return self.token_set(data, self._strict_token_set)
+
+    async def updated_identity(self, identity: Identity, tokens: TokenSet) -> Identity | None:
+        """The ventures of the latest refresh answer, when they differ from the stored ones."""
+        infos = _country_infos(tokens.raw)
+        if infos is None or infos == identity.extra.get("country_user_info"):
+            return None
+        countries = [i["country"] for i in infos if isinstance(i.get("country"), str)]
+        region = countries[0] if len(countries) == 1 else ("cb" if countries else identity.region)
+        return replace(
+            identity,
+            region=region,
+            extra={**identity.extra, "country_user_info": infos, "countries": _by_country(infos)},
+        )
 
     async def _call(self, api_path: str, business: Mapping[str, str], what: str, context: str) -> dict[str, Any]:
         params = self._signed(
             api_path,
             {
-                "app_key": str(self.app.credential("app_key")),
+                "app_key": self.credentials.app_key,
                 "timestamp": self._timestamp_ms(),
                 "sign_method": "sha256",
                 **business,
             },
         )
         # Form-encoded POST: the code and tokens stay out of URLs (and so out of access logs).
-        answer = await self.send("POST", f"{self.host('auth')}/rest{api_path}", data=params, what=what)
+        answer = await self.transport.send("POST", f"{self.host('auth')}/rest{api_path}", data=params, what=what)
         return self._checked(answer, what, context)
 
     def _checked(self, answer: Answer, what: str, context: str) -> dict[str, Any]:
-        return self.checked_json(answer, what, lambda data: self._error_of(data, answer, what, context), _request_id)
+        return self.transport.checked_json(
+            answer, what, lambda data: self._error_of(data, answer, what, context), _request_id
+        )
 
     def _error_of(self, data: Mapping[str, Any], answer: Answer, what: str, context: str) -> RefresherError | None:
         """Classify ``{code, type, message, request_id}``; ``code == "0"`` is success."""
@@ -213,12 +248,13 @@ class LazadaPlatform(Platform):
             return ReauthRequired(text, **kwargs)
         if code == "InvalidCode":
             return ReauthRequired(text, **kwargs)
-        if code == "OPEN_API_TIMESTAMP_INVALID":
+        if code in _CLOCK_CODES:
             return ClockSkew(text, **kwargs)
         if code in _CONFIG_CODES:
             return ConfigError(text, **kwargs)
+        # An unknown code: retried within the budget; the alarm then names it (error.code is kept).
         return TransientError(
-            f"{what}: unknown Lazada error ({message or 'no message'})",
+            f"{what}: unknown Lazada error {code[:64]} ({message or 'no message'})",
             retry_after=retry_after_seconds(answer.headers),
             **kwargs,
         )
@@ -247,19 +283,15 @@ class LazadaPlatform(Platform):
         )
 
     def _identity(self, data: Mapping[str, Any]) -> Identity:
-        # token/create says country_user_info, token/refresh country_user_info_list: accept either.
-        infos = data.get("country_user_info")
-        if infos is None:
-            infos = data.get("country_user_info_list")
+        infos = _country_infos(data)
         request_id = _request_id(data)
-        if not isinstance(infos, list) or not infos or not all(isinstance(i, dict) for i in infos):
+        if not infos:
             raise MalformedAnswer("answer lacks country_user_info", platform=self.name, request_id=request_id)
         seller_id = infos[0].get("seller_id")
         if isinstance(seller_id, bool) or not isinstance(seller_id, str | int) or str(seller_id) == "":
             raise MalformedAnswer("country_user_info lacks a seller_id", platform=self.name, request_id=request_id)
         country = data.get("country")
         account = data.get("account")
-        keep = ("seller_id", "user_id", "country", "short_code")
         return Identity(
             key=str(seller_id),
             kind="seller",
@@ -267,7 +299,10 @@ class LazadaPlatform(Platform):
             name=account if isinstance(account, str) and account else None,
             region=country if isinstance(country, str) and country else None,
             extra={
-                "country_user_info": [{k: i[k] for k in keep if k in i} for i in infos],
+                "country_user_info": infos,
+                # One identity per venture (seller_id and short_code differ per country for a
+                # cross-border seller): what a caller needs to address each venture's API.
+                "countries": _by_country(infos),
                 "account_platform": data.get("account_platform"),
             },
         )
@@ -275,30 +310,50 @@ class LazadaPlatform(Platform):
     # -- business API ----------------------------------------------------------------------------
 
     def sign_call(self, call: ApiCall, access_token: str | None = None, identity: Identity | None = None) -> SignedCall:
-        """System parameters and the sign go into the query; ``call.path`` is the path after ``/rest``."""
+        """System parameters and the sign go into the query; ``call.path`` is the path after ``/rest``.
+
+        A form body's parameters are signed as ordinary parameters (as Lazada and lazop-sdk do) and sent
+        as the form; any other body (JSON, XML) is appended raw to the signed text, as the official Java
+        and C# samples do. The call goes to the gateway of the account's venture.
+        """
         api_path = call.path.removeprefix("/rest") or "/"
         params: dict[str, str] = {k: v for k, v in call.query if k not in _SYSTEM_PARAMS}
+        body = call.body
+        content_type = (call.content_type or "").lower()
+        signed_body: bytes | None = body
+        if body is not None and content_type.startswith(FORM):
+            form = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+            kept = [(k, v) for k, v in form if k not in _SYSTEM_PARAMS]
+            if len(kept) != len(form):
+                body = urlencode(kept).encode()  # refresher's own system parameters replace the caller's
+            params.update(kept)
+            signed_body = None
+        elif body is not None and content_type.startswith("multipart/"):
+            signed_body = None  # file parameters are never signed
         params.update(
             {
-                "app_key": str(self.app.credential("app_key")),
+                "app_key": self.credentials.app_key,
                 "timestamp": self._timestamp_ms(call.timestamp),
                 "sign_method": "sha256",
             }
         )
         if access_token is not None:
             params["access_token"] = access_token
-        signed = self._signed(api_path, params, call.body)
-        headers = dict(call.headers)
-        if call.body is not None:
+        signed = self._signed(api_path, params, signed_body)
+        query = {k: v for k, v in signed.items() if k not in dict(kept_form(body, content_type))}
+        headers = {k: v for k, v in call.headers.items() if k.lower() != COUNTRY_HEADER}
+        if body is not None:
             headers.setdefault("content-type", call.content_type or "application/json")
-        base = self.host("api")
+        base = self.api_host(identity, call.headers.get(COUNTRY_HEADER))
+        shown = {**params, "access_token": "<access_token>"} if access_token is not None else params
         return SignedCall(
             method=call.method.upper(),
-            url=f"{base}{api_path}?{urlencode(signed)}",
+            url=f"{base}{api_path}?{urlencode(query)}",
             headers=headers,
-            body=call.body,
+            body=body,
             sign=signed["sign"],
             base_url=base,
+            base_string=lazada_base_string(api_path, shown, signed_body),
         )
 
     def classify_api_answer(self, answer: Answer) -> RefresherError | None:
@@ -307,6 +362,42 @@ class LazadaPlatform(Platform):
         except RefresherError as exc:
             return exc
         return None
+
+
+def kept_form(body: bytes | None, content_type: str) -> list[tuple[str, str]]:
+    """The parameters a form body carries (they travel in the body, so not again in the query)."""
+    if body is None or not content_type.startswith(FORM):
+        return []
+    return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def account_countries(identity: Identity | None) -> list[str]:
+    """The ventures an account is authorized in, in the platform's order (lowercase country codes)."""
+    if identity is None:
+        return []
+    infos = identity.extra.get("country_user_info") or []
+    found = [str(i["country"]).lower() for i in infos if isinstance(i, Mapping) and i.get("country")]
+    found = [c for c in found if c in COUNTRY_API_HOSTS]
+    if not found and identity.region and identity.region.lower() in COUNTRY_API_HOSTS:
+        found = [identity.region.lower()]
+    return found
+
+
+def _country_infos(data: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """``country_user_info`` (token/create) or ``country_user_info_list`` (token/refresh), trimmed."""
+    infos = data.get("country_user_info")
+    if infos is None:
+        infos = data.get("country_user_info_list")
+    if not isinstance(infos, list) or not infos or not all(isinstance(i, dict) for i in infos):
+        return None
+    keep = ("seller_id", "user_id", "country", "short_code")
+    return [{k: i[k] for k in keep if k in i} for i in infos]
+
+
+def _by_country(infos: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        str(i["country"]).lower(): {k: v for k, v in i.items() if k != "country"} for i in infos if i.get("country")
+    }
 
 
 def _request_id(data: Mapping[str, Any]) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -34,22 +34,20 @@ from refresher.domain import (
     TokenSet,
     TransientError,
 )
-from refresher.platforms.base import (
-    PKCE,
-    Answer,
-    ApiCall,
-    Platform,
-    SignedCall,
-    as_token,
-    retry_after_seconds,
-    safe_excerpt,
-)
-from refresher.platforms.signing import shopee_sign
+from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
+from refresher.platforms.signing import shopee_base_string, shopee_sign
+from refresher.platforms.transport import Answer, retry_after_seconds, safe_excerpt
+from refresher.platforms.values import as_token
 
 AUTH_PARTNER_PATH = "/api/v2/shop/auth_partner"
 TOKEN_PATH = "/api/v2/auth/token/get"
 REFRESH_PATH = "/api/v2/auth/access_token/get"
 RESEND_CODE_PATH = "/api/v2/public/get_token_by_resend_code"
+SHOPS_BY_PARTNER_PATH = "/api/v2/public/get_shops_by_partner"
+MERCHANTS_BY_PARTNER_PATH = "/api/v2/public/get_merchants_by_partner"
+# Public APIs (signed partner_id + path + timestamp): the documented public type of platforms.md §1.5.
+PUBLIC_PREFIX = "/api/v2/public/"
+PUBLIC_PATHS = frozenset({AUTH_PARTNER_PATH, "/api/v2/shop/cancel_auth_partner", TOKEN_PATH, REFRESH_PATH})
 
 # The refresh token's own lifetime; each refresh returns a new one that lives this long again.
 REFRESH_TOKEN_LIFETIME = dt.timedelta(days=30)
@@ -101,18 +99,20 @@ class ShopeePlatform(Platform):
     default_refresh_before: ClassVar[dt.timedelta] = dt.timedelta(hours=1)
     code_lifetime: ClassVar[dt.timedelta] = dt.timedelta(minutes=10)
     supports_pkce: ClassVar[bool] = False
-    secret_callback_params: ClassVar[frozenset[str]] = frozenset({"code"})
+    lost_token_hint: ClassVar[str] = " or recover it with a resend code (refresher shopee-resend-code APP ACCOUNT)"
+
+    credentials: ShopeeCredentials
 
     @property
     def partner_id(self) -> int:
-        return int(self.app.credential("partner_id"))
+        return self.credentials.partner_id
 
     def _sign(
         self, path: str, timestamp: int, access_token: str | None = None, identity: Identity | None = None
     ) -> str:
         shop_id, merchant_id = _ids_of(identity) if access_token is not None else (None, None)
         return shopee_sign(
-            str(self.app.credential("partner_key")),
+            self.credentials.partner_key.get_secret_value(),
             self.partner_id,
             path,
             timestamp,
@@ -210,7 +210,7 @@ class ShopeePlatform(Platform):
         return self.token_set(data, self._strict_token_set)
 
     async def _post(self, path: str, body: dict[str, Any], what: str, context: str) -> dict[str, Any]:
-        answer = await self.send(
+        answer = await self.transport.send(
             "POST",
             f"{self.host('api')}{path}",
             params=self._public_query(path),
@@ -222,7 +222,9 @@ class ShopeePlatform(Platform):
 
     def _checked(self, answer: Answer, what: str, context: str) -> dict[str, Any]:
         """The answer's JSON object when it is a success, else the classified error raised."""
-        return self.checked_json(answer, what, lambda data: self._error_of(data, answer, what, context), _request_id)
+        return self.transport.checked_json(
+            answer, what, lambda data: self._error_of(data, answer, what, context), _request_id
+        )
 
     def _error_of(self, data: Mapping[str, Any], answer: Answer, what: str, context: str) -> RefresherError | None:
         """Classify Shopee's ``{error, message, request_id}`` envelope (``error == ""`` is success)."""
@@ -328,6 +330,9 @@ class ShopeePlatform(Platform):
         if call.body is not None:
             headers.setdefault("content-type", call.content_type or "application/json")
         base = self.host("api")
+        shown = shopee_base_string(
+            self.partner_id, call.path, ts, None if access_token is None else "<access_token>", shop_id, merchant_id
+        )
         return SignedCall(
             method=call.method.upper(),
             url=f"{base}{call.path}?{urlencode(query)}",
@@ -335,7 +340,26 @@ class ShopeePlatform(Platform):
             body=call.body,
             sign=sign,
             base_url=base,
+            base_string=shown,
         )
+
+    def identity_from_query(self, query: Sequence[tuple[str, str]]) -> Identity | None:
+        values = dict(query)
+        if values.get("shop_id"):
+            return Identity(f"shop:{values['shop_id']}", "shop", values["shop_id"])
+        if values.get("merchant_id"):
+            return Identity(f"merchant:{values['merchant_id']}", "merchant", values["merchant_id"])
+        return None
+
+    def sign_warnings(self, call: ApiCall, access_token: str | None, identity: Identity | None) -> list[str]:
+        if access_token is not None or _is_public_path(call.path):
+            return []
+        named = f" for {identity.kind} {identity.platform_id}" if identity is not None else ""
+        return [
+            f"{call.path} is a shop/merchant-level API but no access_token was given{named}: it was signed as a "
+            "public call (partner_id + path + timestamp), which Shopee refuses; name an ACCOUNT or add "
+            "access_token and shop_id (or merchant_id) to the URL"
+        ]
 
     def classify_api_answer(self, answer: Answer) -> RefresherError | None:
         try:
@@ -346,6 +370,11 @@ class ShopeePlatform(Platform):
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _is_public_path(path: str) -> bool:
+    """Public APIs are signed without a token: the auth and token endpoints and everything under public/."""
+    return path.startswith(PUBLIC_PREFIX) or path in PUBLIC_PATHS
 
 
 def _ids_of(identity: Identity | None) -> tuple[str | None, str | None]:

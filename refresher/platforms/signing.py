@@ -1,6 +1,6 @@
 """The platforms' signature algorithms as pure functions (no I/O, no clock).
 
-Each is checked against ``shared/vectors/*.json`` (signatures computed by independent implementations).
+Each is checked against ``tests/vectors/*.json`` (signatures computed by independent implementations).
 The plugins build requests with them and the sandbox verifies requests with them.
 """
 
@@ -55,14 +55,14 @@ def shopee_sign(
 TIKTOK_SHOP_UNSIGNED_PARAMS = frozenset({"sign", "access_token"})
 
 
-def tiktok_shop_sign(
+def tiktok_shop_base_string(
     app_secret: str,
     path: str,
     query: Iterable[tuple[str, str]] | Mapping[str, str],
     body: bytes | str | None = None,
     content_type: str | None = "application/json",
 ) -> str:
-    """``hex(HMAC(secret, secret + path + sorted(k+v) + body + secret))``.
+    """``secret + path + sorted(k+v) + body + secret``: the text the HMAC (keyed with the secret) covers.
 
     Values are the decoded values; keys sort in code-unit order (uppercase first, vector T09); the body
     is signed exactly as sent (T06a) unless the request is multipart (T12).
@@ -70,11 +70,21 @@ def tiktok_shop_sign(
     pairs = list(query.items()) if isinstance(query, Mapping) else list(query)
     signed = sorted((k, v) for k, v in pairs if k not in TIKTOK_SHOP_UNSIGNED_PARAMS)
     text = path + "".join(f"{k}{v}" for k, v in signed)
-    data = text.encode()
     if body and not (content_type or "").lower().startswith("multipart/form-data"):
-        data += body if isinstance(body, bytes) else body.encode()
-    key = app_secret.encode()
-    return hmac.new(key, key + data + key, hashlib.sha256).hexdigest()
+        text += body.decode("utf-8", "surrogateescape") if isinstance(body, bytes) else body
+    return app_secret + text + app_secret
+
+
+def tiktok_shop_sign(
+    app_secret: str,
+    path: str,
+    query: Iterable[tuple[str, str]] | Mapping[str, str],
+    body: bytes | str | None = None,
+    content_type: str | None = "application/json",
+) -> str:
+    """``hex(HMAC(secret, secret + path + sorted(k+v) + body + secret))`` (:func:`tiktok_shop_base_string`)."""
+    data = tiktok_shop_base_string(app_secret, path, query, body, content_type).encode("utf-8", "surrogateescape")
+    return hmac.new(app_secret.encode(), data, hashlib.sha256).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- Lazada
@@ -87,14 +97,10 @@ def lazada_value(value: Any) -> str:
     return str(value)
 
 
-def lazada_sign(
-    app_secret: str, api_path: str, params: Mapping[str, Any], body: bytes | str | None = None
-) -> str:
-    """Uppercase hex HMAC-SHA256 over ``api_path + concat(sorted(k+v))`` (+ raw body when one is sent).
-
-    ``api_path`` is the part after ``/rest``. Empty values are refused: the official SDKs disagree on
-    them (vector L07), so refresher never sends one.
-    """
+def lazada_base_string(api_path: str, params: Mapping[str, Any], body: bytes | str | None = None) -> str:
+    """``api_path + concat(sorted(k+v))`` (+ the raw body of a JSON/XML-body call, as the official Java and
+    C# samples append it). Form parameters belong in ``params``: Lazada and lazop-sdk sign them as ordinary
+    parameters. Empty values are refused: the official SDKs disagree on them (vector L07)."""
     parts = []
     for key in sorted(params):
         if key == "sign":
@@ -103,9 +109,15 @@ def lazada_sign(
         if value == "":
             raise ValueError(f"Lazada parameter {key!r} is empty: omit it instead (its signature is ambiguous)")
         parts.append(key + value)
-    data = (api_path + "".join(parts)).encode()
+    text = api_path + "".join(parts)
     if body:
-        data += body if isinstance(body, bytes) else body.encode()
+        text += body.decode("utf-8", "surrogateescape") if isinstance(body, bytes) else body
+    return text
+
+
+def lazada_sign(app_secret: str, api_path: str, params: Mapping[str, Any], body: bytes | str | None = None) -> str:
+    """Uppercase hex HMAC-SHA256 over :func:`lazada_base_string`; ``api_path`` is the part after ``/rest``."""
+    data = lazada_base_string(api_path, params, body).encode("utf-8", "surrogateescape")
     return hmac.new(app_secret.encode(), data, hashlib.sha256).hexdigest().upper()
 
 

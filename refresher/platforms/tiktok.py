@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 import structlog
@@ -30,21 +30,17 @@ from refresher.domain import (
     TokenSet,
     TransientError,
 )
-from refresher.platforms.base import (
-    PKCE,
+from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
+from refresher.platforms.signing import pkce_challenge_hex, pkce_challenge_s256, pkce_verifier
+from refresher.platforms.transport import (
     Answer,
-    ApiCall,
-    Platform,
-    SignedCall,
-    as_seconds,
-    as_token,
     http_status_error,
     looks_like_api_answer,
     parse_json_object,
     retry_after_seconds,
     safe_excerpt,
 )
-from refresher.platforms.signing import pkce_challenge_hex, pkce_challenge_s256, pkce_verifier
+from refresher.platforms.values import as_seconds, as_token
 
 log = structlog.get_logger(__name__)
 
@@ -72,13 +68,25 @@ API_TRANSIENT = frozenset({"rate_limit_exceeded", "internal_error"})
 
 
 class TikTokCredentials(BaseModel):
-    """A Login Kit app. ``desktop``: the app is registered as desktop, so PKCE uses the hex challenge."""
+    """A Login Kit app.
+
+    ``desktop``: the app is registered as a desktop app. ``pkce`` is how the PKCE challenge is encoded:
+    ``hex`` (hex SHA-256 of the verifier, what TikTok documents for desktop and its Android SDK does),
+    ``s256`` (RFC 7636 base64url) or ``none`` (no PKCE). Default: ``hex`` for desktop apps; ``s256`` for
+    web apps, whose guide documents no PKCE at all (a confidential client), so the standard encoding is
+    sent and a web app that the platform refuses it for sets ``pkce: none`` or ``hex``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     client_key: str = Field(min_length=1)
     client_secret: SecretStr
     desktop: bool = False
+    pkce: Literal["hex", "s256", "none"] | None = None
+
+    @property
+    def pkce_encoding(self) -> str:
+        return self.pkce or ("hex" if self.desktop else "s256")
 
 
 class TikTokPlatform(Platform):
@@ -93,26 +101,30 @@ class TikTokPlatform(Platform):
     default_refresh_before = dt.timedelta(minutes=30)
     code_lifetime = dt.timedelta(minutes=10)
     supports_pkce = True
-    secret_callback_params = frozenset({"code"})
+
+    credentials: TikTokCredentials
 
     @property
     def client_key(self) -> str:
-        return str(self.app.credential("client_key"))
+        return self.credentials.client_key
 
     @property
     def _secret(self) -> str:
-        return str(self.app.credential("client_secret"))
+        return self.credentials.client_secret.get_secret_value()
 
     @property
     def desktop(self) -> bool:
-        return bool(self.app.credential("desktop"))
+        return self.credentials.desktop
 
     # -- consent -----------------------------------------------------------------------------------
 
-    def pkce_pair(self) -> PKCE:
+    def pkce_pair(self) -> PKCE | None:
+        encoding = self.credentials.pkce_encoding
+        if encoding == "none":
+            return None
         verifier = pkce_verifier()
         # TikTok's desktop flow wants hex(SHA-256(verifier)); RFC 7636 base64url is refused there.
-        challenge = pkce_challenge_hex(verifier) if self.desktop else pkce_challenge_s256(verifier)
+        challenge = pkce_challenge_hex(verifier) if encoding == "hex" else pkce_challenge_s256(verifier)
         return PKCE(verifier, challenge, "S256")
 
     def authorize_url(self, state: str, redirect_uri: str | None = None, pkce: PKCE | None = None) -> str:
@@ -198,41 +210,27 @@ class TikTokPlatform(Platform):
     async def _token_call(
         self, form: Mapping[str, str], what: str, *, refresh: bool, path: str = TOKEN_PATH
     ) -> dict[str, Any]:
-        answer = await self.send(
+        answer = await self.transport.send(
             "POST",
             f"{self.host('api')}{path}",
             data=form,
             headers={"content-type": "application/x-www-form-urlencoded"},
             what=what,
         )
-        try:
-            data = answer.json_object(self.name)
-        except MalformedAnswer as exc:
-            status_error = http_status_error(answer, self.name)
-            if status_error is not None:
-                raise status_error from None
-            exc.message = f"{what}: {exc.message}"
-            # An unreadable body has no request id of its own; the gateway's log id header is the next best.
-            exc.request_id = exc.request_id or answer.headers.get("x-tt-logid")
-            raise
         # The HTTP status of error answers is undocumented: the presence of "error" decides (§4.3).
+        return self.transport.checked_json(
+            answer, what, lambda data: self._token_error(data, answer, what, refresh=refresh), _log_id
+        )
+
+    def _token_error(
+        self, data: Mapping[str, Any], answer: Answer, what: str, *, refresh: bool
+    ) -> RefresherError | None:
         error = data.get("error")
         if isinstance(error, str) and error:
-            raise self._oauth_error(error, data, answer, what, refresh=refresh)
+            return self._oauth_error(error, data, answer, what, refresh=refresh)
         if error not in (None, "") and not (isinstance(error, dict) and error.get("code") in ("ok", "", None)):
-            raise MalformedAnswer(f"{what}: unreadable error field", platform=self.name, http_status=answer.status)
-        status_error = http_status_error(answer, self.name)
-        if status_error is not None:
-            status_error.request_id = _log_id(data)
-            raise status_error
-        if answer.status >= 400:
-            raise MalformedAnswer(
-                f"{what}: HTTP {answer.status} without an error ({safe_excerpt(answer.body, 60)!r})",
-                platform=self.name,
-                http_status=answer.status,
-                request_id=_log_id(data),
-            )
-        return data
+            return MalformedAnswer(f"{what}: unreadable error field", platform=self.name, http_status=answer.status)
+        return None
 
     def _oauth_error(
         self, error: str, data: Mapping[str, Any], answer: Answer, what: str, *, refresh: bool
@@ -256,6 +254,7 @@ class TikTokPlatform(Platform):
             return ConfigError(text, **kwargs)
         if error in TRANSIENT_ERRORS:
             return TransientError(text, retry_after=retry_after_seconds(answer.headers), **kwargs)
+        # Unknown: retried within the budget; the alarm then names the raw code (kwargs["code"]).
         return TransientError(f"{text}: unrecognised error", retry_after=retry_after_seconds(answer.headers), **kwargs)
 
     def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
@@ -288,7 +287,7 @@ class TikTokPlatform(Platform):
     async def user_info(self, access_token: str, fields: str = USER_FIELDS) -> dict[str, Any]:
         """``data.user`` of ``/v2/user/info/``."""
         signed = self.sign_call(ApiCall("GET", USER_INFO_PATH, (("fields", fields),)), access_token)
-        answer = await self.send("GET", signed.url, headers=signed.headers, what="user info")
+        answer = await self.transport.send("GET", signed.url, headers=signed.headers, what="user info")
         error = self.classify_api_answer(answer)
         if error is not None:
             raise error

@@ -13,7 +13,9 @@ body is signed (vector T11), so refresher never sends one: an empty body is drop
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -34,20 +36,16 @@ from refresher.domain import (
     TransientError,
     from_epoch,
 )
-from refresher.platforms.base import (
-    PKCE,
+from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
+from refresher.platforms.signing import tiktok_shop_base_string, tiktok_shop_sign
+from refresher.platforms.transport import (
     Answer,
-    ApiCall,
-    Platform,
-    SignedCall,
-    as_seconds,
-    as_token,
     http_status_error,
     looks_like_api_answer,
     parse_json_object,
     safe_excerpt,
 )
-from refresher.platforms.signing import tiktok_shop_sign
+from refresher.platforms.values import as_seconds, as_token
 
 log = structlog.get_logger(__name__)
 
@@ -67,11 +65,19 @@ CODE_SCOPE_DENIED = 105005
 CODE_BAD_TOKEN_FOR_SHOP = 101000
 CODE_BAD_SIGN = 106001
 CODE_CREDENTIALS = 36009004  # many failures share it; the message tells them apart
+CODE_BAD_APP_CREDENTIALS = 36004003  # invalid app_key or app_secret on the token endpoint
 CODE_IP_NOT_ALLOWED = 36009033
 CODE_MISSING_CIPHER = 106013
 TRANSIENT_CODES = frozenset({36009002, 36009003, 36009007})
 TOKEN_REJECTED_CODES = frozenset({CODE_INVALID_AUTH_CODE, CODE_NO_AUTH_RECORD, CODE_RT_EXPIRED})
-CONFIG_CODES = frozenset({CODE_BAD_TOKEN_FOR_SHOP, CODE_BAD_SIGN, CODE_IP_NOT_ALLOWED, CODE_MISSING_CIPHER})
+CONFIG_CODES = frozenset(
+    {CODE_BAD_TOKEN_FOR_SHOP, CODE_BAD_SIGN, CODE_IP_NOT_ALLOWED, CODE_MISSING_CIPHER, CODE_BAD_APP_CREDENTIALS}
+)
+# Answers that say the shop_cipher sent does not fit: the stored shop list is stale and is read again.
+CIPHER_CODES = frozenset({CODE_BAD_TOKEN_FOR_SHOP, CODE_MISSING_CIPHER})
+# 202309+ APIs are versioned (/order/202309/...) and take shop_cipher, never shop_id: a caller's
+# shop_id there names the shop whose cipher refresher fills in.
+_VERSIONED_PATH = re.compile(r"^/[a-z_]+/\d{6}/")
 
 # Values below this are no plausible "absolute Unix time" (it is 2001-09-09): see _absolute.
 _EPOCH_FLOOR = 1_000_000_000
@@ -100,23 +106,24 @@ class TikTokShopPlatform(Platform):
     default_refresh_before = dt.timedelta(days=1)
     code_lifetime = dt.timedelta(minutes=30)
     supports_pkce = False
-    secret_callback_params = frozenset({"code"})
+
+    credentials: TikTokShopCredentials
 
     # -- credentials -------------------------------------------------------------------------------
 
     @property
     def app_key(self) -> str:
-        return str(self.app.credential("app_key"))
+        return self.credentials.app_key
 
     @property
     def _secret(self) -> str:
-        return str(self.app.credential("app_secret"))
+        return self.credentials.app_secret.get_secret_value()
 
     # -- consent -----------------------------------------------------------------------------------
 
     def authorize_url(self, state: str, redirect_uri: str | None = None, pkce: PKCE | None = None) -> str:
         """The consent link. The redirect URI is registered in Partner Center, never sent."""
-        service_id = self.app.credential("service_id")
+        service_id = self.credentials.service_id
         if service_id:
             return f"{self.host('consent')}{AUTHORIZE_PATH}?{urlencode({'service_id': service_id, 'state': state})}"
         # Apps without a service id use the legacy page, which takes the app key (platforms.md §2.1).
@@ -143,12 +150,7 @@ class TikTokShopPlatform(Platform):
         tokens = self.token_set(data, lambda d: self._strict_token_set(d, request_id))
         open_id = _text(data, "open_id", self.name, request_id)
         extra: dict[str, Any] = {"user_type": data.get("user_type"), "shops": []}
-        try:
-            extra["shops"] = await self.authorized_shops(tokens.access_token)
-        except RefresherError as exc:
-            # The tokens are what matters: a failed shop listing must not lose them (it is repeated later).
-            extra["shops_error"] = str(exc)
-            log.warning("tiktok_shop.shops_failed", app=self.app.name, error=str(exc), request_id=exc.request_id)
+        extra.update(await self._shops_extra(tokens.access_token, extra))
         identity = Identity(
             key=open_id,
             kind="seller",
@@ -174,8 +176,8 @@ class TikTokShopPlatform(Platform):
         self, path: str, params: Mapping[str, str], what: str, *, refresh: bool
     ) -> tuple[dict[str, Any], str | None]:
         # GET only: a POST with a JSON body answers 404 (platforms.md §2.3).
-        answer = await self.send("GET", f"{self.host('auth')}{path}", params=params, what=what)
-        envelope = self._envelope(answer, what)
+        answer = await self.transport.send("GET", f"{self.host('auth')}{path}", params=params, what=what)
+        envelope = self.transport.envelope(answer, what)
         request_id = _request_id(envelope)
         error = self._judge(envelope, answer, what, token_call=True, refresh=refresh)
         if error is not None:
@@ -220,11 +222,34 @@ class TikTokShopPlatform(Platform):
 
     # -- shops -------------------------------------------------------------------------------------
 
+    async def updated_identity(self, identity: Identity, tokens: TokenSet) -> Identity | None:
+        """The seller's shops read again with the new token: new shops and changed ciphers are picked up
+        with every refresh, and a listing that failed at the exchange is retried."""
+        extra = {k: v for k, v in identity.extra.items() if k != "shops_error"}
+        extra.update(await self._shops_extra(tokens.access_token, identity.extra))
+        if extra == identity.extra:
+            return None
+        return replace(identity, extra=extra)
+
+    async def _shops_extra(self, access_token: str, previous: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"shops": [...], "shops_read_at": ...}``, or the previous shops and ``shops_error``: the
+        tokens are what matters, a failed listing must not lose them (it is repeated at the next refresh)."""
+        try:
+            shops = await self.authorized_shops(access_token)
+        except RefresherError as exc:
+            log.warning("tiktok_shop.shops_failed", app=self.app.name, error=str(exc), request_id=exc.request_id)
+            return {"shops": previous.get("shops") or [], "shops_error": str(exc)}
+        return {"shops": shops}
+
+    def identity_is_stale(self, verdict: RefresherError) -> bool:
+        """A refused ``shop_cipher``: the shops are read again before the caller is answered."""
+        return verdict.code is not None and verdict.code.isdigit() and int(verdict.code) in CIPHER_CODES
+
     async def authorized_shops(self, access_token: str) -> list[dict[str, Any]]:
         """Get Authorized Shops: the seller's shops with the cipher shop-scoped calls need."""
         signed = self.sign_call(ApiCall("GET", SHOPS_PATH), access_token)
-        answer = await self.send("GET", signed.url, headers=signed.headers, what="get authorized shops")
-        envelope = self._envelope(answer, "get authorized shops")
+        answer = await self.transport.send("GET", signed.url, headers=signed.headers, what="get authorized shops")
+        envelope = self.transport.envelope(answer, "get authorized shops")
         request_id = _request_id(envelope)
         error = self._judge(envelope, answer, "get authorized shops", token_call=False, refresh=False)
         if error is not None:
@@ -246,11 +271,7 @@ class TikTokShopPlatform(Platform):
             stamp = int(given[0]) if given and given[0].isdigit() else self.timestamp()
         query = [(k, v) for k, v in query if k != "timestamp"]
         query += [("app_key", self.app_key), ("timestamp", str(stamp))]
-        if identity is not None and not any(k == "shop_cipher" for k, _ in query):
-            cipher = _only_cipher(identity)
-            # Shop-scoped calls need the cipher; /authorization and /seller calls must not carry it.
-            if cipher and not call.path.startswith(("/authorization/", "/seller/")):
-                query.append(("shop_cipher", cipher))
+        query = self._with_cipher(call.path, query, identity)
         body = call.body
         if body is not None and body.strip() in (b"", b"{}"):
             body = None  # never send an empty object: its signature is ambiguous (vector T11)
@@ -263,7 +284,30 @@ class TikTokShopPlatform(Platform):
             headers["x-tts-access-token"] = access_token
         base = self.host("api")
         url = f"{base}{call.path}?{urlencode([*query, ('sign', sign)])}"
-        return SignedCall(call.method.upper(), url, headers, body, sign, base)
+        shown = tiktok_shop_base_string("<app_secret>", call.path, query, body, content_type)
+        return SignedCall(call.method.upper(), url, headers, body, sign, base, shown)
+
+    def _with_cipher(self, path: str, query: list[tuple[str, str]], identity: Identity | None) -> list[tuple[str, str]]:
+        """Fill ``shop_cipher``: from a ``shop_id`` the caller names on a 202309+ path, else the seller's
+        only shop. /authorization and /seller calls must not carry one."""
+        if identity is None or path.startswith(("/authorization/", "/seller/")):
+            return query
+        shops = [s for s in identity.extra.get("shops") or () if isinstance(s, Mapping)]
+        if _VERSIONED_PATH.match(path):
+            wanted = [v for k, v in query if k == "shop_id"]
+            if wanted:
+                query = [(k, v) for k, v in query if k != "shop_id"]
+                ciphers = [s.get("cipher") for s in shops if str(s.get("id")) == wanted[0] and s.get("cipher")]
+                if not ciphers:
+                    raise ConfigError(
+                        f"shop {wanted[0][:40]} is not among the seller's authorized shops", platform=self.name
+                    )
+                return [(k, v) for k, v in query if k != "shop_cipher"] + [("shop_cipher", str(ciphers[0]))]
+        if not any(k == "shop_cipher" for k, _ in query):
+            ciphers = [s.get("cipher") for s in shops if s.get("cipher")]
+            if len(ciphers) == 1:
+                query.append(("shop_cipher", str(ciphers[0])))
+        return query
 
     def classify_api_answer(self, answer: Answer) -> RefresherError | None:
         transient = http_status_error(answer, self.name)
@@ -277,18 +321,6 @@ class TikTokShopPlatform(Platform):
         return self._judge(envelope, answer, "api call", token_call=False, refresh=False)
 
     # -- errors ------------------------------------------------------------------------------------
-
-    def _envelope(self, answer: Answer, what: str) -> dict[str, Any]:
-        try:
-            return answer.json_object(self.name)
-        except MalformedAnswer as exc:
-            transient = http_status_error(answer, self.name)
-            if transient is not None:
-                raise transient from None
-            exc.message = f"{what}: {exc.message}"
-            # An unreadable body has no request id of its own; the gateway's log id header is the next best.
-            exc.request_id = exc.request_id or answer.headers.get("x-tt-logid")
-            raise
 
     def _judge(
         self, envelope: Mapping[str, Any], answer: Answer, what: str, *, token_call: bool, refresh: bool
@@ -355,8 +387,8 @@ class TikTokShopPlatform(Platform):
             return ConfigError(f"{what}: credentials refused, check app_key/app_secret ({message})", **kwargs)
         if answer.status in (401, 403) and not token_call:
             return AccessTokenInvalid(f"{what}: access refused ({message})", **kwargs)
-        # An unknown code in a well-formed envelope: keep the code, try again later.
-        return TransientError(f"{what}: unrecognised platform error ({message})", **kwargs)
+        # An unknown code in a well-formed envelope: retried within the budget; the alarm then names it.
+        return TransientError(f"{what}: unrecognised platform error {code} ({message})", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -368,6 +400,7 @@ def _config_hint(code: int) -> str:
         CODE_IP_NOT_ALLOWED: "this IP is not in the app's allow list",
         CODE_MISSING_CIPHER: "shop_cipher missing",
         CODE_BAD_TOKEN_FOR_SHOP: "token does not match the shop or user type",
+        CODE_BAD_APP_CREDENTIALS: "app_key or app_secret invalid, check the app's credentials",
     }.get(code, "configuration error")
 
 
@@ -393,9 +426,3 @@ def _text(data: Mapping[str, Any], key: str, platform: str, request_id: str | No
 def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     return value if isinstance(value, str) and value else None
-
-
-def _only_cipher(identity: Identity) -> str | None:
-    shops: Sequence[Any] = identity.extra.get("shops") or ()
-    ciphers = [s.get("cipher") for s in shops if isinstance(s, Mapping) and s.get("cipher")]
-    return str(ciphers[0]) if len(ciphers) == 1 else None

@@ -5,7 +5,13 @@ Endpoints, relative to the ``/lazada`` prefix (the app's ``auth`` host; its ``ap
 * ``GET      /oauth/authorize`` — consent (``client_id``, ``redirect_uri``, ``response_type=code``, ``state``).
 * ``GET|POST /rest/auth/token/create`` — code → tokens, signed, parameters in the query or a form body.
 * ``GET|POST /rest/auth/token/refresh`` — rotation; the grant's deadline does not move.
-* ``GET|POST /rest/seller/get`` — signed echo API that checks the access token.
+* ``GET|POST /rest/seller/get`` — signed echo API that checks the access token, on the Singapore
+  gateway; ``/{country}/rest/seller/get`` is the same API on each venture's gateway. A seller is
+  served only by the gateways of the ventures it is authorized in (a cross-border seller by several).
+
+Signatures are checked as Lazada documents them: query and form parameters are signed alike (the form of
+a POST is parameters, not a body); a JSON or XML body is appended raw after the parameters (the official
+Java and C# samples); the sign never covers the raw bytes of a form.
 
 Errors come back with HTTP 200 and ``{"type", "code", "message", "request_id"}``, as Lazada does.
 """
@@ -30,6 +36,7 @@ from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
 
 TIMESTAMP_WINDOW = 7200  # seconds, either way (platforms.md §3.5)
 COUNTRIES = ("sg", "my", "th", "vn", "ph", "id")
+SYSTEM_PARAMS = frozenset({"app_key", "timestamp", "sign_method", "sign", "access_token", "partner_id"})
 
 
 class LazadaError(Exception):
@@ -53,15 +60,19 @@ def error_answer(code: str, message: str, kind: str = "ISV") -> JSONResponse:
     return JSONResponse({"type": kind, "code": code, "message": message, "request_id": _request_id()})
 
 
-def _signs(secret: str, api_path: str, params: Mapping[str, str]) -> list[str]:
+def _signs(secret: str, api_path: str, params: Mapping[str, str], body: bytes = b"") -> list[str]:
     """The signatures a genuine client may have sent. Lazada's own SDKs disagree on empty values (the
-    Python SDK signs the key, the Java/C# samples skip it: vector L07), so both are accepted."""
+    Python SDK signs the key, the Java/C# samples skip it: vector L07), so both are accepted. ``body`` is
+    the raw JSON/XML body (never a form's bytes), appended after the parameters."""
     keys = sorted(k for k in params if k != "sign")
     variants = {
         api_path + "".join(k + lazada_value(params[k]) for k in keys),
         api_path + "".join(k + lazada_value(params[k]) for k in keys if params[k] != ""),
     }
-    return [hmac.new(secret.encode(), v.encode(), hashlib.sha256).hexdigest().upper() for v in variants]
+    return [
+        hmac.new(secret.encode(), v.encode("utf-8", "surrogateescape") + body, hashlib.sha256).hexdigest().upper()
+        for v in variants
+    ]
 
 
 def _timestamp(raw: str) -> float | None:
@@ -81,7 +92,7 @@ class LazadaSandbox(SandboxPlatform):
 
     def hosts(self, base_url: str) -> dict[str, str]:
         root = f"{base_url.rstrip('/')}{self.prefix}"
-        return {"auth": root, "api": f"{root}/rest"}
+        return {"auth": root, "api": f"{root}/rest", **{f"api_{c}": f"{root}/{c}/rest" for c in COUNTRIES}}
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -89,6 +100,7 @@ class LazadaSandbox(SandboxPlatform):
             Route("/rest/auth/token/create", self.token_create, methods=["GET", "POST"]),
             Route("/rest/auth/token/refresh", self.token_refresh, methods=["GET", "POST"]),
             Route("/rest/seller/get", self.seller_get, methods=["GET", "POST"]),
+            Route("/{country}/rest/seller/get", self.seller_get, methods=["GET", "POST"]),
         ]
 
     # -- verification ------------------------------------------------------------------------------
@@ -104,7 +116,14 @@ class LazadaSandbox(SandboxPlatform):
             merged.update(parse_qsl(body, keep_blank_values=True))
         return merged
 
-    def verify(self, params: Mapping[str, str], api_path: str) -> str:
+    async def signed_body(self, request: Request) -> bytes:
+        """The raw body a signature covers: a JSON or XML body, never a form (its fields are parameters)."""
+        content_type = request.headers.get("content-type", "").lower()
+        if request.method == "GET" or content_type.startswith(("application/x-www-form-urlencoded", "multipart/")):
+            return b""
+        return await request.body()
+
+    def verify(self, params: Mapping[str, str], api_path: str, body: bytes = b"") -> str:
         """Check app_key, timestamp and sign; returns the app key."""
         app_key = params.get("app_key", "")
         if not app_key:
@@ -118,7 +137,7 @@ class LazadaSandbox(SandboxPlatform):
         method = params.get("sign_method", "sha256")
         if method != "sha256":
             raise LazadaError("IncompleteSignature", "The request signature does not conform to lazop standards")
-        if not any(hmac.compare_digest(s, params["sign"].upper()) for s in _signs(secret, api_path, params)):
+        if not any(hmac.compare_digest(s, params["sign"].upper()) for s in _signs(secret, api_path, params, body)):
             self.state.count(self.name, "bad_sign")
             raise LazadaError("IncompleteSignature", "The request signature does not conform to lazop standards")
         when = _timestamp(params["timestamp"])
@@ -281,9 +300,12 @@ class LazadaSandbox(SandboxPlatform):
         fault = await self.begin("api")
         if isinstance(fault, Response):
             return fault
+        gateway = request.path_params.get("country", "sg")
         try:
+            if gateway not in COUNTRIES:
+                raise LazadaError("InvalidApiPath", "The specified API path is invalid")
             params = await self.params(request)
-            self.verify(params, "/seller/get")
+            self.verify(params, "/seller/get", await self.signed_body(request))
             token = params.get("access_token", "")
             if not token:
                 raise missing("access_token")
@@ -291,11 +313,18 @@ class LazadaSandbox(SandboxPlatform):
                 chain = self.state.check_access(self.name, token)
             except SandboxRejection:
                 raise LazadaError("IllegalAccessToken", "The specified access token is invalid or expired") from None
+            if gateway not in {s.region for s in chain.subjects}:
+                # A venture's gateway knows only the sellers of that venture. Lazada documents no code for
+                # a call on another venture's gateway (UNCERTAIN): the sandbox answers as for an unknown token.
+                self.state.count(self.name, "wrong_gateway")
+                raise LazadaError("IllegalAccessToken", "The specified access token is invalid or expired")
         except LazadaError as exc:
             return error_answer(exc.code, exc.message, exc.kind)
         self.state.count(self.name, "api")
-        seller: Subject = chain.subjects[0]
+        seller: Subject = next(s for s in chain.subjects if s.region == gateway)
         data: dict[str, Any] = {
+            # What arrived besides the system parameters, so a test can see a form body got through.
+            "received": {k: v for k, v in params.items() if k not in SYSTEM_PARAMS},
             "name": seller.name,
             "seller_id": int(seller.id),
             "short_code": seller.extra.get("short_code", ""),

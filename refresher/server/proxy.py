@@ -12,6 +12,7 @@ because the invalid-token check has to read the body before anything is sent bac
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Annotated
@@ -22,11 +23,18 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from refresher.domain import AccessTokenInvalid, AccountStatus, PlatformTimeout, RefresherError, TransientError
+from refresher.domain import (
+    AccessTokenInvalid,
+    AccountStatus,
+    PlatformTimeout,
+    RefresherError,
+    TransientError,
+    UnknownApp,
+)
 from refresher.platforms.base import MAX_API_ANSWER_BYTES, Answer, ApiCall, Platform
 from refresher.server.auth import get_runtime, require
 from refresher.server.runtime import Runtime
-from refresher.store.base import Account
+from refresher.store.base import Account, AccountNotFound
 
 log = structlog.get_logger("refresher.proxy")
 
@@ -48,6 +56,7 @@ FORWARD_REQUEST_HEADERS = frozenset(
         "if-none-match",
         "if-modified-since",
         "x-request-id",
+        "x-refresher-country",  # picks a cross-border Lazada seller's venture; the plugin removes it
     }
 )
 # Answer headers that describe the connection or the (already decoded) encoding, not the content.
@@ -125,7 +134,7 @@ def _relay(answer: Answer, extra: dict[str, str] | None = None) -> Response:
 async def _send(platform: Platform, call: ApiCall, account: Account) -> Answer:
     assert account.tokens is not None  # checked by the caller
     signed = platform.sign_call(call, account.tokens.access_token, account.identity)
-    return await platform.send(
+    return await platform.transport.send(
         signed.method,
         signed.url,
         content=signed.body,
@@ -177,6 +186,14 @@ async def proxy(
     try:
         answer = await _send(platform, call, current)
         verdict = platform.classify_api_answer(answer)
+        if verdict is not None and current.tokens is not None and platform.identity_is_stale(verdict):
+            # The platform says what we know of the account is out of date (TikTok Shop: a changed
+            # shop_cipher): read it again and retry once with it.
+            fresh_identity = await platform.updated_identity(current.identity, current.tokens)
+            if fresh_identity is not None:
+                retried = True
+                answer = await _send(platform, call, dataclasses.replace(current, identity=fresh_identity))
+                verdict = platform.classify_api_answer(answer)
         if isinstance(verdict, AccessTokenInvalid):
             # Refresh once under the lease (another worker's concurrent refresh counts), then retry once.
             fresh: Account | None = None
@@ -184,7 +201,7 @@ async def proxy(
                 result = await runtime.refresher.refresh_now(app, account)
                 # A success carries the account as just stored (or as another worker just stored it).
                 outcome, fresh = result.outcome, result.account
-            except KeyError:  # the app has no refresh policy (disabled) or the account just vanished
+            except (UnknownApp, AccountNotFound):  # the app has no refresh policy (disabled) or the account just vanished
                 outcome = "skipped"
             if outcome == "success" and fresh is not None and fresh.tokens is not None:
                 retried = True
