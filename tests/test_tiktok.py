@@ -35,6 +35,7 @@ from tests.support import app_for, assert_no_secret, error_texts
 
 CREDS = SANDBOX_CREDENTIALS["tiktok"]
 DESKTOP = {"client_key": "sbxtiktokdesktop01", "client_secret": "sandbox-tiktok-desktop-secret-01", "desktop": True}
+HEX_WEB = {"client_key": "sbxtiktokhexweb01", "client_secret": "sandbox-tiktok-hexweb-secret-01", "pkce": "hex"}
 START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 REDIRECT = "http://127.0.0.1:3017/callback"
 
@@ -60,7 +61,7 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     clock = FakeClock(START)
     async with (
-        SandboxServer(clock=clock, fault_delay=0.5, seed=5, credentials={"tiktok": [DESKTOP]}) as sandbox,
+        SandboxServer(clock=clock, fault_delay=0.5, seed=5, credentials={"tiktok": [DESKTOP, HEX_WEB]}) as sandbox,
         httpx.AsyncClient() as http,
     ):
         yield Rig(sandbox, TikTokPlatform(app_for(sandbox, "tiktok"), http=http, clock=clock), clock, http)
@@ -119,6 +120,30 @@ def test_desktop_pkce_uses_the_hex_challenge() -> None:
         pkce_challenge_hex("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
         == "13d31e961a1ad8ec2f16b10c4c982e0876a878ad6df144566ee1894acb70f9c3"
     )
+
+
+def test_pkce_encoding_is_a_per_app_setting() -> None:
+    """Desktop defaults to the documented hex challenge, web to RFC 7636; either can be chosen, or none."""
+    web = offline_plugin().pkce_pair()
+    assert web is not None and web.challenge == pkce_challenge_s256(web.verifier)
+    hexed = offline_plugin(pkce="hex").pkce_pair()
+    assert hexed is not None and hexed.challenge == pkce_challenge_hex(hexed.verifier)
+    standard = offline_plugin(desktop=True, pkce="s256").pkce_pair()
+    assert standard is not None and standard.challenge == pkce_challenge_s256(standard.verifier)
+    assert offline_plugin(pkce="none").pkce_pair() is None
+    with pytest.raises(ValueError, match="pkce"):
+        TikTokPlatform.credentials_model.model_validate({**CREDS, "pkce": "base64"})
+
+
+async def test_a_web_app_set_to_hex_pkce_onboards_against_the_sandbox(rig: Rig) -> None:
+    hexed = rig.make(**HEX_WEB)
+    grant, _ = await onboard(rig, hexed)
+    assert grant.tokens.access_token
+    # The same web app sending the RFC 7636 challenge is refused: the sandbox checks what the app is set to.
+    wrong = PKCE("v" * 50, pkce_challenge_s256("v" * 50))
+    params = await rig.sandbox.approve(hexed.authorize_url("s", REDIRECT, wrong))
+    with pytest.raises(ConfigError):
+        await hexed.exchange_code(params, wrong, REDIRECT)
 
 
 def test_authorize_url_needs_a_redirect_uri() -> None:

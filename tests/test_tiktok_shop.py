@@ -196,7 +196,7 @@ async def test_wrong_app_secret_is_a_config_error(rig: Rig) -> None:
     rig.secrets.update({params["code"], "not-the-secret-at-all-000"})
     with pytest.raises(ConfigError) as err:
         await bad.exchange_code(params)
-    assert err.value.code == "36009004"
+    assert err.value.code == "36004003"  # invalid app_key or app_secret: never retried as transient
     rig.clean(err.value)
 
 
@@ -409,6 +409,7 @@ def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Ans
     ("code", "message", "expected"),
     [
         (36009004, "Invalid credentials. Invalid app_key.", ConfigError),
+        (36004003, "invalid app_key or app_secret", ConfigError),
         (36009004, "Invalid timestamp.", ClockSkew),
         (36009004, "Invalid credentials. The x-tts-access-token header is invalid", AccessTokenInvalid),
         (105002, "Expired credentials.", AccessTokenInvalid),
@@ -469,3 +470,62 @@ async def test_callback_without_code(rig: Rig) -> None:
     assert rig.plugin.callback_error({"state": "s"}) is None  # not a denial …
     with pytest.raises(MalformedAnswer, match="without an authorization code"):
         await rig.plugin.exchange_code({"state": "s", "code": "null"})  # … but nothing to exchange either
+
+
+# ------------------------------------------------------------------- shops kept current (issue 14.3)
+
+SEARCH = "/order/202309/orders/search"
+
+
+async def _search(rig: Rig, grant: Grant, identity: Any, query: tuple[tuple[str, str], ...] = ()) -> Any:
+    call = ApiCall("POST", SEARCH, query, b'{"order_status":"UNPAID"}')
+    signed = rig.plugin.sign_call(call, grant.tokens.access_token, identity)
+    answer = await rig.plugin.transport.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
+    return answer, rig.plugin.classify_api_answer(answer)
+
+
+async def test_multi_shop_seller_names_the_shop_by_id(rig: Rig) -> None:
+    grant, _ = await onboard(rig, shops="3")
+    shops = grant.identity.extra["shops"]
+    answer, error = await _search(rig, grant, grant.identity, (("shop_id", shops[2]["id"]),))
+    assert error is None, answer.body
+    assert json.loads(answer.body)["data"]["shop_id"] == shops[2]["id"]
+    signed = rig.plugin.sign_call(ApiCall("POST", SEARCH, (("shop_id", shops[1]["id"]),)), "t", grant.identity)
+    assert query_of(signed.url)["shop_cipher"] == shops[1]["cipher"] and "shop_id" not in query_of(signed.url)
+    # Without a shop id a multi-shop seller's call has no cipher: the platform says so, refresher does not guess.
+    _, missing = await _search(rig, grant, grant.identity)
+    assert isinstance(missing, ConfigError) and missing.code == "106013"
+    with pytest.raises(ConfigError, match="not among the seller's authorized shops"):
+        rig.plugin.sign_call(ApiCall("POST", SEARCH, (("shop_id", "999"),)), "t", grant.identity)
+
+
+async def test_a_changed_cipher_is_noticed_and_read_again(rig: Rig) -> None:
+    grant, _ = await onboard(rig)
+    assert (await _search(rig, grant, grant.identity))[1] is None
+    rig.sandbox.platforms["tiktok_shop"].rotate_ciphers(grant.identity.key)  # type: ignore[attr-defined]
+    _, stale = await _search(rig, grant, grant.identity)
+    assert isinstance(stale, ConfigError) and rig.plugin.identity_is_stale(stale)
+    fresh = await rig.plugin.updated_identity(grant.identity, grant.tokens)
+    assert fresh is not None and fresh.extra["shops"][0]["cipher"] != grant.identity.extra["shops"][0]["cipher"]
+    assert (await _search(rig, grant, fresh))[1] is None
+
+
+async def test_shops_are_read_again_with_each_refresh(rig: Rig) -> None:
+    """A listing that failed at the exchange (shops_error) is retried by the next refresh, and a shop the
+    seller added since is picked up."""
+    rig.sandbox.set_faults("tiktok_shop:api:error200|x1")
+    grant, _ = await onboard(rig)
+    assert grant.identity.extra["shops"] == [] and "shops_error" in grant.identity.extra
+    chain = rig.sandbox.state.find_chain("tiktok_shop", grant.identity.key)
+    assert chain is not None
+    tokens = await rig.plugin.refresh(grant.identity, grant.tokens.refresh_token)
+    updated = await rig.plugin.updated_identity(grant.identity, tokens)
+    assert updated is not None and "shops_error" not in updated.extra and len(updated.extra["shops"]) == 1
+    chain.subjects[0].extra["shops"].append({**chain.subjects[0].extra["shops"][0], "id": "42", "cipher": "ROW_new"})
+    again = await rig.plugin.updated_identity(updated, tokens)
+    assert again is not None and [s["id"] for s in again.extra["shops"]][-1] == "42"
+    assert await rig.plugin.updated_identity(again, tokens) is None  # nothing new: nothing to store
+    # A failed listing keeps the shops known so far.
+    rig.sandbox.set_faults("tiktok_shop:api:error200|x1")
+    failed = await rig.plugin.updated_identity(again, tokens)
+    assert failed is not None and failed.extra["shops"] == again.extra["shops"] and failed.extra["shops_error"]

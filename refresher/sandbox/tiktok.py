@@ -76,6 +76,12 @@ class TikTokSandbox(SandboxPlatform):
     def desktop(self, client_key: str) -> bool:
         return bool(self.state.app_details.get(self.name, {}).get(client_key, {}).get("desktop", False))
 
+    def pkce_encoding(self, client_key: str) -> str:
+        """How the app's PKCE challenge is checked: its ``pkce`` setting, else hex for desktop apps
+        (documented) and RFC 7636 base64url for web apps (undocumented; what standard clients send)."""
+        chosen = self.state.app_details.get(self.name, {}).get(client_key, {}).get("pkce")
+        return str(chosen) if chosen else ("hex" if self.desktop(client_key) else "s256")
+
     # -- consent -------------------------------------------------------------------------------------
 
     async def authorize(self, request: Request) -> Response:
@@ -181,7 +187,8 @@ class TikTokSandbox(SandboxPlatform):
                 return self.oauth_error("invalid_grant", "Redirect URI does not match the authorization request.")
             if pending.code_challenge is not None:
                 verifier = form.get("code_verifier", "")
-                challenge = pkce_challenge_hex(verifier) if self.desktop(client_key) else pkce_challenge_s256(verifier)
+                hexed = self.pkce_encoding(client_key) == "hex"
+                challenge = pkce_challenge_hex(verifier) if hexed else pkce_challenge_s256(verifier)
                 if not verifier or not hmac.compare_digest(challenge, pending.code_challenge):
                     self.state.count(self.name, "pkce_mismatch")
                     return self.oauth_error("invalid_request", "Code verifier or code challenge is invalid.")

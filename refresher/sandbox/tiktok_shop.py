@@ -8,7 +8,9 @@
   query; a POST answers ``404 page not found`` as observed. Errors come back with HTTP 200 in the
   ``{code, message, request_id, data}`` envelope; both expiries are absolute Unix times.
 * API: signed ``GET /authorization/202309/shops`` with the token in ``x-tts-access-token``; the
-  timestamp must lie in ``[now - 300 s, now + 30 s]``.
+  timestamp must lie in ``[now - 300 s, now + 30 s]``. ``POST /order/202309/orders/search`` is
+  shop-scoped: its ``shop_cipher`` must be one of the seller's shops' current ciphers (106013 when
+  missing, 101000 when it does not fit; :meth:`TikTokShopSandbox.rotate_ciphers` changes them).
 """
 
 from __future__ import annotations
@@ -157,9 +159,9 @@ class TikTokShopSandbox(SandboxPlatform):
             self.state.count(self.name, "unknown_app")
             return app_key, self.envelope(36009004, "Invalid credentials. Invalid app_key.")
         if not hmac.compare_digest(params.get("app_secret", "").encode(), secret.encode()):
-            # The real code for a wrong app_secret is undocumented (platforms.md §6.5); this one is plausible.
+            # 36004003 "invalid app_key or app_secret", as seen on the token endpoints (docs/platforms.md).
             self.state.count(self.name, "bad_secret")
-            return app_key, self.envelope(36009004, "Invalid credentials. The app_secret is invalid.")
+            return app_key, self.envelope(36004003, "invalid app_key or app_secret")
         return app_key, None
 
     def token_data(self, chain: Chain) -> dict[str, Any]:
@@ -295,6 +297,15 @@ class TikTokShopSandbox(SandboxPlatform):
             return PlainTextResponse("upstream trouble", status_code=500)
         return self.envelope(0, "Success", {"shops": shops})
 
+    def rotate_ciphers(self, open_id: str) -> None:
+        """Give every shop of a seller a new cipher (the platform may change them at any time)."""
+        chain = self.state.find_chain(self.name, open_id)
+        if chain is None:
+            raise KeyError(open_id)
+        for subject in chain.subjects:
+            for shop in subject.extra.get("shops", []):
+                shop["cipher"] = f"ROW_{secrets.token_urlsafe(18)}"
+
     async def order_search(self, request: Request) -> Response:
         """Search Orders: a signed POST whose JSON body is signed too; echoes the body it verified."""
         fault = await self.fault("api")
@@ -303,9 +314,19 @@ class TikTokShopSandbox(SandboxPlatform):
         found = await self.verify_signed(request)
         if isinstance(found, Response):
             return found
+        # A shop-scoped API: the cipher names one of this seller's shops, as it is now (ciphers change).
+        cipher = request.query_params.get("shop_cipher", "")
+        shops = [shop for subject in found.subjects for shop in subject.extra.get("shops", [])]
+        if not cipher:
+            self.state.count(self.name, "missing_cipher")
+            return self.envelope(106013, "shop_cipher is required for this API")
+        shop = next((shop for shop in shops if shop.get("cipher") == cipher), None)
+        if shop is None:
+            self.state.count(self.name, "wrong_cipher")
+            return self.envelope(101000, "The shop_cipher does not match the access token")
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
             return self.envelope(36009001, "Invalid request body: not JSON.", status=400)
         self.state.count(self.name, "api")
-        return self.envelope(0, "Success", {"orders": [], "total_count": 0, "echo": body})
+        return self.envelope(0, "Success", {"orders": [], "total_count": 0, "shop_id": shop["id"], "echo": body})
