@@ -187,12 +187,16 @@ class AlertSettings(_Strict):
     reauth_warning: Duration = dt.timedelta(days=3)
     repeat_every: Duration = dt.timedelta(hours=24)
     delivery_attempts: int = Field(default=5, ge=1, le=50)
+    # Alarm when the token store has refused writes (or not answered) for this long.
+    store_outage: Duration = dt.timedelta(minutes=2)
     channels: list[Channel] = Field(default_factory=list)
 
 
 class LoggingSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    # uvicorn's line per HTTP request; off by default (secret query values are redacted when it is on).
+    access_log: bool = False
 
 
 class RetrySettings(_Strict):

@@ -12,8 +12,6 @@ import asyncio
 import datetime as dt
 import os
 import signal
-import socket
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,10 @@ from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_chan
 from refresher.alerts.events import RefreshEvent
 from refresher.config import ConfigFileError, Settings, load_config
 from refresher.domain import Clock, SystemClock, TokenSet
+from refresher.health import StoreHealth
 from refresher.logging import configure_logging, register_secrets
 from refresher.metrics import Metrics
+from refresher.owners import is_dead_predecessor, new_owner
 from refresher.platforms.base import Platform, make_http_client
 from refresher.refresh import Refresher
 from refresher.scheduler import Scheduler
@@ -48,9 +48,14 @@ AUDIT_PRUNE_BATCH = 500
 AUDIT_PRUNE_BATCHES_PER_PASS = 20
 
 
+# How long a readiness or monitor probe of the store may take before the store counts as not answering.
+STORE_PROBE_TIMEOUT = 5.0
+STORE_PROBE_EVERY = 10.0  # at most; shorter when alerts.store_outage is short
+
+
 def default_owner() -> str:
-    """A lease owner name unique to this process (host, pid and a random suffix for restarts)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    """A lease owner id unique to this process, that a restarted successor can recognise (see owners)."""
+    return new_owner()
 
 
 def build_platforms(
@@ -102,7 +107,10 @@ class Daemon:
             self.clock,
             self.owner,
             listeners=[self._on_refresh],
+            on_store=self._store_report,
         )
+        self.store_health = StoreHealth(settings.alerts.store_outage.total_seconds())
+        self._monitor: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(self.tick)
         self._server: EmbeddedServer | None = None
         self._server_task: asyncio.Task[None] | None = None
@@ -123,9 +131,15 @@ class Daemon:
     async def readiness(self) -> dict[str, str]:
         problems: dict[str, str] = {}
         try:
-            await asyncio.wait_for(self.store.ping(), 5)
+            await asyncio.wait_for(self.store.ping(), STORE_PROBE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             problems["store"] = type(exc).__name__
+        else:
+            # Reachable is not enough: a store locked past its busy timeout, or read-only after a
+            # failover, answers reads while every refresh fails to commit.
+            error = await self._probe_writes()
+            if error is not None:
+                problems["store"] = f"refuses writes ({type(error).__name__})"
         if not self.scheduler.running:
             problems["scheduler"] = "not running"
         return problems
@@ -148,6 +162,7 @@ class Daemon:
         register_secrets(self.settings.secrets())
         self.notifier.status("opening the token store")
         await self.store.open()
+        await self.reclaim_dead_leases()
         if not self.store.encrypted:
             log.warning(
                 "store.unencrypted",
@@ -157,6 +172,7 @@ class Daemon:
         self.refresher.platforms = dict(self._platforms)
         self.refresher.apply_settings(self.settings)
         await self.dispatcher.start()
+        self._monitor = asyncio.create_task(self._store_monitor(), name="store-monitor")
         self.scheduler.configure(self.settings, _plugin_classes(self.settings, self._platforms))
         if schedule:
             self.scheduler.start()
@@ -165,7 +181,7 @@ class Daemon:
             for router in self.extra_routes:
                 app.include_router(router)
             self._server, self._server_task, self.port = await start_server(
-                app, self.settings.server.host, self.settings.server.port
+                app, self.settings.server.host, self.settings.server.port, access_log=self.settings.logging.access_log
             )
         self._started = True
         apps = ", ".join(sorted(self._platforms)) or "none"
@@ -183,7 +199,11 @@ class Daemon:
         started = asyncio.get_running_loop().time()
         outcome = "ok"
         try:
-            result = await self.refresher.sweep(app)
+            try:
+                result = await self.refresher.sweep(app)
+            except StoreError as exc:
+                self._store_report(exc)  # the claim itself failed: nothing of this sweep is leased
+                raise
             if result.claimed:
                 log.info(
                     "sweep",
@@ -205,6 +225,10 @@ class Daemon:
         expiring = await self.store.accounts_refresh_expiring(app, now + self.settings.alerts.reauth_warning)
         if expiring:
             await self.alerts.check_expiring(expiring)
+        stranded = await self.store.expired_while_leased(app)
+        if stranded:
+            log.error("accounts.expired_while_leased", app=app, accounts=[a.key for a in stranded[:20]])
+            await self.alerts.check_expired_while_leased(stranded)
         await self.alerts.remind(app)  # needs_reauth accounts get no more refresh events to repeat on
         for status, count in (await self.store.count_by_status(app)).items():
             self.metrics.set_accounts(app, str(status), count)
@@ -274,10 +298,11 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path, credential_models=registry.credential_models())
-            if _safe_url(new.store.url) != _safe_url(self.settings.store.url):
-                raise ConfigFileError([])  # handled below with a clear message
+            problem = reload_problem(self.settings, new)
+            reason = f"{self.config_path}: {problem}" if problem else None
         except ConfigFileError as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else "store.url cannot change without a restart"
+            reason = str(exc).splitlines()[0]
+        if reason is not None:
             log.error("config.reload_refused", reason=reason, keeping="the running configuration")
             self.notifier.ready("reload refused; running on the previous configuration")
             return False
@@ -288,6 +313,7 @@ class Daemon:
         self.refresher.apply_settings(new)
         self.scheduler.configure(new, _plugin_classes(new, self._platforms))
         self.alerts.apply_settings(new.alerts, build_channels(new.alerts))
+        self.store_health.alarm_after = new.alerts.store_outage.total_seconds()
         self.hooks.apply_settings(new)
         configure_logging(new.logging)
         log.info("config.reloaded", apps=", ".join(sorted(new.apps)))
@@ -306,6 +332,8 @@ class Daemon:
             self.scheduler.cancel_running()
             await self.scheduler.drain(5)
         self.scheduler.shutdown()
+        if self._monitor is not None:
+            self._monitor.cancel()
         if self._server is not None and self._server_task is not None:
             await stop_server(self._server, self._server_task)
         await self.dispatcher.aclose(grace=5)
@@ -337,6 +365,41 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         return 0
 
+    async def reclaim_dead_leases(self) -> int:
+        """Give back at once the leases of dead processes this one can recognise (its own predecessor
+        after a crash or kill -9), instead of leaving their accounts untouched until the leases expire."""
+        reclaimed = 0
+        for holder in await self.store.lease_holders():
+            if is_dead_predecessor(holder, self.owner):
+                count = await self.store.release_owner(holder)
+                reclaimed += count
+                log.warning("leases.reclaimed", dead_owner=holder, accounts=count)
+        return reclaimed
+
+    def _store_report(self, error: BaseException | None) -> None:
+        """A store failure (or success, None) seen anywhere: alarm once an outage lasts too long."""
+        verdict = self.store_health.report(error)
+        if verdict is not None:
+            self.alerts.store_outage(verdict, self.store_health.outage_seconds(), self.store_health.last_error)
+
+    async def _probe_writes(self) -> BaseException | None:
+        """Whether the store takes a write now (reported to the outage tracker); the error if not."""
+        try:
+            await asyncio.wait_for(self.store.ping(write=True), STORE_PROBE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any failure means writes do not go through
+            self._store_report(exc)
+            return exc
+        self._store_report(None)
+        return None
+
+    async def _store_monitor(self) -> None:
+        """Probe the store while it fails, so an outage is alarmed even when no sweep is due."""
+        while True:
+            every = min(STORE_PROBE_EVERY, max(self.store_health.alarm_after / 3, 0.2))
+            await asyncio.sleep(every)
+            if self.store_health.failing:
+                await self._probe_writes()
+
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
         if not interval:
@@ -349,6 +412,27 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.warning("watchdog.store_unreachable")
             await asyncio.sleep(interval)
+
+
+# Store settings the open store was built with: a reload cannot apply them (lease_ttl and audit_retention
+# are read at each sweep, so they may change).
+_STORE_FIXED = ("url", "encryption_keys", "pool_size", "history_versions")
+
+
+def reload_problem(old: Settings, new: Settings) -> str | None:
+    """Why a valid new config must still not replace the running one on SIGHUP, or None.
+
+    Each case is what a truncated or half-written file looks like, and applying it would quietly stop the
+    daemon's work (no app swept, the admin token refused) or point it at another store mid-run.
+    """
+    if old.apps and not new.apps:
+        return "the new file defines no apps (truncated?); refusing to stop every app - restart to do that"
+    if old.server.admin_token is not None and new.server.admin_token is None:
+        return "the new file has no server.admin_token (truncated?); removing it needs a restart"
+    for name in _STORE_FIXED:
+        if getattr(old.store, name) != getattr(new.store, name):
+            return f"store.{name} cannot change without a restart"
+    return None
 
 
 def _plugin_classes(settings: Settings, platforms: Mapping[str, Platform]) -> dict[str, type[Platform]]:

@@ -1,16 +1,20 @@
 """structlog setup and the redaction processor.
 
 Every log line, whether it comes from structlog or from a stdlib logger (uvicorn, apscheduler, httpx,
-alembic, apprise), goes through one pipeline that ends in :func:`redact_processor`. Redaction works three
-ways, because a secret can hide anywhere:
+alembic, apprise), goes through one pipeline that ends in a :class:`Redactor`, a structlog processor
+object that :func:`configure_logging` configures once with the config's secrets and installs. Redaction
+works three ways, because a secret can hide anywhere:
 
-* by value: every secret handed to :func:`register_secrets` (config secrets, every token we read or
-  receive) is replaced by ``***`` wherever it occurs in any string of the event, nested or not,
-  including exception text and tracebacks;
+* by value: every secret the redactor holds (config secrets, every token we read or receive, added with
+  :meth:`Redactor.add` or :func:`register_secrets`) is replaced by ``***`` wherever it occurs in any string
+  of the event, nested or not, including exception text and tracebacks;
 * by key: the value of a key named like a secret (``access_token``, ``sign``, ``password`` …) is
   replaced whatever it is;
 * by shape: query parameters and ``name=value`` pairs with secret names inside free text, and
   ``Bearer …`` credentials.
+
+uvicorn's access log is off unless ``logging.access_log`` is set; when it is on, the values of ``state``,
+``invite``, ``code`` and every secret-named query parameter are replaced before the line is formatted.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -162,23 +167,6 @@ class _SecretSet:
         return "".join(out)
 
 
-_SECRETS = _SecretSet()
-
-
-def register_secrets(values: Iterable[str | None]) -> None:
-    """Add values to the process-wide redaction set (None, empty and very short values are ignored)."""
-    _SECRETS.add(values)
-
-
-def forget_secrets() -> None:
-    """Empty the redaction set (tests only: a daemon never forgets a secret on purpose)."""
-    _SECRETS.clear()
-
-
-def registered_secret_count() -> int:
-    return len(_SECRETS)
-
-
 def is_secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
@@ -186,9 +174,7 @@ def is_secret_key(key: object) -> bool:
     return name in SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
-def redact_text(text: str) -> str:
-    """Remove every registered secret and every secret-shaped pair from one string."""
-    text = _SECRETS.redact(text)
+def _redact_shapes(text: str) -> str:
     if "=" in text or ":" in text:
         text = _QUERY_PARAM.sub(rf"\1{REDACTED}", text)
         text = _NAMED_PAIR.sub(rf"\1{REDACTED}", text)
@@ -197,47 +183,145 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_value(value: Any) -> Any:
-    """Redact any value: strings, mappings (by key too), sequences, exceptions; other objects by their text.
-
-    The result only holds JSON-friendly types, so no ``repr`` of an unknown object can slip a secret
-    past the redactor inside the renderer.
-    """
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        return {
-            # Keys too: a dict keyed by token (a cache, a batch result) must not leak through its keys.
-            redact_text(str(k)): (REDACTED if is_secret_key(k) and v not in (None, "") else redact_value(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact_value(v) for v in value]
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}")
-    if isinstance(value, bytes):
-        return redact_text(value.decode("utf-8", "replace"))
-    return redact_text(str(value))
-
-
 _OWN_KEYS = frozenset({"timestamp", "level", "logger"})
 
 
-def redact_processor(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """The structlog processor: every key and value of the event, however deep."""
-    for key in list(event_dict):
-        value = event_dict[key]
-        if key.startswith("_") or key in _OWN_KEYS:  # plumbing, or values our own processors wrote
-            continue
-        if is_secret_key(key) and value not in (None, ""):
-            event_dict[key] = REDACTED
-        else:
-            event_dict[key] = redact_value(value)
-    return event_dict
+class Redactor:
+    """The redaction processor: a structlog processor object holding the secrets it removes.
+
+    :func:`configure_logging` builds one with the config's secrets and puts it at the end of every
+    pipeline; code that learns a new secret (a refreshed token, a channel URL) adds it with :meth:`add`.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = (), *, limit: int = MAX_SECRETS) -> None:
+        self._secrets = _SecretSet(limit)
+        self._secrets.add(secrets)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def add(self, values: Iterable[str | None]) -> None:
+        """Remember more secrets (None, empty and very short values are ignored)."""
+        self._secrets.add(values)
+
+    def forget(self) -> None:
+        """Forget every secret (tests only: a daemon never forgets a secret on purpose)."""
+        self._secrets.clear()
+
+    def redact_text(self, text: str) -> str:
+        """Remove every held secret and every secret-shaped pair from one string."""
+        return _redact_shapes(self._secrets.redact(text))
+
+    def redact_value(self, value: Any) -> Any:
+        """Redact any value: strings, mappings (by key too), sequences, exceptions; other objects by their
+        text. The result only holds JSON-friendly types, so no ``repr`` of an unknown object can slip a
+        secret past the redactor inside the renderer."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, Mapping):
+            return {
+                # Keys too: a dict keyed by token (a cache, a batch result) must not leak through its keys.
+                self.redact_text(str(k)): (
+                    REDACTED if is_secret_key(k) and v not in (None, "") else self.redact_value(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.redact_value(v) for v in value]
+        if isinstance(value, dt.datetime | dt.date | dt.time):
+            return value.isoformat()
+        if isinstance(value, BaseException):
+            return self.redact_text(f"{type(value).__name__}: {value}")
+        if isinstance(value, bytes):
+            return self.redact_text(value.decode("utf-8", "replace"))
+        return self.redact_text(str(value))
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        """The structlog processor: every key and value of the event, however deep."""
+        for key in list(event_dict):
+            value = event_dict[key]
+            if key.startswith("_") or key in _OWN_KEYS:  # plumbing, or values our own processors wrote
+                continue
+            if is_secret_key(key) and value not in (None, ""):
+                event_dict[key] = REDACTED
+            else:
+                event_dict[key] = self.redact_value(value)
+        return event_dict
+
+
+# The redactor the installed pipeline uses. Module functions below reach it, so code deep in a refresh or
+# an alert channel can add a token it just learnt without carrying the object around.
+_active = Redactor()
+
+
+def active_redactor() -> Redactor:
+    """The redactor :func:`configure_logging` installed (an empty one before any configuration)."""
+    return _active
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Add values to the installed redactor (None, empty and very short values are ignored)."""
+    _active.add(values)
+
+
+def forget_secrets() -> None:
+    """Empty the installed redactor (tests only: a daemon never forgets a secret on purpose)."""
+    _active.forget()
+
+
+def registered_secret_count() -> int:
+    return len(_active)
+
+
+def redact_text(text: str) -> str:
+    """Remove every registered secret and every secret-shaped pair from one string."""
+    return _active.redact_text(text)
+
+
+def redact_value(value: Any) -> Any:
+    """:meth:`Redactor.redact_value` of the installed redactor."""
+    return _active.redact_value(value)
+
+
+def redact_processor(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """The installed redactor as a plain structlog processor function."""
+    return _active(logger, method, event_dict)
+
+
+# Query parameters of the access log whose values are always replaced (besides every secret-named one):
+# the OAuth state, the invitation token and the authorization code travel in /connect and /callback URLs.
+ACCESS_LOG_SECRET_PARAMS = frozenset({"state", "invite", "code", "sign", "signature", "key", "api_key"})
+
+
+def redact_query(target: str) -> str:
+    """A request target with the values of secret query parameters replaced by ``***``."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    pairs = parse_qsl(query, keep_blank_values=True)
+    cleaned = [(name, REDACTED if _secret_param(name) and value else value) for name, value in pairs]
+    return f"{path}?{urlencode(cleaned, safe='*')}"
+
+
+def _secret_param(name: str) -> bool:
+    lowered = name.lower().replace("-", "_")
+    return lowered in ACCESS_LOG_SECRET_PARAMS or is_secret_key(lowered) or lowered.endswith("_key")
+
+
+class _AccessLogRedaction(logging.Filter):
+    """Rewrites uvicorn's access records (``client, method, target, version, status``) so the target's
+    secret query values never reach a handler, whatever the formatter does with the arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+_ACCESS_FILTER = _AccessLogRedaction()
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -290,12 +374,20 @@ def _drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventD
     return event_dict
 
 
-def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
+def configure_logging(
+    settings: LoggingSettings, secrets: Iterable[str] = (), *, redactor: Redactor | None = None
+) -> Redactor:
     """Send every log line (structlog and stdlib) through redaction to stderr, as JSON lines or for humans.
 
-    Safe to call again (a config reload): the previous handler is replaced, not stacked.
+    ``redactor`` (default: the one already installed) is given ``secrets`` and becomes the pipeline's
+    last processor before rendering; it is returned. Safe to call again (a config reload): the previous
+    handler is replaced, not stacked, and the access log follows ``settings.access_log`` again.
     """
-    register_secrets(secrets)
+    global _active
+    if redactor is not None:
+        _active = redactor
+    redactor = _active
+    redactor.add(secrets)
     level = _LEVELS[settings.level]
     renderer: Processor
     if settings.format == "console":
@@ -318,7 +410,7 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
         foreign_pre_chain=[*shared, _drop_color_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            redact_processor,
+            redactor,
             renderer,
         ],
     )
@@ -331,14 +423,32 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
     root.addHandler(handler)
     root.setLevel(level)
     # (Not "sqlalchemy": it pins its own logger to WARNING on import, and inheriting INFO would log SQL.)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler", "alembic"):
+    for name in ("uvicorn", "uvicorn.error", "apscheduler", "alembic"):
         lib = logging.getLogger(name)
         # Their records reach the root handler (and only it): no second, unredacted copy.
         lib.handlers.clear()
         lib.propagate = True
         lib.setLevel(logging.NOTSET)
+    _configure_access_log(settings.access_log)
     for name, quiet in _QUIET.items():
         logging.getLogger(name).setLevel(max(quiet, level))
+    return redactor
+
+
+def _configure_access_log(enabled: bool) -> None:
+    """uvicorn's access log writes every request target, query included: off unless asked for, and when
+    asked for, with secret query values replaced. uvicorn decides per connection by ``hasHandlers()``, so
+    a logger that neither propagates nor has handlers is silent even though uvicorn was told nothing."""
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.removeFilter(_ACCESS_FILTER)
+    if enabled:
+        access.addFilter(_ACCESS_FILTER)
+        access.propagate = True
+        access.setLevel(logging.NOTSET)
+    else:
+        access.propagate = False
+        access.setLevel(logging.CRITICAL + 1)
 
 
 def reset_logging() -> None:

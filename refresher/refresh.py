@@ -59,6 +59,9 @@ CONFIG_ERROR_RETRY = dt.timedelta(minutes=30)  # the operator must act; retry sl
 # takes them.
 SAVE_RETRY_FIRST = 0.2
 SAVE_RETRY_MAX = 5.0
+# A lease that could not be given back because the store failed is asked for again this many times
+# (0.2 s, then doubling): after that it is left to expire, and the daemon alarms if the token expires first.
+RELEASE_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class RefreshListener(Protocol):
 
 
 Sleep = Callable[[float], Awaitable[None]]
+StoreTrouble = Callable[[StoreError | None], None]  # told of each store failure, and None on each success
 
 
 class Refresher:
@@ -143,6 +147,7 @@ class Refresher:
         listeners: Sequence[RefreshListener] = (),
         sleep: Sleep = asyncio.sleep,
         batch_size: int | None = None,
+        on_store: StoreTrouble | None = None,
     ) -> None:
         self.store = store
         self.platforms = dict(platforms)
@@ -151,6 +156,7 @@ class Refresher:
         self.listeners = list(listeners)
         self._sleep = sleep
         self._batch_size = batch_size
+        self._on_store = on_store
         self._stopping = asyncio.Event()
         self.policies: dict[str, AppPolicy] = {}
         self._limiters: dict[str, AsyncLimiter] = {}
@@ -213,11 +219,19 @@ class Refresher:
         semaphore = asyncio.Semaphore(concurrency)
 
         async def one(account: Account) -> RefreshResult:
-            async with semaphore:
-                if self.stopping:
-                    await self._release(account)
-                    return RefreshResult(account, "skipped")
-                return await self.refresh_leased(account)
+            try:
+                async with semaphore:
+                    if self.stopping:
+                        await self._release(account)
+                        return RefreshResult(account, "skipped")
+                    return await self.refresh_leased(account)
+            except StoreError as exc:
+                # Whatever step the store refused (a settle, a release, a re-read), this claimed account is
+                # not left leased by a sweep that went on: give its lease back, or let it expire and alarm.
+                log.error("refresh.store_failed", app=account.app, account=account.key, error=str(exc))
+                self._store_trouble(exc)
+                await self._release_hard(account)
+                return RefreshResult(account, "failure")
 
         return list(await asyncio.gather(*(one(a) for a in accounts)))
 
@@ -275,6 +289,14 @@ class Refresher:
             await self.store.mark_refresh_started(account.id, self.owner)
         except LeaseLost:
             return RefreshResult(account, "skipped")
+        except StoreError as exc:
+            # Nothing went to the platform yet, so giving the lease back loses nothing: the next sweep
+            # claims the account again (a lease kept until it expired let the token expire unnoticed).
+            log.error("refresh.not_started", app=account.app, account=account.key, error=str(exc))
+            self._store_trouble(exc)
+            await self._release_hard(account)
+            return RefreshResult(account, "failure", None, 0, _ms(started))
+        self._store_trouble(None)
 
         tally = [0]  # attempts made so far, still readable when the call raises (audit, logs, alarms)
         try:
@@ -466,6 +488,36 @@ class Refresher:
     async def _release(self, account: Account) -> None:
         with contextlib.suppress(LeaseLost):  # someone else's now: nothing of ours to release
             await self.store.release(account.id, self.owner)
+
+    async def _release_hard(self, account: Account) -> bool:
+        """Give a lease back through a failing store: asked again RELEASE_ATTEMPTS times; True when done."""
+        delay = SAVE_RETRY_FIRST
+        for attempt in range(1, RELEASE_ATTEMPTS + 1):
+            try:
+                await self._release(account)
+            except AccountNotFound:
+                return True  # deleted meanwhile: no lease left to give back
+            except StoreError as exc:
+                self._store_trouble(exc)
+                if attempt == RELEASE_ATTEMPTS:
+                    log.error(
+                        "refresh.lease_stranded",
+                        app=account.app,
+                        account=account.key,
+                        error=str(exc),
+                        detail="the lease expires by itself; an alarm is raised if the token expires first",
+                    )
+                    return False
+                await self._sleep(delay)
+                delay = min(delay * 2, SAVE_RETRY_MAX)
+            else:
+                self._store_trouble(None)
+                return True
+        return False  # pragma: no cover - the loop returns
+
+    def _store_trouble(self, error: StoreError | None) -> None:
+        if self._on_store is not None:
+            self._on_store(error)
 
     def _audit_entry(
         self, account: Account, outcome: str, duration: int, attempts: int, error: RefresherError | None

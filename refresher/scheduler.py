@@ -77,6 +77,7 @@ class ScheduleMargin:
     refresh_before: dt.timedelta
     max_gap: dt.timedelta
     retry_budget: dt.timedelta
+    lease_ttl: dt.timedelta = dt.timedelta(0)
 
     @property
     def margin(self) -> dt.timedelta:
@@ -85,8 +86,19 @@ class ScheduleMargin:
         return self.refresh_before - self.max_gap - self.retry_budget
 
     @property
+    def crash_margin(self) -> dt.timedelta:
+        """Worst case after a crash: the worker that claimed the account died holding its lease, and no
+        successor recognised it (another host, a new container), so the account waits out the lease
+        (``lease_ttl``) and up to one more ``max_gap`` before another worker's refresh can start."""
+        return self.margin - self.lease_ttl - self.max_gap
+
+    @property
     def safe(self) -> bool:
         return self.margin > dt.timedelta(0)
+
+    @property
+    def crash_safe(self) -> bool:
+        return self.crash_margin > dt.timedelta(0)
 
 
 def schedule_margins(
@@ -99,7 +111,11 @@ def schedule_margins(
             continue
         policy = AppPolicy.resolve(app, cls, settings.store.lease_ttl)
         gap = max_tick_gap(build_trigger(app, cls), now)
-        margins.append(ScheduleMargin(name, schedule_of(app, cls), policy.refresh_before, gap, policy.retry_budget))
+        margins.append(
+            ScheduleMargin(
+                name, schedule_of(app, cls), policy.refresh_before, gap, policy.retry_budget, policy.lease_ttl
+            )
+        )
     return margins
 
 

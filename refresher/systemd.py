@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 
+NOTIFY_TIMEOUT = 0.25  # seconds a notification may wait for room in the receiver's queue
+
 
 class Notifier:
     def __init__(self, env: dict[str, str] | None = None) -> None:
@@ -32,6 +34,9 @@ class Notifier:
             address = "\0" + address[1:]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # A receiver that stopped reading fills its queue (10 datagrams by default) and a blocking
+                # send would then freeze the daemon's event loop: give up on the message instead.
+                sock.settimeout(NOTIFY_TIMEOUT)
                 sock.connect(address)
                 sock.sendall("\n".join(lines).encode())
         except OSError:

@@ -47,6 +47,7 @@ from refresher.config import Settings, parse_config
 from refresher.domain import AccountStatus, SystemClock
 from refresher.platforms.base import make_http_client
 from refresher.sandbox import SandboxServer
+from refresher.sandbox.core import Lifetimes
 from refresher.store import open_store
 from refresher.store.base import Account
 
@@ -387,3 +388,103 @@ async def test_embedded_server_answers_without_the_nagle_delay() -> None:
             (await client.get(f"{sandbox.url}/_sandbox/health")).raise_for_status()
             timings.append(asyncio.get_running_loop().time() - started)
     assert statistics.median(timings[1:]) < 0.03, timings  # the first one includes the connect
+
+
+async def test_a_restart_takes_back_the_leases_of_its_killed_predecessor_at_once(tmp_path: Path) -> None:
+    """kill -9 while the daemon holds leases (one refresh out, two claimed and waiting), restart: the new
+    process recognises its dead predecessor's owner id and every account is refreshed in its first sweeps,
+    not after the 10-minute lease."""
+    lifetimes = {"shopee": Lifetimes(access=dt.timedelta(seconds=40), refresh=dt.timedelta(days=30))}
+    async with SandboxServer(lifetimes=lifetimes, fault_delay=120) as sandbox:
+        document = {
+            "store": {"url": f"sqlite:///{tmp_path / 'tokens.db'}"},  # lease_ttl: the 10-minute default
+            "server": {"enabled": False},
+            "logging": {"level": "info", "format": "json"},
+            "apps": {
+                "shopee": {
+                    **sandbox.app_config("shopee"),
+                    "interval": "1s",
+                    "refresh_before": "39s",  # due one second after each grant or refresh
+                    "timeout": "60s",
+                    "concurrency": 1,
+                    "retry": {"attempts": 1},
+                }
+            },
+        }
+        config = tmp_path / "refresher.yaml"
+        config.write_text(yaml.safe_dump(document))
+        settings = parse_config(config.read_text(), file=str(config), credential_models=platforms.credential_models())
+        store = open_store(settings.store, SystemClock())
+        await store.open()
+        http = make_http_client()
+        try:
+            plugin = platforms.get("shopee")(settings.apps["shopee"], http=http)
+            for _ in range(3):
+                pkce = plugin.pkce_pair()
+                params = await sandbox.approve(plugin.authorize_url("s", plugin.app.redirect_uri, pkce))
+                for grant in await plugin.exchange_code(params, pkce, plugin.app.redirect_uri):
+                    await store.upsert_grant("shopee", "shopee", grant)
+        finally:
+            await http.aclose()
+        before = {a.key: a.version for a in await store.list(limit=10)}
+        assert len(before) == 3
+
+        logs: list[dict[str, Any]] = []
+
+        async def start() -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "refresher", "run", "-c", str(config),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+
+            async def read() -> None:
+                assert proc.stderr is not None
+                async for raw in proc.stderr:
+                    with contextlib.suppress(ValueError):
+                        logs.append(json.loads(raw))
+
+            return proc, asyncio.create_task(read())
+
+        sandbox.set_faults("shopee:refresh:timeout")  # the refresh call hangs: the lease stays held
+        first, reader = await start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while True:
+                accounts = await store.list(limit=10)
+                if all(a.lease_owner for a in accounts) and any(a.refresh_started_at for a in accounts):
+                    break
+                assert loop.time() < deadline, [(a.key, a.lease_owner) for a in accounts]
+                await asyncio.sleep(0.1)
+            dead_owner = accounts[0].lease_owner
+            assert dead_owner and all(a.lease_owner == dead_owner for a in accounts)
+            assert all(
+                a.lease_expires_at and a.lease_expires_at > SystemClock().now() + dt.timedelta(minutes=5)
+                for a in accounts
+            )
+        finally:
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            await reader
+
+        sandbox.set_faults(None)
+        second, reader = await start()
+        try:
+            restarted = loop.time()
+            while True:
+                accounts = await store.list(limit=10)
+                if all(a.version > before[a.key] for a in accounts):
+                    break
+                # A sweep a second: well within 20 s, where waiting for the dead lease would take 10 min.
+                assert loop.time() - restarted < 20, [(a.key, a.version, a.lease_owner) for a in accounts]
+                await asyncio.sleep(0.2)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.wait(), 30) == 0
+            await reader
+            await store.close()
+        reclaimed = [e for e in logs if e.get("event") == "leases.reclaimed"]
+        assert [(e["dead_owner"], e["accounts"]) for e in reclaimed] == [(dead_owner, 3)], reclaimed
+        assert all(a.status is AccountStatus.ACTIVE and a.consecutive_failures == 0 for a in accounts)
+        assert not any(k.endswith(".reuse") and v for k, v in sandbox.state.counters.items())

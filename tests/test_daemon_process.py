@@ -318,3 +318,88 @@ async def collect_current_tokens(run: Run) -> dict[str, int]:
         return recorded
     finally:
         await store.close()
+
+
+async def test_reload_keeps_the_access_log_off_and_refuses_files_that_would_stop_the_work(run: Run) -> None:
+    """A real daemon and real SIGHUPs: after a good reload no request target reaches the log; an operator
+    who turns the access log on gets one line per request with the state, invitation and code replaced;
+    a reload without apps, without the admin token, or on another store is refused with one line."""
+    state, code, invite = "state-" + os.urandom(8).hex(), "code-" + os.urandom(8).hex(), "1a2b." + "Q" * 43
+    run.secrets.update({state, code, invite})
+    await run.start()
+    await run.notifications("READY=1")
+    assert run.proc is not None
+    admin = {"authorization": f"Bearer {run.admin_token}"}
+
+    async def requests(_: httpx.AsyncClient) -> None:
+        # A new connection each time: uvicorn decides whether to log a connection's requests when it opens.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.port}") as client:
+            await requests_on(client)
+
+    async def requests_on(client: httpx.AsyncClient) -> None:
+        await client.get("/connect/shopee", params={"invite": invite, "page": "2"})
+        await client.get("/callback/shopee", params={"state": state, "code": code, "shop_id": "77"})
+        await client.get("/readyz", params={"partner_key": "pk-" + "z" * 12, "x_api_key": "k" * 16})
+        run.secrets.add("pk-" + "z" * 12)
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.port}") as client:
+        for _ in range(100):
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+
+        # A good reload that changes nothing about logging: the access log stays off.
+        mark = len(run.stderr)
+        run.document["apps"]["tiktok"]["interval"] = "2s"
+        run.write()
+        run.proc.send_signal(signal.SIGHUP)
+        await run.wait_event("config.reloaded", after=mark)
+        await requests(client)
+        await asyncio.sleep(0.5)
+        assert not [e for e in run.events()[mark:] if e.get("logger") == "uvicorn.access"], run.stderr[mark:]
+
+        # The operator turns it on: one line per request, secret values replaced, the rest kept.
+        mark = len(run.stderr)
+        run.document["logging"]["access_log"] = True
+        run.write()
+        run.proc.send_signal(signal.SIGHUP)
+        await run.wait_event("config.reloaded", after=mark)
+        await requests(client)
+        await asyncio.sleep(0.5)
+        access = [e["event"] for e in run.events()[mark:] if e.get("logger") == "uvicorn.access"]
+        assert len(access) == 3, run.stderr[mark:]
+        assert "invite=***" in access[0] and "page=2" in access[0]
+        assert "state=***" in access[1] and "code=***" in access[1] and "shop_id=77" in access[1]
+        assert "partner_key=***" in access[2] and "x_api_key=***" in access[2]
+
+        # Files that would quietly stop the daemon's work are refused, one line each. (Nobody reads the
+        # notify socket from here on: its queue fills, and the daemon must keep answering all the same.)
+        without_apps = {k: v for k, v in run.document.items() if k != "apps"}
+        truncated = {
+            "no apps key": (yaml.safe_dump(without_apps), "no apps"),
+            "empty apps": (yaml.safe_dump({**without_apps, "apps": {}}), "no apps"),
+            "no admin token": (yaml.safe_dump({**run.document, "server": {"port": run.port}}), "admin_token"),
+            "another store": (
+                yaml.safe_dump({**run.document, "store": {"url": f"sqlite:///{run.tmp / 'other.db'}"}}),
+                "store.url",
+            ),
+        }
+        for what, (text, fragment) in truncated.items():
+            mark = len(run.stderr)
+            run.write(text)
+            run.proc.send_signal(signal.SIGHUP)
+            refused = await run.wait_event("config.reload_refused", after=mark)
+            assert fragment in refused["reason"] and str(run.config) in refused["reason"], (what, refused)
+            assert "\n" not in refused["reason"]
+            assert not [e for e in run.events()[mark:] if e.get("event") == "config.reloaded"], what
+            # Still running on the previous file: the admin token still opens the admin API.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.port}", timeout=15) as fresh:
+                answer = await fresh.get("/v1/accounts", headers=admin)
+            assert answer.status_code == 200, (what, answer.text, run.stderr[mark:])
+        assert not (run.tmp / "other.db").exists()
+
+    run.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(run.proc.wait(), 30) == 0
+    await run._reader
+    assert_no_secret(["\n".join(run.stderr)], run.secrets, "the log")

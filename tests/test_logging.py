@@ -19,9 +19,12 @@ from hypothesis import strategies as st
 from refresher.config import LoggingSettings
 from refresher.logging import (
     REDACTED,
+    Redactor,
     _SecretSet,
+    active_redactor,
     configure_logging,
     forget_secrets,
+    redact_query,
     redact_text,
     redact_value,
     register_secrets,
@@ -225,3 +228,60 @@ def test_secret_in_a_mapping_key_is_redacted() -> None:
         assert redact_value({ACCESS: 1, "nested": {"k": [ACCESS]}}) == {REDACTED: 1, "nested": {"k": [REDACTED]}}
     finally:
         forget_secrets()
+
+
+def test_a_configured_redactor_object_is_the_pipeline_processor(capsys: pytest.CaptureFixture[str]) -> None:
+    """The redactor is an object configured with the secrets; the pipeline uses that very object."""
+    own = Redactor([PARTNER_KEY])
+    installed = configure_logging(LoggingSettings(level="info"), secrets=[ACCESS], redactor=own)
+    try:
+        assert installed is own and active_redactor() is own and len(own) == 2
+        own.add([REFRESH])
+        structlog.get_logger("t").info("seen", values=[PARTNER_KEY, ACCESS, REFRESH])
+        line = json.loads(capsys.readouterr().err.splitlines()[-1])
+        assert line["values"] == [REDACTED, REDACTED, REDACTED]
+        # Another redactor knows none of them: the secrets live in the object, not in the module.
+        assert Redactor().redact_text(f"x {ACCESS}") == f"x {ACCESS}"
+    finally:
+        reset_logging()
+        own.forget()
+        configure_logging(LoggingSettings(), redactor=Redactor())
+        reset_logging()
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/connect/a?invite=1a.QQQ&page=2", "/connect/a?invite=***&page=2"),
+        ("/callback/a?state=s1&code=c1&shop_id=77", "/callback/a?state=***&code=***&shop_id=77"),
+        ("/x?partner_key=k&api_key=k&x_app_secret=s&sign=abc&my_token=t", None),
+        ("/readyz", "/readyz"),
+        ("/x?state=", "/x?state="),
+    ],
+)
+def test_access_log_targets_lose_their_secret_query_values(target: str, expected: str | None) -> None:
+    out = redact_query(target)
+    if expected is None:
+        assert out.count("=***") == 5 and "=k" not in out and "=t" not in out
+    else:
+        assert out == expected
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_access_log_follows_the_setting_across_reconfiguration(
+    capsys: pytest.CaptureFixture[str], enabled: bool
+) -> None:
+    access = logging.getLogger("uvicorn.access")
+    try:
+        configure_logging(LoggingSettings(level="info", access_log=True))
+        configure_logging(LoggingSettings(level="info", access_log=enabled))  # a reload
+        assert access.hasHandlers() is enabled  # what uvicorn asks before logging a connection
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", "/callback/a?state=s3cr3tstate&x=1", "1.1", 200)
+        err = capsys.readouterr().err
+    finally:
+        reset_logging()
+    if enabled:
+        (line,) = [json.loads(x) for x in err.splitlines()]
+        assert line["event"] == '127.0.0.1:1 - "GET /callback/a?state=***&x=1 HTTP/1.1" 200'
+    else:
+        assert err == ""

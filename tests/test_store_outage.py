@@ -12,6 +12,7 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
+import pytest
 import structlog.testing
 import yaml
 
@@ -20,6 +21,7 @@ from refresher.config import Settings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
 from refresher.sandbox import SandboxServer
+from refresher.store import engine
 
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
@@ -89,5 +91,109 @@ async def test_rotated_tokens_are_kept_until_a_failing_store_takes_them(tmp_path
             assert after.tokens.refresh_token in current
             assert (await daemon.refresher.refresh_now("shopee", key)).outcome == "success"
             assert not any(k.endswith(".reuse") and v for k, v in sandbox.state.counters.items())
+        finally:
+            await daemon.stop(grace=5)
+
+
+def outage_settings(sandbox: SandboxServer, db: Path) -> Settings:
+    document = {
+        "store": {"url": f"sqlite:///{db}"},
+        "server": {"enabled": False},
+        "logging": {"level": "warning", "format": "json"},
+        "alerts": {"store_outage": "1s"},
+        "apps": {"shopee": {**sandbox.app_config("shopee"), "retry": {"attempts": 2, "initial_delay": "10ms"}}},
+    }
+    return parse_config(yaml.safe_dump(document), file="outage.yaml", credential_models=platforms.credential_models())
+
+
+class Locker:
+    """Another connection holding SQLite's write lock (BEGIN IMMEDIATE), as a long writer would."""
+
+    def __init__(self, db: Path) -> None:
+        self.conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    def lock(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def unlock(self) -> None:
+        self.conn.execute("COMMIT")
+
+    async def hold(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.unlock()
+
+
+async def test_a_store_locked_past_its_busy_timeout_settles_the_account_and_alarms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write lock is held by another connection from just after the claim, longer than the busy
+    timeout (shortened to 0.4 s so the test is quick; the lock and its timeout are SQLite's own): the refresh
+    cannot be marked started, so it is not sent; the lease is given back once the store takes writes, the
+    outage is alarmed once it lasted past alerts.store_outage, and said resolved when it ends."""
+    monkeypatch.setattr(engine, "_SQLITE_BUSY_TIMEOUT_MS", 400)
+    clock = FakeClock(T0)
+    db = tmp_path / "tokens.db"
+    async with SandboxServer(clock=clock, seed=5) as sandbox:
+        daemon = Daemon(outage_settings(sandbox, db), clock=clock)
+        await daemon.start(schedule=False)
+        locker = Locker(db)
+        try:
+            key = await onboard(daemon, sandbox)
+            policy = daemon.refresher.policies["shopee"]
+            claimed = await daemon.store.claim("shopee", key, daemon.owner, policy.lease_ttl)
+            assert claimed is not None
+            refreshes_before = sandbox.state.counters.get("shopee.refresh", 0)
+
+            locker.lock()
+            with structlog.testing.capture_logs() as logged:
+                result, _ = await asyncio.gather(daemon.refresher.refresh_leased(claimed), locker.hold(3.0))
+
+            assert result.outcome == "failure"
+            events = [(e["event"], e.get("kind"), e.get("cause")) for e in logged]
+            assert ("refresh.not_started", None, None) in events
+            alarms = [e for e in logged if e["event"] == "alert" and e.get("cause") == "store_unavailable"]
+            assert [e["kind"] for e in alarms] == ["alarm", "resolved"], events
+            # Settled: not leased, not marked as a refresh in flight, nothing sent to the platform.
+            after = await daemon.store.get("shopee", key)
+            assert after is not None and after.lease_owner is None and after.refresh_started_at is None
+            assert after.status is AccountStatus.ACTIVE and after.version == claimed.version
+            assert sandbox.state.counters.get("shopee.refresh", 0) == refreshes_before
+            assert not daemon.store_health.failing
+            # The next sweep refreshes it as usual.
+            clock.advance(dt.timedelta(days=1))
+            assert (await daemon.refresher.sweep("shopee")).succeeded == 1
+
+            # /readyz says so while another connection holds the lock, and is ready again after.
+            locker.lock()
+            try:
+                problems = await daemon.readiness()
+            finally:
+                locker.unlock()
+            assert problems.get("store", "").startswith("refuses writes"), problems
+            assert "store" not in await daemon.readiness()
+        finally:
+            locker.conn.close()
+            await daemon.stop(grace=5)
+
+
+async def test_a_token_that_expires_while_another_worker_holds_it_raises_an_alarm(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    async with SandboxServer(clock=clock, seed=5) as sandbox:
+        daemon = Daemon(outage_settings(sandbox, tmp_path / "tokens.db"), clock=clock)
+        await daemon.start(schedule=False)
+        try:
+            key = await onboard(daemon, sandbox)
+            # A worker that claimed the account and then hung (its lease outlives the token).
+            assert await daemon.store.claim("shopee", key, "stuck-worker", dt.timedelta(days=1)) is not None
+            account = await daemon.store.get("shopee", key)
+            assert account is not None and account.tokens is not None
+            clock.set(account.tokens.access_expires_at + dt.timedelta(seconds=1))
+            with structlog.testing.capture_logs() as logged:
+                await daemon.tick("shopee")
+            alarms = [e for e in logged if e["event"] == "alert" and e.get("cause") == "expired_while_leased"]
+            assert [(e["kind"], e["account"]) for e in alarms] == [("alarm", key)], logged
+            with structlog.testing.capture_logs() as logged:
+                await daemon.tick("shopee")  # deduplicated: once per repeat_every
+            assert not [e for e in logged if e["event"] == "alert"], logged
         finally:
             await daemon.stop(grace=5)

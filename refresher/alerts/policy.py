@@ -29,8 +29,10 @@ FAILURES = "failures"
 REAUTH_REQUIRED = "reauth_required"
 CONFIG_ERROR = "config_error"
 REFRESH_EXPIRING = "refresh_expiring"
+EXPIRED_WHILE_LEASED = "expired_while_leased"  # a worker held the account while its access token died
+STORE_UNAVAILABLE = "store_unavailable"  # the store refused writes for longer than alerts.store_outage
 # A successful refresh proves these wrong; an expiring refresh token is only fixed by re-authorization.
-_RESOLVED_BY_SUCCESS = (FAILURES, REAUTH_REQUIRED, CONFIG_ERROR)
+_RESOLVED_BY_SUCCESS = (FAILURES, REAUTH_REQUIRED, CONFIG_ERROR, EXPIRED_WHILE_LEASED)
 
 ReauthLink = Callable[[str, str], "str | None"]
 
@@ -109,6 +111,34 @@ class AlertPolicy:
                 continue
             message = self._account_message("reauth_soon", REFRESH_EXPIRING, account, now)
             await self._raise(account.app, account.key, REFRESH_EXPIRING, message)
+
+    async def check_expired_while_leased(self, accounts: Sequence[Account]) -> None:
+        """Alarm (again every ``repeat_every``) for active accounts whose access token expired while a lease
+        held them: no refresh could run, and nothing else would say so."""
+        now = self.clock.now()
+        for account in accounts:
+            message = self._account_message("alarm", EXPIRED_WHILE_LEASED, account, now)
+            await self._raise(account.app, account.key, EXPIRED_WHILE_LEASED, message)
+
+    def store_outage(self, kind: str, seconds: float, error: str | None) -> None:
+        """Say that the store has refused writes for ``seconds`` (``kind="alarm"``) or takes them again
+        (``"resolved"``). Not deduplicated through the store, which is what is failing: the caller sends
+        each once per outage."""
+        now = self.clock.now()
+        detail = f"the token store has refused writes for {seconds:.0f} s" if kind == "alarm" else None
+        message = AlarmMessage(
+            kind=kind,
+            cause=STORE_UNAVAILABLE,
+            app="*",
+            platform="refresher",
+            account_key="store",
+            account_name="token store",
+            at=now,
+            error_class="store",
+            error_message=redact_text(f"{detail}: {error}" if detail and error else detail or "") or None,
+        )
+        log.warning("alert", kind=kind, cause=STORE_UNAVAILABLE, app="*", account="store", seconds=round(seconds))
+        self._send(message)
 
     async def remind(self, app: str) -> None:
         """Follow up open alarms that no refresh event will ever revisit (run after each sweep).

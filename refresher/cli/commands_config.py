@@ -30,6 +30,13 @@ def config_warnings(settings: Settings, margins: Sequence[ScheduleMargin]) -> li
                 f"{format_duration(margin.refresh_before)}: a token could expire unrefreshed; tick more often "
                 "or widen refresh_before"
             )
+        elif not margin.crash_safe:
+            warnings.append(
+                f"apps.{margin.app}: a worker that dies holding a lease no successor recognises keeps the "
+                f"account for the lease ({format_duration(margin.lease_ttl)}: store.lease_ttl, at least 1.5 x "
+                f"the retry budget + 30s), longer than refresh_before {format_duration(margin.refresh_before)} "
+                "allows: after such a crash a token could expire unrefreshed; widen refresh_before"
+            )
     for name, app in settings.apps.items():
         if app.redirect_uri and not _safe_redirect(app.redirect_uri):
             warnings.append(
@@ -71,7 +78,9 @@ def check_config(config_path: str | None, strict: bool) -> None:
     for margin in margins:
         click.echo(
             f"  {margin.app}: schedule {margin.schedule}, refresh_before {format_duration(margin.refresh_before)}, "
-            f"worst-case margin {format_duration(margin.margin) if margin.safe else 'NONE'}"
+            f"worst-case margin {format_duration(margin.margin) if margin.safe else 'NONE'}, "
+            f"after a crash {format_duration(margin.crash_margin) if margin.crash_safe else 'NONE'} "
+            f"(lease {format_duration(margin.lease_ttl)})"
         )
     warnings = config_warnings(settings, margins)
     for warning in warnings:

@@ -20,8 +20,14 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def start_server(app: Any, host: str, port: int) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
-    """Start serving ``app``; returns the server, its task and the bound port (``port=0`` picks one)."""
+async def start_server(
+    app: Any, host: str, port: int, *, access_log: bool = False
+) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
+    """Start serving ``app``; returns the server, its task and the bound port (``port=0`` picks one).
+
+    ``access_log=False`` makes uvicorn silence its access logger; with True it leaves the logger as
+    :func:`refresher.logging.configure_logging` set it (propagating, with secret query values redacted).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the socket says
     # it is TCP (proto 0 does not), and without it every response waited ~40 ms for Nagle + delayed ACK.
@@ -34,7 +40,7 @@ async def start_server(app: Any, host: str, port: int) -> tuple[EmbeddedServer, 
     config = uvicorn.Config(
         app,
         log_config=None,
-        access_log=False,
+        access_log=access_log,
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=5,

@@ -134,8 +134,9 @@ class Lifecycle(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ping(self) -> None:
-        """Raise :class:`StoreError` when the database cannot be reached (for ``/readyz``)."""
+    async def ping(self, *, write: bool = False) -> None:
+        """Raise :class:`StoreError` when the database cannot be reached, or with ``write`` when it would
+        not take a write now (locked past its busy timeout, read-only) (for ``/readyz``)."""
 
 
 class SchemaAdmin(Protocol):
@@ -231,6 +232,16 @@ class LeaseStore(Protocol):
 
     async def release(self, account_id: int, owner: str) -> None:
         """Give a lease back without changing anything else (shutdown, nothing to do)."""
+
+    async def lease_holders(self) -> Sequence[str]:
+        """The distinct owners holding a lease on any account (expired leases included)."""
+
+    async def release_owner(self, owner: str) -> int:
+        """Give back every lease ``owner`` holds (a dead process's), keeping ``refresh_started_at`` so an
+        interrupted refresh is still recognised; returns how many."""
+
+    async def expired_while_leased(self, app: str, limit: int = 100) -> Sequence[Account]:
+        """Active accounts of ``app`` that are leased although their access token has expired."""
 
 
 class HistoryStore(Protocol):

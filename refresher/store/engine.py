@@ -155,10 +155,20 @@ class SqlDatabase:
             await self._engine.dispose()
             self._engine = None
 
-    async def ping(self) -> None:
+    async def ping(self, *, write: bool = False) -> None:
         self._connect()
-        async with self._tx() as conn:
-            await conn.execute(text("SELECT 1"))
+        if not write:
+            async with self._tx() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        # A write probe: on SQLite a write transaction takes the write lock at BEGIN (so a store locked
+        # past its busy timeout fails here); PostgreSQL says whether this session may write at all (a
+        # standby after a failover, default_transaction_read_only).
+        async with self._tx(write=True) as conn:
+            if self._backend == "sqlite":
+                await conn.execute(text("SELECT 1"))
+            elif (await conn.execute(text("SELECT current_setting('transaction_read_only')"))).scalar() == "on":
+                raise StoreError("the store is read-only: transactions cannot write")
 
     def _connect(self) -> None:
         if self._engine is not None:

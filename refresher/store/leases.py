@@ -149,6 +149,37 @@ class SqlLeases(SqlHistory, SqlAudit):
                 update(accounts).where(accounts.c.id == account_id).values(lease_owner=None, lease_expires_at=None)
             )
 
+    async def lease_holders(self) -> Sequence[str]:
+        c = accounts.c
+        async with self._tx() as conn:
+            rows = await conn.execute(select(c.lease_owner).where(c.lease_owner.is_not(None)).distinct())
+            return [str(owner) for owner in rows.scalars()]
+
+    async def release_owner(self, owner: str) -> int:
+        c = accounts.c
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(accounts).where(c.lease_owner == owner).values(lease_owner=None, lease_expires_at=None)
+            )
+            return int(result.rowcount or 0)
+
+    async def expired_while_leased(self, app: str, limit: int = 100) -> Sequence[Account]:
+        c = accounts.c
+        now = self.clock.now()
+        query = (
+            select(accounts)
+            .where(
+                c.app == app,
+                c.status == str(AccountStatus.ACTIVE),
+                c.lease_owner.is_not(None),
+                c.access_expires_at <= now,
+            )
+            .order_by(c.access_expires_at, c.id)
+            .limit(limit)
+        )
+        async with self._tx() as conn:
+            return [self._codec.account(row) for row in await conn.execute(query)]
+
     async def _leased(self, conn: AsyncConnection, account_id: int, owner: str) -> Row[Any]:
         """The account row, locked, if ``owner`` still holds its lease; else :class:`LeaseLost`.
 
