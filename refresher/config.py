@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from refresher.domain import ConfigError, UnknownApp
+
 # ------------------------------------------------------------------------------------------ errors
 
 
@@ -48,7 +50,7 @@ class ConfigProblem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(ConfigError):
     """A config file cannot be used. ``str()`` is one line per problem, never a secret."""
 
     def __init__(self, problems: Sequence[ConfigProblem]) -> None:
@@ -326,7 +328,7 @@ class Settings(_Strict):
             return self.apps[name]
         except KeyError:
             known = ", ".join(sorted(self.apps)) or "none"
-            raise KeyError(f"unknown app {name!r} (configured: {known})") from None
+            raise UnknownApp(f"unknown app {name!r} (configured: {known})") from None
 
     def secrets(self) -> list[str]:
         """Every secret value in these settings (for tests and the log redactor)."""

@@ -22,6 +22,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from refresher.domain import RefresherError
+
 PREFIX = "enc:v1:"
 _NONCE_BYTES = 12
 # A fixed salt is fine here: the salt's job (defeating precomputed tables across installations) matters
@@ -29,7 +31,7 @@ _NONCE_BYTES = 12
 _SCRYPT_SALT = b"refresher/token-key/v1"
 
 
-class CryptoError(Exception):
+class CryptoError(RefresherError):
     """A value cannot be decrypted or a key is unusable. Messages never carry a token or a key."""
 
 

@@ -3,6 +3,41 @@
 This module imports nothing of the project. Everything here is plain data: no I/O, no globals.
 All times are timezone-aware UTC; a :class:`Clock` is passed in wherever "now" matters, so tests and
 soak runs can drive simulated time.
+
+Errors
+------
+Every error refresher raises on purpose derives from :class:`RefresherError`, so a library user catches
+that one class (or a branch of it). No message carries a secret. The tree, with the module of each class:
+
+    RefresherError                  domain             root: .message, .code, .request_id, .http_status
+    ├── TransientError              domain             try again later: timeouts, 5xx, 429, "system busy"
+    │   ├── PlatformTimeout         domain             no answer in time (the proxy says 504, not 502)
+    │   └── MalformedAnswer         domain             an answer that cannot be read (HTML, truncated, types)
+    ├── ReauthRequired              domain             only the seller can fix it: authorize again
+    │   ├── RefreshTokenRejected    domain             refresh token invalid or used (a race is ruled out first)
+    │   └── AuthorizationDenied     domain             the seller declined on the consent page
+    ├── ConfigError                 domain             our side is wrong: keys, signature, names, settings
+    │   ├── ClockSkew               domain             the platform refused our timestamp
+    │   ├── UnknownApp              domain             no app of that name in the settings
+    │   ├── UnknownPlatform         platforms          no plugin of that name installed, or it failed to load
+    │   ├── ConfigFileError         config             a settings file that cannot be used (.problems)
+    │   └── FaultSpecError          sandbox.core       a sandbox fault spec that cannot be read
+    ├── AccessTokenInvalid          domain             an API call said the access token is invalid
+    ├── StoreError                  store.base         the store cannot do what was asked
+    │   ├── LeaseLost               store.base         another worker took over the lease this one acted under
+    │   └── AccountNotFound         store.base         no such account
+    ├── CryptoError                 crypto             a value cannot be decrypted, or a key is unusable
+    ├── OnboardingError             onboarding         a callback that cannot complete (the caller's side)
+    │   ├── StateError              onboarding         the state is missing, unknown, expired, used or foreign
+    │   ├── MissingCode             onboarding         the callback carries no code
+    │   └── ReturnToRejected        onboarding         a return_to outside the allowed places
+    ├── InviteError                 invites            an invitation that does not open the door
+    ├── TokenUnavailable            client             the token client could not get a usable token
+    └── DeliveryError               alerts.dispatcher  an alarm or hook could not be delivered
+
+Not in the tree: the sandbox's ``SandboxRejection``, ``ShopeeError`` and ``LazadaError`` are raised and
+caught inside its request handlers to render a platform's error answer; they never reach a caller.
+``tests/test_errors.py`` checks this drawing against the classes.
 """
 
 from __future__ import annotations
@@ -152,7 +187,7 @@ class RefresherError(Exception):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         code: str | None = None,
         request_id: str | None = None,
@@ -232,6 +267,10 @@ class ConfigError(RefresherError):
 
 class ClockSkew(ConfigError):
     """The platform refused our timestamp. Worth one immediate re-sign; then it is a config error."""
+
+
+class UnknownApp(ConfigError):
+    """No app of that name is configured (or it has no refresh policy: disabled, plugin not loaded)."""
 
 
 class AccessTokenInvalid(RefresherError):

@@ -44,6 +44,7 @@ from refresher.domain import (
     RefreshTokenRejected,
     TokenSet,
     TransientError,
+    UnknownApp,
 )
 from refresher.logging import register_secrets
 from refresher.platforms.base import Platform
@@ -240,11 +241,11 @@ class Refresher:
         worker to finish (up to ``wait`` seconds) and report what it stored instead of refreshing twice."""
         policy = self.policies.get(app)
         if policy is None:
-            raise KeyError(f"unknown app {app!r}")
+            raise UnknownApp(f"unknown app {app!r}")
         deadline = time.monotonic() + wait
         account = await self.store.get(app, key)
         if account is None:
-            raise KeyError(f"unknown account {key!r} of app {app!r}")
+            raise AccountNotFound(f"unknown account {key!r} of app {app!r}")
         while True:
             claimed = await self.store.claim(app, key, self.owner, policy.lease_ttl)
             if claimed is not None:

@@ -175,8 +175,9 @@ async def test_auth_retries_once_with_a_fresh_token_after_a_rotation(api_env: Ap
 
 def test_auth_needs_a_configured_app(tmp_path: object) -> None:
     from refresher.config import Settings
+    from refresher.domain import UnknownApp
 
-    with pytest.raises(KeyError, match="unknown app"):
+    with pytest.raises(UnknownApp, match="unknown app"):
         RefresherAuth(Settings(), "nope", "shop:1", TokenSource(url="http://127.0.0.1:1", api_token="x" * 16))
 
 

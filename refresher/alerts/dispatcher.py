@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import structlog
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
+from refresher.domain import RefresherError
 from refresher.metrics import Metrics
 
 log = structlog.get_logger("refresher.alerts")
@@ -24,7 +25,7 @@ Sleep = Callable[[float], Awaitable[None]]
 Done = Callable[[bool], None]  # told once per job: True when delivered, False when given up or dropped
 
 
-class DeliveryError(Exception):
+class DeliveryError(RefresherError):
     """A delivery failed. The message is safe to log: it names the receiver, never its URL or secret."""
 
 

@@ -276,14 +276,14 @@ async def desktop_flow(
                 say(f"failed: {exc.message}")
                 settle(EXIT_FAILED)
                 return pages.message_page("Authorization failed", "failed", [exc.message], 400)
+            except StoreError as exc:  # before RefresherError, its root
+                say(f"failed: the token store refused the accounts ({type(exc).__name__})")
+                settle(EXIT_FAILED)
+                return pages.message_page("Authorization failed", "failed", ["The token store failed."], 503)
             except RefresherError as exc:
                 say(f"failed: {exc.error_class}: {exc.message}" + (f" (code {exc.code})" if exc.code else ""))
                 settle(EXIT_FAILED)
                 return pages.failure_page(exc, [*secrets, params.get("code", "")])
-            except StoreError as exc:
-                say(f"failed: the token store refused the accounts ({type(exc).__name__})")
-                settle(EXIT_FAILED)
-                return pages.message_page("Authorization failed", "failed", ["The token store failed."], 503)
             say(f"granted: {len(done.accounts)} account(s) of app {app} stored")
             print_accounts(done.accounts, clock.now())
             settle(EXIT_GRANTED)

@@ -96,17 +96,20 @@ def friendly_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from refresher.domain import RefresherError
+        from refresher.domain import RefresherError, UnknownApp
+        from refresher.store.base import AccountNotFound, StoreError
 
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
             click.echo("refresher: interrupted", err=True)
             sys.exit(130)
+        except (UnknownApp, AccountNotFound) as exc:  # a mistyped app or account name: exit 2
+            fail(exc.message)
+        except (ConfigFileError, StoreError):
+            raise  # the operator's settings: the group says it in one line, exit 2
         except RefresherError as exc:
             fail(f"{exc.error_class}: {exc}", 1)
-        except KeyError as exc:  # unknown app / account names
-            fail(str(exc.args[0]) if exc.args else "not found")
 
     return wrapper  # type: ignore[return-value]
 

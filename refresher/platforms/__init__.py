@@ -14,13 +14,14 @@ from importlib.metadata import entry_points
 
 from pydantic import BaseModel
 
+from refresher.domain import ConfigError
 from refresher.platforms.base import Platform
 
 ENTRY_POINT_GROUP = "refresher.platforms"
 
 
-class UnknownPlatform(LookupError):
-    pass
+class UnknownPlatform(ConfigError):
+    """No plugin of that name is installed, or it failed to load (the message says why)."""
 
 
 _broken: dict[str, str] = {}

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from refresher.domain import Clock, SystemClock
+from refresher.domain import Clock, ConfigError, SystemClock
 
 # -------------------------------------------------------------------------------------------- lifetimes
 
@@ -97,8 +97,8 @@ _FAULT_RE = re.compile(
 )
 
 
-class FaultSpecError(ValueError):
-    pass
+class FaultSpecError(ConfigError):
+    """A fault spec (``--faults``, ``/_sandbox/faults``) that cannot be read; the message names the part."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from refresher.domain import AccountStatus, ErrorInfo
+from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.server.auth import Caller, get_runtime, require, require_caller
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
@@ -309,7 +309,7 @@ async def refresh_account(
     await _account(runtime, app, key)
     try:
         result = await runtime.refresher.refresh_now(app, key)
-    except KeyError:
+    except (UnknownApp, AccountNotFound):
         # The app has no plugin loaded (disabled) or the account vanished meanwhile.
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
     response.headers.update(NO_STORE)

@@ -242,13 +242,13 @@ def router(runtime: Runtime) -> APIRouter:
             return state_page(exc)
         except (MissingCode, OnboardingError) as exc:
             return message_page("Authorization link not valid", exc.code or "bad_request", [exc.message], 400)
-        except RefresherError as exc:
-            return failure_page(exc, [*settings.secrets(), params.get("code", "")])
-        except StoreError:
+        except StoreError:  # before RefresherError, its root: the store failing is not the platform failing
             log.error("callback.store_unavailable", app=app)
             return message_page(
                 "Try again", "store_unavailable", ["The token store is unavailable; nothing was stored."], 503
             )
+        except RefresherError as exc:
+            return failure_page(exc, [*settings.secrets(), params.get("code", "")])
         try:
             # Tokens are committed already; closing alarms is a follow-up whose failure the seller
             # must not see as a failed authorization.

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from refresher.domain import AccountStatus, ErrorInfo, Grant, Identity, TokenSet
+from refresher.domain import AccountStatus, ErrorInfo, Grant, Identity, RefresherError, TokenSet
 
 
-class StoreError(Exception):
+class StoreError(RefresherError):
     """The store cannot do what was asked (unreachable, not writable, schema too new …)."""
 
 
