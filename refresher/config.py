@@ -164,6 +164,18 @@ class ServerSettings(_Strict):
     state_ttl: Duration = dt.timedelta(minutes=15)
     invite_secret: SecretStr | None = None
     connect_requires_auth: bool = True
+    # Who the seller pages say is asking for access (an app's own values win), and how long a console
+    # login lasts.
+    display_name: str | None = Field(default=None, max_length=120)
+    logo_url: str | None = None
+    console_session: Duration = dt.timedelta(hours=8)
+
+    @field_validator("logo_url")
+    @classmethod
+    def _logo_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
 
 class WebhookChannel(_Strict):
@@ -232,6 +244,8 @@ _COMMON_APP_KEYS = {
     "enabled",
     "scopes",
     "credentials",
+    "display_name",
+    "logo_url",
 }
 
 
@@ -255,6 +269,8 @@ class AppSettings(_Strict):
     on_failure: HookSettings | None = None
     enabled: bool = True
     scopes: list[str] = Field(default_factory=list)
+    display_name: str | None = Field(default=None, max_length=120)  # seller pages; server's otherwise
+    logo_url: str | None = None
     # The platform's own keys (partner_id, app_key, app_secret …), validated by the plugin's model.
     credentials: Any = None
 
@@ -267,7 +283,7 @@ class AppSettings(_Strict):
         common["credentials"] = {k: v for k, v in data.items() if k not in common}
         return common
 
-    @field_validator("base_url", "redirect_uri")
+    @field_validator("base_url", "redirect_uri", "logo_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
@@ -441,6 +457,10 @@ def _walk_nodes(
             _walk_nodes(item, (*path, str(index)), lines, problems, file)
 
 
+# Lone UTF-16 surrogates: valid in a YAML escape, not encodable as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _interpolate(
     value: Any,
     path: tuple[str, ...],
@@ -466,7 +486,20 @@ def _interpolate(
             )
             return ""
 
-        return _VAR.sub(substitute, value)
+        expanded = _VAR.sub(substitute, value)
+        if _SURROGATE.search(expanded):
+            # YAML's "\ud83d" escapes yield lone surrogates, which no UTF-8 signer or HTTP library can
+            # encode: refuse them here rather than crash on the first signed call.
+            problems.append(
+                ConfigProblem(
+                    file,
+                    ".".join(path),
+                    lines.line(path),
+                    "contains an unpaired surrogate (a \\uD800-\\uDFFF escape): write the character itself "
+                    "or its \\U0001xxxx escape",
+                )
+            )
+        return expanded
     if isinstance(value, list):
         return [
             _interpolate(item, (*path, str(i)), env, base_dir, lines, problems, file)

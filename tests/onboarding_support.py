@@ -104,7 +104,8 @@ async def browse(
     headers: Mapping[str, str] | None = None,
     stop_at: str | None = None,
 ) -> Visit:
-    """Follow redirects like a browser; on the sandbox's consent page click ``choice`` (with ``options``).
+    """Follow redirects like a browser; press Continue on the connect page, and on the sandbox's consent
+    page click ``choice`` (with ``options``).
 
     ``stop_at``: return the redirect response whose target path starts with this, without following it.
     """
@@ -116,6 +117,12 @@ async def browse(
             if stop_at and urlsplit(target).path.startswith(stop_at):
                 visit.urls.append(target)
                 return visit
+            visit.urls.append(target)
+            visit.final = await client.get(target)
+            continue
+        landing = re.search(r'id="continue" href="([^"]+)"', response.text)
+        if landing is not None:  # our connect page: "Continue to <platform>"
+            target = str(response.url.join(html.unescape(landing.group(1))))
             visit.urls.append(target)
             visit.final = await client.get(target)
             continue

@@ -13,7 +13,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         title="refresher",
         version=_version(),
         description="Keeps e-commerce OAuth tokens alive; hands them to the services that need them.",
-        docs_url=None,
+        docs_url="/docs",  # Swagger UI of the token API, linked from the console
         redoc_url=None,
     )
 
@@ -43,6 +43,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     from refresher.server import onboarding  # connect/callback (issue 5)
 
     app.include_router(onboarding.router(runtime))
+    from refresher.server import ui  # the operator console (issue 15)
+
+    ui.install(app)
     return app
 
 

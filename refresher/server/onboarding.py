@@ -8,9 +8,8 @@ what happened. Pages never show a token or the authorization code, and every val
 from __future__ import annotations
 
 import datetime as dt
-import html
 from collections.abc import Iterable, Sequence
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import structlog
 from fastapi import APIRouter, Request
@@ -31,6 +30,9 @@ from refresher.onboarding import (
 from refresher.platforms.base import Platform
 from refresher.server.auth import ADMIN_NAME, authenticate
 from refresher.server.runtime import Runtime
+from refresher.server.ui import seller
+from refresher.server.ui.render import platform_name
+from refresher.server.ui.seller import Brand, brand_of
 from refresher.store.base import Account, StoreError
 
 log = structlog.get_logger("refresher.server.onboarding")
@@ -38,25 +40,11 @@ log = structlog.get_logger("refresher.server.onboarding")
 # The callback URL carries the code: no caching, and no Referer from the result page to anywhere.
 _HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>{title}</title></head>
-<body style="font-family: system-ui, sans-serif; max-width: 46em; margin: 3em auto; padding: 0 1em">
-<h1 id="outcome" data-outcome="{outcome}">{title}</h1>
-{body}
-</body></html>
-"""
 
-
-def page(title: str, outcome: str, body_html: str, status: int) -> HTMLResponse:
-    """A small page; ``body_html`` must already be escaped."""
-    text = _PAGE.format(title=html.escape(title), outcome=html.escape(outcome), body=body_html)
-    return HTMLResponse(text, status_code=status, headers=_HEADERS)
-
-
-def message_page(title: str, outcome: str, lines: Iterable[str], status: int) -> HTMLResponse:
-    body = "\n".join(f"<p>{html.escape(line)}</p>" for line in lines)
-    return page(title, outcome, body, status)
+def message_page(
+    title: str, outcome: str, lines: Iterable[str], status: int, brand: Brand | None = None
+) -> HTMLResponse:
+    return seller.message(title, outcome, lines, status, brand)
 
 
 def _when(value: dt.datetime | None, now: dt.datetime) -> str:
@@ -66,7 +54,8 @@ def _when(value: dt.datetime | None, now: dt.datetime) -> str:
 
 
 def describe_account(account: Account, now: dt.datetime) -> list[tuple[str, str]]:
-    """What a person may see of an account: who it is and when its grant ends. Never a token."""
+    """What an operator may see of an account (the desktop flow's terminal lines): who it is and when
+    its grant ends. Never a token."""
     identity = account.identity
     rows = [
         ("account", f"{identity.kind} {identity.platform_id}"),
@@ -82,16 +71,12 @@ def describe_account(account: Account, now: dt.datetime) -> list[tuple[str, str]
     return rows
 
 
-def granted_page(app: str, accounts: Sequence[Account], now: dt.datetime) -> HTMLResponse:
-    parts = [f"<p>App <code>{html.escape(app)}</code> now holds {len(accounts)} authorized account(s).</p>"]
-    for account in accounts:
-        cells = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-            for k, v in describe_account(account, now)
-        )
-        parts.append(f'<table class="account" data-key="{html.escape(account.key)}">{cells}</table><hr>')
-    parts.append("<p>You can close this window.</p>")
-    return page("Authorization granted", "granted", "\n".join(parts), 200)
+def granted_page(
+    app: str, accounts: Sequence[Account], now: dt.datetime, brand: Brand | None = None, *, again: bool = False
+) -> HTMLResponse:
+    """The seller's "you're connected" page: the shops by name and where they sell, in plain words
+    (``again``: a reload of a completed callback, "already connected")."""
+    return seller.granted(accounts, brand, again=again)
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
@@ -102,41 +87,64 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def failure_page(error: RefresherError, secrets: Iterable[str]) -> HTMLResponse:
-    """The page for a failed exchange: the error class and the platform's code, never a secret."""
-    lines = [
-        "The platform did not accept the authorization code, so nothing was stored.",
-        f"error class: {error.error_class}",
-        f"reason: {_scrub(error.message, secrets)}",
-    ]
+def failure_page(error: RefresherError, secrets: Iterable[str], brand: Brand | None = None) -> HTMLResponse:
+    """The page for a failed exchange: plain words first, then the error class and the platform's code
+    (small print for the operator), never a secret."""
+    details = [f"error class: {error.error_class}", f"reason: {_scrub(error.message, secrets)}"]
     if error.code:
-        lines.append(f"platform code: {_scrub(error.code, secrets)}")
+        details.append(f"platform code: {_scrub(error.code, secrets)}")
     if error.request_id:
-        lines.append(f"request id: {error.request_id}")
-    lines.append("Start the authorization again; if it keeps failing, give the operator the lines above.")
-    return message_page("Authorization failed", "failed", lines, 502)
+        details.append(f"request id: {error.request_id}")
+    return seller.message(
+        "Something went wrong",
+        "failed",
+        [
+            "The platform did not accept the authorization, so nothing was stored.",
+            "Please start again from your link. If it keeps failing, send the details below to whoever gave "
+            "you the link.",
+        ],
+        502,
+        brand,
+        details=details,
+    )
 
 
-def denied_page(error: RefresherError) -> HTMLResponse:
-    return message_page(
-        "Authorization declined",
+def denied_page(error: RefresherError, brand: Brand | None = None) -> HTMLResponse:
+    return seller.message(
+        "Access not given",
         "denied",
         [
-            "The authorization was declined on the platform, so nothing was stored.",
-            f"platform answer: {error.code or 'denied'}",
-            "If this was a mistake, open the authorization link again and approve.",
+            "You declined the request on the platform, so nothing was connected.",
+            "If that was a mistake, open your link again and choose Approve.",
         ],
         400,
+        brand,
+        details=[f"platform answer: {error.code or 'denied'}"],
     )
 
 
-def state_page(error: StateError) -> HTMLResponse:
-    return message_page(
-        "Authorization link not valid",
-        f"state_{error.kind}",
-        [f"This callback was refused: {error.message}.", "Nothing was stored."],
-        400,
+_STATE_WORDS = {
+    "expired": (
+        "This link has expired",
+        "The sign-in took too long and the link ran out. Please open your link again.",
+    ),
+    "reused": (
+        "This link was already used",
+        "Each sign-in link works once. If you already approved, you are connected; otherwise open your link again.",
+    ),
+    "missing": (
+        "This link is incomplete",
+        "The page was opened without the part that identifies it. Open your link again.",
+    ),
+}
+
+
+def state_page(error: StateError, brand: Brand | None = None) -> HTMLResponse:
+    title, line = _STATE_WORDS.get(
+        error.kind, ("This link is not valid", "It does not belong to a sign-in started here. Open your link again.")
     )
+    lines = [line, "Nothing was stored."]
+    return seller.message(title, f"state_{error.kind}", lines, 400, brand, details=[f"reason: {error.message}"])
 
 
 # ------------------------------------------------------------------------------------------- router
@@ -194,18 +202,23 @@ def router(runtime: Runtime) -> APIRouter:
             return message_page("Unknown app", "unknown_app", [f"No app named {app!r} is configured."], 404)
         return settings, platform
 
-    @routes.get("/connect/{app}", response_class=HTMLResponse, summary="Start an authorization")
-    async def connect(request: Request, app: str, return_to: str | None = None) -> Response:
+    async def checked(request: Request, app: str, return_to: str | None) -> tuple[Settings, Platform] | Response:
+        """The app and its plugin when this request may start a flow, else the page saying why not."""
         found = app_and_platform(app)
         if isinstance(found, HTMLResponse):
             return found
-        settings, platform = found
+        settings, _ = found
         refusal = _connect_refusal(settings, request, app, runtime.clock)
         if refusal is not None:
             return refusal
         if return_to is not None and not return_to_allowed(return_to, settings.server.return_to_allowlist):
             error = ReturnToRejected()
-            return message_page("Redirect not allowed", "return_to", [error.message + "."], 400)
+            brand = brand_of(settings, app)
+            return message_page("Redirect not allowed", "return_to", [error.message + "."], 400, brand)
+        return found
+
+    async def start(app: str, settings: Settings, platform: Platform, return_to: str | None) -> Response:
+        brand = brand_of(settings, app)
         redirect_uri = settings.apps[app].redirect_uri
         if redirect_uri is None and settings.server.public_url:
             redirect_uri = f"{settings.server.public_url.rstrip('/')}/callback/{app}"
@@ -220,11 +233,41 @@ def router(runtime: Runtime) -> APIRouter:
                 ttl=settings.server.state_ttl,
             )
         except ConfigError as exc:
-            return message_page("Not configured", "config_error", [exc.message], 503)
+            return message_page("Not configured", "config_error", [exc.message], 503, brand)
         except StoreError:
             log.error("connect.store_unavailable", app=app)
-            return message_page("Try again", "store_unavailable", ["The token store is unavailable."], 503)
+            lines = ["The service is busy right now. Please try again in a minute."]
+            return message_page("Try again", "store_unavailable", lines, 503, brand)
         return RedirectResponse(url, status_code=302, headers=_HEADERS)
+
+    @routes.get("/connect/{app}", response_class=HTMLResponse, summary="Start an authorization")
+    async def connect(request: Request, app: str, return_to: str | None = None) -> Response:
+        """A browser gets a page naming who asks and the platform, with one button to continue; a client
+        presenting the admin token as a bearer header (a script) is sent to the platform at once."""
+        found = await checked(request, app, return_to)
+        if isinstance(found, Response):
+            return found
+        settings, platform = found
+        if _bearer(request) is not None:
+            return await start(app, settings, platform, return_to)
+        query = request.url.query
+        return seller.render_seller(
+            "seller/landing.html",
+            f"Connect your {platform_name(settings.apps[app].platform)} account",
+            "landing",
+            200,
+            brand_of(settings, app),
+            platform=platform_name(settings.apps[app].platform),
+            continue_url=f"/connect/{quote(app, safe='')}/continue" + (f"?{query}" if query else ""),
+        )
+
+    @routes.get("/connect/{app}/continue", response_class=HTMLResponse, summary="Go on to the platform's consent page")
+    async def connect_continue(request: Request, app: str, return_to: str | None = None) -> Response:
+        found = await checked(request, app, return_to)
+        if isinstance(found, Response):
+            return found
+        settings, platform = found
+        return await start(app, settings, platform, return_to)
 
     @routes.get("/callback/{app}", response_class=HTMLResponse, summary="The platform's redirect back")
     async def callback(request: Request, app: str) -> Response:
@@ -232,23 +275,28 @@ def router(runtime: Runtime) -> APIRouter:
         if isinstance(found, HTMLResponse):
             return found
         settings, platform = found
+        brand = brand_of(settings, app)
         params = dict(request.query_params)
         try:
             done = await complete_flow(app, platform, runtime.store, runtime.clock, params)
         except AuthorizationDenied as exc:
-            return denied_page(exc)
+            return denied_page(exc, brand)
         except StateError as exc:
             log.warning("callback.state_refused", app=app, reason=exc.kind)
-            return state_page(exc)
+            return state_page(exc, brand)
         except (MissingCode, OnboardingError) as exc:
-            return message_page("Authorization link not valid", exc.code or "bad_request", [exc.message], 400)
+            return message_page("This link is not valid", exc.code or "bad_request", [exc.message], 400, brand)
         except StoreError:  # before RefresherError, its root: the store failing is not the platform failing
             log.error("callback.store_unavailable", app=app)
             return message_page(
-                "Try again", "store_unavailable", ["The token store is unavailable; nothing was stored."], 503
+                "Try again",
+                "store_unavailable",
+                ["The service is busy; nothing was stored. Please try again."],
+                503,
+                brand,
             )
         except RefresherError as exc:
-            return failure_page(exc, [*settings.secrets(), params.get("code", "")])
+            return failure_page(exc, [*settings.secrets(), params.get("code", "")], brand)
         try:
             # Tokens are committed already; closing alarms is a follow-up whose failure the seller
             # must not see as a failed authorization.
@@ -261,6 +309,6 @@ def router(runtime: Runtime) -> APIRouter:
             return RedirectResponse(
                 f"{target}{'&' if '?' in target else '?'}{query}", status_code=302, headers=_HEADERS
             )
-        return granted_page(app, done.accounts, runtime.clock.now())
+        return granted_page(app, done.accounts, runtime.clock.now(), brand)
 
     return routes

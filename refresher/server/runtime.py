@@ -7,6 +7,7 @@ from typing import Protocol
 
 from refresher.config import Settings
 from refresher.domain import Clock
+from refresher.metrics import Metrics
 from refresher.platforms.base import Platform
 from refresher.refresh import Refresher
 from refresher.store.base import Account, Store
@@ -17,6 +18,7 @@ class Runtime(Protocol):
     store: Store
     clock: Clock
     refresher: Refresher
+    metrics: Metrics  # the console shows each alarm channel's deliveries from it
 
     @property
     def platforms(self) -> Mapping[str, Platform]: ...
@@ -26,6 +28,9 @@ class Runtime(Protocol):
 
     def metrics_payload(self) -> tuple[bytes, str]:
         """The Prometheus exposition body and its content type."""
+
+    def reauth_link(self, app: str, account_key: str) -> str | None:
+        """The link a seller opens to re-authorize this account (None without server.public_url)."""
 
     async def accounts_authorized(self, app: str, accounts: Sequence[Account]) -> None:
         """Called after a web callback stored these accounts (re-authorization resolves open alarms)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from refresher.domain import Clock
 from refresher.store.accounts import SqlAccounts
 from refresher.store.alarms import SqlAlarms
+from refresher.store.browse import SqlBrowse
 from refresher.store.engine import alembic_config, head_revision
 from refresher.store.keys import SqlKeys
 from refresher.store.leases import SqlLeases
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["SqlStore", "alembic_config", "head_revision", "open_store"]
 
 
-class SqlStore(SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys):
-    """Every role of :mod:`refresher.store.base` on SQLite (aiosqlite) or PostgreSQL (psycopg 3)."""
+class SqlStore(SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys, SqlBrowse):
+    """Every role of :mod:`refresher.store.base` on SQLite (aiosqlite) or PostgreSQL (psycopg 3), and the
+    console's read-only queries (:mod:`~refresher.store.browse`)."""
 
 
 def open_store(settings: StoreSettings, clock: Clock, *, create: bool = True) -> SqlStore:

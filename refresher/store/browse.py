@@ -1,0 +1,211 @@
+"""Read-only queries of the operator console: filtered pages of accounts, token history without tokens,
+recent alarms and refresh activity per time bucket.
+
+Nothing here reads a token column: listings decode rows with ``secrets=False`` and history selects only
+the expiry columns, so the console works (and shows nothing secret) whatever the encryption keys say.
+Every listing is ordered by indexed columns with the row id as tie-breaker, and paged with LIMIT/OFFSET.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select
+
+from refresher.domain import AccountStatus, as_utc
+from refresher.store.base import Account, Alarm
+from refresher.store.core import StoreCore
+from refresher.store.schema import UTCDateTime, accounts, alarms, audit_log, token_history
+
+SortKey = Literal["access", "refresh", "key", "failures"]
+_SORT_COLUMNS = {
+    "access": accounts.c.access_expires_at,
+    "refresh": accounts.c.refresh_expires_at,
+    "key": accounts.c.key,
+    "failures": accounts.c.consecutive_failures,
+}
+
+
+@dataclass(frozen=True)
+class AccountQuery:
+    """What the accounts page asks for; every field optional."""
+
+    app: str | None = None
+    platform: str | None = None
+    status: AccountStatus | None = None
+    search: str | None = None  # key or platform id prefix, or part of the shop / user name
+    sort: SortKey = "access"
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class AccountPage:
+    items: Sequence[Account]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+
+@dataclass(frozen=True)
+class TokenVersion:
+    """One earlier token set of an account: its version and expiries, never the tokens."""
+
+    version: int
+    access_expires_at: dt.datetime
+    refresh_expires_at: dt.datetime | None
+    replaced_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ActivityBucket:
+    start: dt.datetime
+    successes: int
+    failures: int
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _alarm(row: Any) -> Alarm:
+    return Alarm(
+        app=row.app,
+        account_key=row.account_key,
+        cause=row.cause,
+        opened_at=row.opened_at,
+        last_sent_at=row.last_sent_at,
+        resolved_at=row.resolved_at,
+        details=dict(row.details or {}),
+        delivered_at=row.delivered_at,
+    )
+
+
+class SqlBrowse(StoreCore):
+    """The console's queries, on the same engine and transactions as the rest of the SQL store."""
+
+    def _account_filters(self, query: AccountQuery) -> list[ColumnElement[bool]]:
+        filters: list[ColumnElement[bool]] = []
+        if query.app:
+            filters.append(accounts.c.app == query.app)
+        if query.platform:
+            filters.append(accounts.c.platform == query.platform)
+        if query.status is not None:
+            filters.append(accounts.c.status == str(query.status))
+        text = (query.search or "").strip()
+        if text:
+            prefix = _like_escape(text) + "%"
+            filters.append(
+                or_(
+                    accounts.c.key.like(prefix, escape="\\"),
+                    accounts.c.platform_id.like(prefix, escape="\\"),
+                    func.lower(accounts.c.name).like("%" + _like_escape(text.lower()) + "%", escape="\\"),
+                )
+            )
+        return filters
+
+    async def browse_accounts(self, query: AccountQuery, *, limit: int = 50, offset: int = 0) -> AccountPage:
+        """One page of accounts (no tokens read) and how many match in all."""
+        filters = self._account_filters(query)
+        column = _SORT_COLUMNS[query.sort]
+        order = [column.desc(), accounts.c.id.desc()] if query.descending else [column.asc(), accounts.c.id.asc()]
+        stmt = select(accounts).where(*filters).order_by(*order).limit(limit).offset(max(offset, 0))
+        count = select(func.count()).select_from(accounts).where(*filters)
+        async with self._tx() as conn:
+            rows = [self._codec.account(row, secrets=False) for row in await conn.execute(stmt)]
+            total = int((await conn.execute(count)).scalar_one())
+        return AccountPage(items=rows, total=total, offset=offset, limit=limit)
+
+    async def account_summary(self, app: str, key: str) -> Account | None:
+        """One account without its tokens (the console's account page)."""
+        async with self._tx() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.app == app, accounts.c.key == key))).first()
+        return None if row is None else self._codec.account(row, secrets=False)
+
+    async def token_versions(self, app: str, key: str, limit: int = 20) -> Sequence[TokenVersion]:
+        stmt = (
+            select(
+                token_history.c.version,
+                token_history.c.access_expires_at,
+                token_history.c.refresh_expires_at,
+                token_history.c.replaced_at,
+            )
+            .join(accounts, accounts.c.id == token_history.c.account_id)
+            .where(accounts.c.app == app, accounts.c.key == key)
+            .order_by(token_history.c.version.desc())
+            .limit(limit)
+        )
+        async with self._tx() as conn:
+            return [TokenVersion(*row) for row in await conn.execute(stmt)]
+
+    async def recent_alarms(
+        self, since: dt.datetime, *, app: str | None = None, account_key: str | None = None, limit: int = 200
+    ) -> Sequence[Alarm]:
+        """Open alarms, and alarms resolved after ``since``; open ones first, newest first."""
+        stmt = select(alarms).where(or_(alarms.c.resolved_at.is_(None), alarms.c.resolved_at >= as_utc(since)))
+        if app is not None:
+            stmt = stmt.where(alarms.c.app == app)
+        if account_key is not None:
+            stmt = stmt.where(alarms.c.account_key == account_key)
+        is_resolved = case((alarms.c.resolved_at.is_(None), 0), else_=1)
+        stmt = stmt.order_by(is_resolved, alarms.c.opened_at.desc()).limit(limit)
+        async with self._tx() as conn:
+            return [_alarm(row) for row in await conn.execute(stmt)]
+
+    async def next_due(self, app: str, horizon: dt.timedelta) -> dt.datetime | None:
+        """When the app's next refresh is due: the earliest active expiry minus its refresh window, or an
+        earlier retry."""
+        active = and_(accounts.c.app == app, accounts.c.status == str(AccountStatus.ACTIVE))
+        expiry = select(func.min(accounts.c.access_expires_at)).where(active)
+        retry = select(func.min(accounts.c.next_attempt_at)).where(active)
+        async with self._tx() as conn:
+            first_expiry = (await conn.execute(expiry)).scalar_one_or_none()
+            first_retry = (await conn.execute(retry)).scalar_one_or_none()
+        candidates = [as_utc(first_expiry) - horizon] if first_expiry is not None else []
+        if first_retry is not None:
+            candidates.append(as_utc(first_retry))
+        return min(candidates) if candidates else None
+
+    async def refresh_expiring_count(self, app: str, before: dt.datetime) -> int:
+        stmt = select(func.count()).where(
+            accounts.c.app == app,
+            accounts.c.status == str(AccountStatus.ACTIVE),
+            accounts.c.refresh_expires_at.is_not(None),
+            accounts.c.refresh_expires_at < as_utc(before),
+        )
+        async with self._tx() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def activity(self, since: dt.datetime, bucket: dt.timedelta, buckets: int) -> Sequence[ActivityBucket]:
+        """Settled refreshes per time bucket from ``since`` on (successes, failures), counted in the database
+        over the audit table's index on ``at``; every bucket present, zeros included."""
+        since = as_utc(since)
+        seconds = bucket.total_seconds()
+        if self.backend == "sqlite":
+            # Times are stored as naive UTC text that julianday reads as UTC; rows are at or after
+            # ``since``, so truncating the cast is flooring.
+            origin = since.replace(tzinfo=None).isoformat(" ")
+            offset = (func.julianday(audit_log.c.at) - func.julianday(origin)) * 86400
+            index = cast(offset / seconds, Integer)
+        else:
+            offset = func.extract("epoch", audit_log.c.at - literal(since, UTCDateTime()))
+            index = cast(func.floor(offset / seconds), Integer)
+        success = func.sum(case((audit_log.c.outcome == "success", 1), else_=0))
+        failure = func.sum(case((audit_log.c.outcome == "failure", 1), else_=0))
+        stmt = (
+            select(index.label("n"), success, failure)
+            .where(audit_log.c.at >= since, audit_log.c.at < since + bucket * buckets)
+            .group_by("n")
+        )
+        found: dict[int, tuple[int, int]] = {}
+        async with self._tx() as conn:
+            for n, ok, failed in await conn.execute(stmt):
+                if n is not None and 0 <= int(n) < buckets:
+                    found[int(n)] = (int(ok or 0), int(failed or 0))
+        return [ActivityBucket(since + bucket * n, *found.get(n, (0, 0))) for n in range(buckets)]
