@@ -14,8 +14,18 @@ import httpx
 
 from refresher.domain import Clock
 from refresher.sandbox.core import SANDBOX_CREDENTIALS, FaultPlan, Lifetimes, SandboxState
-from refresher.sandbox.server import SandboxPlatform, build_app, default_platforms
+from refresher.sandbox.lazada import LazadaSandbox
+from refresher.sandbox.server import SandboxPlatform, build_app
+from refresher.sandbox.shopee import ShopeeSandbox
+from refresher.sandbox.tiktok import TikTokSandbox
+from refresher.sandbox.tiktok_shop import TikTokShopSandbox
 from refresher.server.http import EmbeddedServer, start_server, stop_server
+
+
+def default_platforms(state: SandboxState) -> list[SandboxPlatform]:
+    """The four platforms, sharing ``state``. Here, not in ``server.py``: the platform modules import
+    ``server.py`` for their base class, so only a module above both may import them all."""
+    return [ShopeeSandbox(state), TikTokShopSandbox(state), LazadaSandbox(state), TikTokSandbox(state)]
 
 
 class SandboxServer:

@@ -1,8 +1,9 @@
 """The sandbox's HTTP side: one Starlette app with every platform mounted under its own prefix, the
 consent page a "seller" approves or denies, fault rendering and the admin endpoints tests drive.
 
-Platform modules subclass :class:`SandboxPlatform`; :func:`build_app` mounts them. :class:`SandboxServer`
-runs the app on a loopback port inside the caller's event loop (tests, ``refresher demo``).
+Platform modules subclass :class:`SandboxPlatform`; :func:`build_app` mounts the ones it is given. This
+module imports none of them (they import it): :class:`SandboxServer` in ``runner.py`` puts them together
+and runs the app on a loopback port inside the caller's event loop (tests, ``refresher demo``).
 """
 
 from __future__ import annotations
@@ -157,9 +158,9 @@ async def generic_fault(state: SandboxState, kind: str) -> Response | str | None
 # --------------------------------------------------------------------------------------------- app
 
 
-def build_app(state: SandboxState, platforms: Sequence[SandboxPlatform] | None = None) -> Starlette:
-    """The whole sandbox as one ASGI app."""
-    mounted = list(platforms) if platforms is not None else default_platforms(state)
+def build_app(state: SandboxState, platforms: Sequence[SandboxPlatform]) -> Starlette:
+    """The whole sandbox as one ASGI app, with ``platforms`` mounted under their prefixes."""
+    mounted = list(platforms)
     by_name = {p.name: p for p in mounted}
 
     def ticket_of(request: Request) -> tuple[SandboxPlatform, ConsentTicket] | Response:
@@ -261,13 +262,3 @@ async def _json(request: Request) -> dict[str, Any]:
 def base_url_of(request: Request) -> str:
     """The sandbox's own root URL as the caller reached it (for links on the consent page)."""
     return str(request.base_url).rstrip("/").removesuffix(request.scope.get("root_path", "")).rstrip("/")
-
-
-def default_platforms(state: SandboxState) -> list[SandboxPlatform]:
-    """Every platform module that is present (imported lazily so one broken module is obvious)."""
-    from refresher.sandbox.lazada import LazadaSandbox
-    from refresher.sandbox.shopee import ShopeeSandbox
-    from refresher.sandbox.tiktok import TikTokSandbox
-    from refresher.sandbox.tiktok_shop import TikTokShopSandbox
-
-    return [ShopeeSandbox(state), TikTokShopSandbox(state), LazadaSandbox(state), TikTokSandbox(state)]
