@@ -148,12 +148,6 @@ class TokenSet:
     scopes: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)
 
-    def access_remaining(self, now: dt.datetime) -> dt.timedelta:
-        return self.access_expires_at - now
-
-    def refresh_remaining(self, now: dt.datetime) -> dt.timedelta | None:
-        return None if self.refresh_expires_at is None else self.refresh_expires_at - now
-
 
 @dataclass(frozen=True)
 class Grant:
@@ -281,8 +275,3 @@ class AccessTokenInvalid(RefresherError):
 
 class AuthorizationDenied(ReauthRequired):
     """The seller declined the authorization on the platform's consent page."""
-
-
-def is_retryable(error: BaseException) -> bool:
-    """True for errors worth retrying with backoff (transient and malformed answers)."""
-    return isinstance(error, TransientError)
