@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from refresher import platforms
@@ -162,3 +163,31 @@ def test_check_config_cli_names_a_missing_variable_in_one_line() -> None:
     assert len(lines) == 1, lines
     assert "apps.shopee-sg.partner_key: environment variable SHOPEE_PARTNER_KEY is not set" in lines[0]
     assert "Traceback" not in result.stderr and secret not in result.stderr + result.stdout
+
+
+def example_keys() -> set[str]:
+    """Every key config.example.yaml sets or shows commented out, except the names of its example apps."""
+    text = EXAMPLE.read_text()
+    found: set[str] = set()
+
+    def walk(node: Any, parent: str | None) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if parent != "apps":
+                    found.add(str(key))
+                walk(value, str(key))
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, parent)
+
+    walk(yaml.safe_load(text), None)
+    found.update(re.findall(r"^\s*#\s*([a-z_]+):(?:\s|$)", text, re.M))
+    return found
+
+
+def test_every_key_of_the_example_is_explained_in_the_configuration_reference() -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    keys = example_keys()
+    assert {"return_to_allowlist", "connect_requires_auth", "enabled", "state_ttl", "pool_size", "on_success"} <= keys
+    missing = sorted(key for key in keys if f"`{key}`" not in reference)
+    assert not missing, f"keys of config.example.yaml not explained in docs/configuration.md: {missing}"
