@@ -12,7 +12,8 @@ document.addEventListener("click", function (event) {
   var form = button.form;
   var body = new URLSearchParams(new FormData(form));
   body.set("action", "reauth_link");
-  fetch(form.action, { method: "POST", body: body, credentials: "same-origin",
+  // form.action would be the buttons named "action": read the attribute
+  fetch(form.getAttribute("action"), { method: "POST", body: body, credentials: "same-origin",
                        headers: { "Content-Type": "application/x-www-form-urlencoded" } })
     .then(function (answer) { return answer.json(); })
     .then(function (data) {

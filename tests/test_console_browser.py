@@ -1,0 +1,222 @@
+"""The operator console and the seller pages in a real headless Chromium (Debian's /usr/bin/chromium,
+driven by Playwright; no browser is downloaded). Screenshots of every page go to artifacts/screenshots/.
+
+Skipped with a reason only where chromium is not installed (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from refresher.daemon import Daemon
+from refresher.domain import AccountStatus, FakeClock
+from refresher.invites import make_invite
+from refresher.sandbox import SandboxServer
+from refresher.store.base import Alarm
+from tests.console_support import SHOTS, assert_clean, base, onboard, secrets_of
+from tests.onboarding_support import ADMIN_TOKEN, INVITE_SECRET, running_daemon
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)"),
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+async def daemon(clock: FakeClock, tmp_path: Path) -> AsyncIterator[Daemon]:
+    async with (
+        SandboxServer(clock=clock) as sandbox,
+        running_daemon(sandbox, clock, tmp_path / "tokens.db", display_name="Acme ERP") as running,
+    ):
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert CHROMIUM is not None
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_operator_logs_in_finds_refreshes_disables_and_opens_an_alarm(
+    daemon: Daemon, browser: Browser, clock: FakeClock
+) -> None:
+    await onboard(daemon)
+    (shop, *_) = [a for a in await daemon.store.list(app="shopee") if a.identity.kind == "shop"]
+    await daemon.store.put_alarm(
+        Alarm("tiktok", (await daemon.store.list(app="tiktok"))[0].key, "reauth_required", clock.now(), None, None,
+              {"message": "the seller withdrew consent"})
+    )  # fmt: skip
+    secrets = await secrets_of(daemon)
+    page = await browser.new_page(viewport=DESKTOP)
+    pages: dict[str, str] = {}
+
+    # An unauthenticated visit lands on the login form.
+    await page.goto(f"{base(daemon)}/ui/accounts")
+    assert page.url.startswith(f"{base(daemon)}/ui/login?next=")
+    await shot(page, "login")
+    await page.fill("#token", "not-the-admin-token")
+    await page.click("button[type=submit]")
+    assert "not the admin token" in await page.inner_text("#login-error")
+    await page.fill("#token", ADMIN_TOKEN)
+    await page.click("button[type=submit]")
+    assert page.url == f"{base(daemon)}/ui/accounts"  # back where the visit began
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "refresher_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > 0
+    secrets.append(cookie["value"])
+
+    # Find the shop by searching its id.
+    await page.goto(f"{base(daemon)}/ui/accounts")
+    await page.fill("#q", shop.identity.platform_id)
+    await page.click("#search")
+    rows = page.locator("#accounts tr[data-key]")
+    assert await rows.count() == 1
+    assert await rows.first.get_attribute("data-key") == shop.key
+    pages["accounts"] = await page.content()
+    await shot(page, "accounts")
+
+    # Open it, refresh now: a new expiry (the clock moved on) and a new version.
+    await rows.first.locator("a").first.click()
+    await page.wait_for_selector("#access-expiry")
+    before = await page.inner_text("#access-expiry")
+    assert await page.inner_text("#version") == "1"
+    clock.advance(dt.timedelta(minutes=7))
+    await page.click("#refresh-now")
+    await page.wait_for_selector("#notice")
+    assert "Refreshed" in await page.inner_text("#notice")
+    after = await page.inner_text("#access-expiry")
+    assert after != before
+    assert await page.inner_text("#version") == "2"
+    refreshed = await daemon.store.get("shopee", shop.key)
+    assert refreshed is not None and refreshed.tokens is not None
+    assert f"{refreshed.tokens.access_expires_at:%Y-%m-%d %H:%M}" in after
+    assert await page.locator("#events tr").count() >= 2  # the grant and the refresh
+    assert await page.locator("#history tr").count() == 2  # header + the replaced version
+    secrets = await secrets_of(daemon) + [cookie["value"]]
+    pages["account"] = await page.content()
+    await shot(page, "account")
+
+    # The overview counts the refresh in its chart (from the audit table).
+    await page.goto(f"{base(daemon)}/ui")
+    assert "ready" in await page.inner_text("#health")
+    assert await page.locator("#apps tr[data-app=shopee]").count() == 1
+    assert await page.locator("svg#activity rect.ok").count() == 1
+    assert "1 refreshed" in await page.inner_text(".legend")
+    pages["overview"] = await page.content()
+    await shot(page, "overview")
+    await page.go_back()
+
+    # Copy a re-authorization link (fetched on demand, never part of the page as served).
+    await page.click("#copy-reauth")
+    await page.locator("#reauth-link:not([hidden])").wait_for()  # (the page's CSP forbids eval'd probes)
+    assert (await page.input_value("#reauth-link")).startswith(f"{base(daemon)}/connect/shopee")
+
+    # Disable it.
+    await page.click("#disable")
+    await page.wait_for_selector("#enable")
+    assert await page.inner_text("#status") == "disabled"
+    disabled = await daemon.store.get("shopee", shop.key)
+    assert disabled is not None and disabled.status is AccountStatus.DISABLED
+
+    # Open the alarm: from the alarms page to its account.
+    await page.goto(f"{base(daemon)}/ui/alarms")
+    assert await page.locator("#open tr[data-cause=reauth_required]").count() == 1
+    pages["alarms"] = await page.content()
+    await shot(page, "alarms")
+    await page.click("#open .alarm-account")
+    await page.wait_for_selector("#account-alarms")
+    assert "reauth required" in await page.inner_text("#account-alarms")
+
+    # Delete, after the confirmation.
+    await page.goto(f"{base(daemon)}/ui/accounts/shopee/{shop.key}")
+    await page.click("#delete")
+    await page.wait_for_selector("#confirm-delete")
+    await shot(page, "account-delete")
+    await page.click("#delete-confirmed")
+    await page.wait_for_url(f"{base(daemon)}/ui/accounts?*")
+    assert await daemon.store.get("shopee", shop.key) is None
+
+    for name, html in pages.items():
+        assert_clean(html, secrets, name)
+
+    # Log out: the old cookie no longer opens the console.
+    await page.goto(f"{base(daemon)}/ui")
+    await page.click("#logout")
+    assert "/ui/login" in page.url
+    await page.context.add_cookies([{"name": "refresher_console", "value": cookie["value"], "url": base(daemon)}])
+    await page.goto(f"{base(daemon)}/ui")
+    assert "/ui/login" in page.url
+
+
+async def test_seller_sees_who_asks_then_the_connected_shops_by_name(
+    daemon: Daemon, browser: Browser, clock: FakeClock
+) -> None:
+    invite = make_invite("tiktok_shop", dt.timedelta(hours=1), secret=INVITE_SECRET, clock=clock)
+    page = await browser.new_page(viewport=PHONE)
+    await page.goto(f"{base(daemon)}/connect/tiktok_shop?invite={invite}")
+    assert await page.inner_text("#integrator") == "Acme ERP"
+    assert "TikTok Shop" in await page.inner_text("body")
+    landing = await page.content()
+    await shot(page, "seller-landing")
+    await page.click("#continue")
+    await page.click("#approve")  # the sandbox's consent page
+    await page.wait_for_selector("[data-outcome=granted]")
+    (seller,) = await daemon.store.list(app="tiktok_shop")
+    text = await page.inner_text("body")
+    assert "Acme ERP can now work with this TikTok Shop account" in text
+    assert seller.identity.name and seller.identity.name in text
+    for shop in seller.identity.extra.get("shops", []):
+        assert shop["name"] in text
+    assert "tiktok_shop" not in text and "UTC" not in text  # no internal app name, no expiry times
+    granted = await page.content()
+    await shot(page, "seller-granted")
+
+    # Reloading the result: the state is used now.
+    await page.reload()
+    reloaded = await page.content()
+    await shot(page, "seller-reload")
+
+    # A refusal: the expired invitation.
+    clock.advance(dt.timedelta(hours=2))
+    await page.goto(f"{base(daemon)}/connect/tiktok_shop?invite={invite}")
+    assert "expired" in (await page.inner_text("body")).lower()
+    refused = await page.content()
+    await shot(page, "seller-expired")
+
+    # Shopee: shop names (or plain words), never a bare dash.
+    shopee = await browser.new_page(viewport=PHONE)
+    shopee_invite = make_invite("shopee", dt.timedelta(hours=1), secret=INVITE_SECRET, clock=clock)
+    await shopee.goto(f"{base(daemon)}/connect/shopee?invite={shopee_invite}")
+    await shopee.click("#continue")
+    await shopee.click("#approve")
+    await shopee.wait_for_selector("[data-outcome=granted]")
+    assert "—" not in await shopee.inner_text("body")
+    await shot(shopee, "seller-granted-shopee")
+
+    secrets = [*await secrets_of(daemon), invite]
+    for name, html in {"granted": granted, "reloaded": reloaded, "refused": refused}.items():
+        assert_clean(html, secrets, name)
+    assert_clean(landing, [s for s in secrets if s != invite], "landing")  # its Continue link carries it
