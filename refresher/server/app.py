@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from refresher.server.runtime import Runtime
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    """A 405 whose ``Allow`` names every method of the path. Starlette lists only the methods of the first
+    route whose path matched, and a path may be served by several (GET and DELETE of one account)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    # Ask each route whether it would take the request under each method: only the public ``matches``,
+    # which also sees into included routers.
+    allowed = {
+        method
+        for method in _METHODS
+        for route in request.app.router.routes
+        if route.matches({**request.scope, "method": method})[0] is Match.FULL
+    }
+    if not allowed:
+        return await http_exception_handler(request, exc)
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(allowed))}
+    )
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -16,6 +42,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         docs_url="/docs",  # Swagger UI of the token API, linked from the console
         redoc_url=None,
     )
+    app.add_exception_handler(HTTPException, _method_not_allowed)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

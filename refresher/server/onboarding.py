@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import structlog
@@ -191,6 +192,31 @@ def _connect_refusal(settings: Settings, request: Request, app: str, clock: Cloc
     return refused
 
 
+def _pages(**statuses: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for answers that are HTML pages (or a redirect), keyed ``s302=...``."""
+    return {
+        int(name[1:]): {"description": text, "content": {} if name == "s302" else {"text/html": {}}}
+        for name, text in statuses.items()
+    }
+
+
+_START_PAGES = _pages(
+    s302="Sent on to the platform's consent page (a client presenting the admin token, or /continue)",
+    s400="A return_to outside server.return_to_allowlist",
+    s401="Neither the admin token nor an invitation (when server.connect_requires_auth)",
+    s403="An invitation that is damaged, expired, for another app, or not accepted here",
+    s404="No app of that name is configured",
+    s503="The app is not fully configured, or the store is unavailable: try again",
+)
+_CALLBACK_PAGES = _pages(
+    s302="Back to the flow's return_to, with the outcome in its query",
+    s400="A missing, unknown, expired or used state; no code; or the seller declined",
+    s404="No app of that name is configured",
+    s502="The platform refused to exchange the code (expired or used code, or the app's credentials)",
+    s503="The store is unavailable: nothing was stored, try again",
+)
+
+
 def router(runtime: Runtime) -> APIRouter:
     """The onboarding routes, bound to the running daemon."""
     routes = APIRouter(tags=["onboarding"])
@@ -240,7 +266,9 @@ def router(runtime: Runtime) -> APIRouter:
             return message_page("Try again", "store_unavailable", lines, 503, brand)
         return RedirectResponse(url, status_code=302, headers=_HEADERS)
 
-    @routes.get("/connect/{app}", response_class=HTMLResponse, summary="Start an authorization")
+    @routes.get(
+        "/connect/{app}", response_class=HTMLResponse, summary="Start an authorization", responses=_START_PAGES
+    )
     async def connect(request: Request, app: str, return_to: str | None = None) -> Response:
         """A browser gets a page naming who asks and the platform, with one button to continue; a client
         presenting the admin token as a bearer header (a script) is sent to the platform at once."""
@@ -261,7 +289,12 @@ def router(runtime: Runtime) -> APIRouter:
             continue_url=f"/connect/{quote(app, safe='')}/continue" + (f"?{query}" if query else ""),
         )
 
-    @routes.get("/connect/{app}/continue", response_class=HTMLResponse, summary="Go on to the platform's consent page")
+    @routes.get(
+        "/connect/{app}/continue",
+        response_class=HTMLResponse,
+        summary="Go on to the platform's consent page",
+        responses=_START_PAGES,
+    )
     async def connect_continue(request: Request, app: str, return_to: str | None = None) -> Response:
         found = await checked(request, app, return_to)
         if isinstance(found, Response):
@@ -269,7 +302,12 @@ def router(runtime: Runtime) -> APIRouter:
         settings, platform = found
         return await start(app, settings, platform, return_to)
 
-    @routes.get("/callback/{app}", response_class=HTMLResponse, summary="The platform's redirect back")
+    @routes.get(
+        "/callback/{app}",
+        response_class=HTMLResponse,
+        summary="The platform's redirect back",
+        responses=_CALLBACK_PAGES,
+    )
     async def callback(request: Request, app: str) -> Response:
         found = app_and_platform(app)
         if isinstance(found, HTMLResponse):
