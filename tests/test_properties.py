@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) for the signers and the config loader.
 
-The reference computations below are written from shared/platforms.md (§1.5, §2.6, §3.5), not from
+The reference computations below are written from the documented algorithms (docs/platforms.md), not from
 refresher's code, so a shared misunderstanding would have to be made twice to pass.
 """
 

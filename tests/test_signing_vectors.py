@@ -1,4 +1,4 @@
-"""Every signature in shared/vectors/*.json, computed by independent implementations, reproduced by
+"""Every signature in tests/vectors/*.json, computed by independent implementations, reproduced by
 refresher.platforms.signing. A vector whose expected_sign is null is one the implementations disagree on:
 refresher refuses to produce such a request instead of guessing."""
 
