@@ -809,3 +809,69 @@ def test_kubernetes_init_container_migrates_postgres(tmp_path: Path) -> None:
     finally:
         with psycopg.connect(base_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------- installing from the checkout
+
+
+def unit_install_lines() -> list[str]:
+    """The shell lines of the unit's install comment (indented ``#   `` lines)."""
+    return [line[4:].strip() for line in UNIT.read_text().splitlines() if line.startswith("#   ")]
+
+
+def test_unit_installs_from_the_checkout_never_a_package_name() -> None:
+    lines = unit_install_lines()
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    pip_lines = [line for line in lines + operations.splitlines() if re.search(r"\bpip install\b", line)]
+    assert pip_lines, "the install steps say how to install refresher"
+    for line in pip_lines:
+        # "pip install refresher" would fetch a stranger's package of that name from PyPI.
+        assert not re.search(r"pip install(?: -\S+)* refresher\b(?![-/.\w])", line.split("#")[0]), line
+    assert "/opt/refresher/bin/pip install ." in " ".join(lines)
+
+
+def test_unit_documentation_is_the_repository_docs_the_install_steps_copy() -> None:
+    (value,) = [v for k, v in unit_directives(UNIT.read_text())["Unit"] if k == "Documentation"]
+    copied = [line for line in unit_install_lines() if "docs/*.md" in line]
+    assert copied and "/usr/local/share/doc/refresher/" in copied[0]
+    for uri in value.split():
+        assert uri.startswith("file:/usr/local/share/doc/refresher/"), uri
+        assert (ROOT / "docs" / uri.rsplit("/", 1)[1]).is_file(), f"{uri}: no such file in docs/"
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_the_checkout_migrates_a_store(tmp_path: Path) -> None:
+    """The wheel install line works: the wheel carries the package data the daemon needs (migrations,
+    alembic.ini, templates) and its ``refresher`` runs ``migrate`` without the checkout on the path."""
+    import setuptools
+
+    dist, target = tmp_path / "dist", tmp_path / "site"
+    # pyproject.toml needs setuptools>=77 to build; with an older one here, pip fetches it (isolation).
+    isolation = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 77 else []
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(dist), str(ROOT)],
+        check=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    (wheel,) = dist.glob("refresher-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    config = tmp_path / "refresher.yaml"
+    config.write_text(f"store:\n  url: sqlite:///{tmp_path / 'tokens.db'}\nserver:\n  enabled: false\napps: {{}}\n")
+    code = "import refresher, sys; print(refresher.__file__); from refresher.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "migrate", "-c", str(config)],
+        env={**os.environ, "PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(str(target)), "imported from the wheel, not the checkout"
+    assert (tmp_path / "tokens.db").exists()
