@@ -158,6 +158,7 @@ class Refresher:
         self._sleep = sleep
         self._batch_size = batch_size
         self._on_store = on_store
+        self._stranded: dict[int, Account] = {}  # leases a failing store would not take back (by account id)
         self._stopping = asyncio.Event()
         self.policies: dict[str, AppPolicy] = {}
         self._limiters: dict[str, AsyncLimiter] = {}
@@ -189,6 +190,7 @@ class Refresher:
         result = SweepResult(app)
         batch = self._batch_size or max(policy.concurrency * 4, 16)
         seen: set[int] = set()
+        await self._release_stranded(app)
         while not self.stopping:
             claimed = await self.store.claim_due(
                 app, policy.refresh_before, batch, self.owner, policy.lease_ttl
@@ -508,6 +510,7 @@ class Refresher:
                         error=str(exc),
                         detail="the lease expires by itself; an alarm is raised if the token expires first",
                     )
+                    self._stranded[account.id] = account
                     return False
                 await self._sleep(delay)
                 delay = min(delay * 2, SAVE_RETRY_MAX)
@@ -515,6 +518,20 @@ class Refresher:
                 self._store_trouble(None)
                 return True
         return False  # pragma: no cover - the loop returns
+
+    async def _release_stranded(self, app: str) -> None:
+        """Give back, once the store takes writes again, the leases it refused to take back before, so
+        their accounts need not wait for the lease to expire."""
+        for account in [a for a in self._stranded.values() if a.app == app]:
+            try:
+                await self._release(account)
+            except AccountNotFound:
+                pass
+            except StoreError as exc:
+                self._store_trouble(exc)
+                return  # still failing: the claim below will say so too
+            del self._stranded[account.id]
+            log.info("refresh.lease_released_late", app=app, account=account.key)
 
     def _store_trouble(self, error: StoreError | None) -> None:
         if self._on_store is not None:

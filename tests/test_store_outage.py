@@ -95,9 +95,9 @@ async def test_rotated_tokens_are_kept_until_a_failing_store_takes_them(tmp_path
             await daemon.stop(grace=5)
 
 
-def outage_settings(sandbox: SandboxServer, db: Path) -> Settings:
+def outage_settings(sandbox: SandboxServer, db: Path, **store: str) -> Settings:
     document = {
-        "store": {"url": f"sqlite:///{db}"},
+        "store": {"url": f"sqlite:///{db}", **store},
         "server": {"enabled": False},
         "logging": {"level": "warning", "format": "json"},
         "alerts": {"store_outage": "1s"},
@@ -196,4 +196,43 @@ async def test_a_token_that_expires_while_another_worker_holds_it_raises_an_alar
                 await daemon.tick("shopee")  # deduplicated: once per repeat_every
             assert not [e for e in logged if e["event"] == "alert"], logged
         finally:
+            await daemon.stop(grace=5)
+
+
+async def test_a_lease_the_failing_store_would_not_take_back_is_given_back_by_the_next_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock outlasts every attempt to give the lease back: the account stays leased to this daemon,
+    and the first sweep after the store recovers releases and refreshes it (not after the lease's 10 min)."""
+    monkeypatch.setattr(engine, "_SQLITE_BUSY_TIMEOUT_MS", 300)
+    clock = FakeClock(T0)
+    db = tmp_path / "tokens.db"
+    async with SandboxServer(clock=clock, seed=5) as sandbox:
+        daemon = Daemon(outage_settings(sandbox, db, lease_ttl="2d"), clock=clock)
+        await daemon.start(schedule=False)
+        locker = Locker(db)
+        try:
+            key = await onboard(daemon, sandbox)
+            claimed = await daemon.store.claim(
+                "shopee", key, daemon.owner, daemon.refresher.policies["shopee"].lease_ttl
+            )
+            assert claimed is not None
+            locker.lock()
+            with structlog.testing.capture_logs() as logged:
+                result = await daemon.refresher.refresh_leased(claimed)
+            locker.unlock()
+            assert result.outcome == "failure"
+            assert "refresh.lease_stranded" in [e["event"] for e in logged]
+            stranded = await daemon.store.get("shopee", key)
+            assert stranded is not None and stranded.lease_owner == daemon.owner
+
+            clock.advance(dt.timedelta(days=1))  # due, and still inside the lease's lifetime (2 days)
+            with structlog.testing.capture_logs() as logged:
+                swept = await daemon.refresher.sweep("shopee")
+            assert swept.succeeded == 1
+            assert "refresh.lease_released_late" in [e["event"] for e in logged]
+            after = await daemon.store.get("shopee", key)
+            assert after is not None and after.version == claimed.version + 1 and after.lease_owner is None
+        finally:
+            locker.conn.close()
             await daemon.stop(grace=5)
