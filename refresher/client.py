@@ -7,7 +7,13 @@ Two places to read tokens from:
 * the store itself — ``TokenSource.from_store(store)`` (same process or same database).
 
 Tokens are cached until shortly before they expire (the larger of 60 s and 10 % of the lifetime left when
-fetched), so a hot loop does not hit the API on every call.
+fetched), so a hot loop does not hit the API on every call. The cache holds at most ``cache_size``
+accounts (least recently used go first), and concurrent readers of one account share one fetch.
+
+Both sources hand out only a token that works: an account that needs re-authorization, is disabled, or
+whose token expired raises :class:`TokenRefused` (``.status``, ``.reason``, ``.reauth_url``), the API's
+409. The store source refreshes a token inside the read margin first when given the daemon's refresher
+(``TokenSource.from_store(store, reader=ReadRefresher(refresher))``); without one it only judges.
 
 :class:`RefresherAuth` is an ``httpx.Auth`` that signs each request the way the platform wants it and
 adds the current access token; it needs the app's credentials (a :class:`~refresher.config.Settings`).
@@ -16,9 +22,11 @@ A service without the credentials uses the daemon's signing proxy instead: :func
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,17 +46,41 @@ from refresher.domain import (
 )
 from refresher.platforms.base import Answer, ApiCall, Platform
 from refresher.store.base import AccountLookup
+from refresher.token_read import ReadRefresher, judge, refusal_message
 
-__all__ = ["AccessToken", "RefresherAuth", "TokenSource", "get_token", "proxy_client"]
+__all__ = [
+    "AccessToken",
+    "RefresherAuth",
+    "TokenRefused",
+    "TokenSource",
+    "TokenUnavailable",
+    "get_token",
+    "proxy_client",
+]
 
 MIN_MARGIN = dt.timedelta(seconds=60)
 MARGIN_FRACTION = 0.1
+CACHE_SIZE = 1024
 
 
 class TokenUnavailable(RefresherError):
     """The token could not be had: unknown account, no token, or the account is not active."""
 
     error_class = "token_unavailable"
+
+
+class TokenRefused(TokenUnavailable):
+    """The account's token would not work: ``reason`` is ``needs_reauth``, ``disabled``, ``expired`` or
+    ``no_token``; ``status`` the account's status; ``reauth_url`` a signed link the seller can open (or
+    ``None``). The token API says the same with a 409."""
+
+    error_class = "token_refused"
+
+    def __init__(self, message: str, *, status: str | None, reason: str, reauth_url: str | None = None) -> None:
+        super().__init__(message, code=reason, http_status=409)
+        self.status = status
+        self.reason = reason
+        self.reauth_url = reauth_url
 
 
 @dataclass(frozen=True)
@@ -99,6 +131,8 @@ class TokenSource:
         store: AccountLookup | None = None,
         clock: Clock | None = None,
         timeout: float = 10.0,
+        cache_size: int = CACHE_SIZE,
+        reader: ReadRefresher | None = None,
     ) -> None:
         if (url is None) == (store is None):
             raise ValueError("give either url (token API) or store, not both or neither")
@@ -109,8 +143,16 @@ class TokenSource:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self._timeout = timeout
-        self._cache: dict[tuple[str, str], AccessToken] = {}
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], AccessToken] = OrderedDict()
         self._lock = threading.Lock()  # the cache is shared by the sync and async flows
+        self._reader = reader
+        # Single-flight: readers of one account wait for the fetch already under way (async: a task per
+        # account and event loop; sync: a lock per account).
+        self._fetching: dict[tuple[int, str, str], asyncio.Task[AccessToken]] = {}
+        self._sync_locks: dict[tuple[str, str], threading.Lock] = {}
         self._async_http: httpx.AsyncClient | None = None
         self._sync_http: httpx.Client | None = None
 
@@ -120,15 +162,21 @@ class TokenSource:
         return cls(url=url, api_token=api_token, clock=clock, timeout=timeout)
 
     @classmethod
-    def from_store(cls, store: AccountLookup, *, clock: Clock | None = None) -> TokenSource:
-        """Read tokens straight from an opened store (same process or same database as the daemon)."""
-        return cls(store=store, clock=clock)
+    def from_store(
+        cls, store: AccountLookup, *, clock: Clock | None = None, reader: ReadRefresher | None = None
+    ) -> TokenSource:
+        """Read tokens straight from an opened store (same process or same database as the daemon); with
+        ``reader`` (the daemon's refresher in a :class:`~refresher.token_read.ReadRefresher`) a token
+        inside the read margin is refreshed first, as the token API does."""
+        return cls(store=store, clock=clock or (reader.refresher.clock if reader else None), reader=reader)
 
     # -- cache --------------------------------------------------------------------------------------
 
     def _cached(self, app: str, account: str) -> AccessToken | None:
         with self._lock:
             hit = self._cache.get((app, account))
+            if hit is not None:
+                self._cache.move_to_end((app, account))
         if hit is not None and self.clock.now() < hit.stale_at():
             return hit
         return None
@@ -136,6 +184,9 @@ class TokenSource:
     def _remember(self, token: AccessToken) -> AccessToken:
         with self._lock:
             self._cache[(token.app, token.account)] = token
+            self._cache.move_to_end((token.app, token.account))
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return token
 
     def invalidate(self, app: str, account: str) -> None:
@@ -150,6 +201,15 @@ class TokenSource:
         hit = self._cached(app, account)
         if hit is not None:
             return hit
+        key = (id(asyncio.get_running_loop()), app, account)
+        task = self._fetching.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(app, account))
+            self._fetching[key] = task
+            task.add_done_callback(lambda _t: self._fetching.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, app: str, account: str) -> AccessToken:
         if self.store is not None:
             return self._remember(await self._from_store(app, account))
         if self._async_http is None:
@@ -167,6 +227,13 @@ class TokenSource:
             return hit
         if self.store is not None:
             raise TypeError("a store-backed TokenSource is asynchronous: use await get_token(...)")
+        with self._lock:
+            one = self._sync_locks.setdefault((app, account), threading.Lock())
+        with one:  # the first thread fetches; the others find its answer in the cache
+            hit = self._cached(app, account)
+            return hit if hit is not None else self._fetch_sync(app, account)
+
+    def _fetch_sync(self, app: str, account: str) -> AccessToken:
         if self._sync_http is None:
             self._sync_http = httpx.Client(timeout=self._timeout, trust_env=False)
         try:
@@ -180,10 +247,12 @@ class TokenSource:
         found = await self.store.get(app, account)
         if found is None:
             raise TokenUnavailable(f"unknown account {account!r} of app {app!r}")
-        if found.tokens is None:
-            raise TokenUnavailable(f"account {account!r} of app {app!r} holds no token")
-        if str(found.status) != "active":
-            raise TokenUnavailable(f"account {account!r} of app {app!r} is {found.status}")
+        if self._reader is not None:
+            found = await self._reader.fresh(found)
+        reason = judge(found, self.clock.now())
+        if reason is not None or found.tokens is None:
+            assert reason is not None
+            raise TokenRefused(refusal_message(found, reason), status=str(found.status), reason=str(reason))
         return AccessToken(
             app=app,
             account=account,
@@ -202,7 +271,7 @@ class TokenSource:
 
     def _parse(self, response: httpx.Response, app: str, account: str) -> AccessToken:
         if response.status_code != 200:
-            detail = ""
+            detail, body = "", None
             try:
                 body = response.json()
                 if isinstance(body, dict) and isinstance(body.get("detail"), str):
@@ -216,6 +285,13 @@ class TokenSource:
                 )
             if response.status_code >= 500:
                 raise TransientError(f"token API failed for {where}{detail}", http_status=response.status_code)
+            if response.status_code == 409 and isinstance(body, dict) and "reason" in body:
+                raise TokenRefused(
+                    str(body.get("detail") or f"no working token for {where}")[:300],
+                    status=body.get("status"),
+                    reason=str(body["reason"]),
+                    reauth_url=body.get("reauth_url"),
+                )
             raise TokenUnavailable(f"no token for {where}{detail}", http_status=response.status_code)
         data = response.json()
         return AccessToken(

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -25,6 +26,7 @@ from refresher.alerts.events import RefreshEvent
 from refresher.config import ConfigFileError, Settings, load_config
 from refresher.domain import Clock, SystemClock, TokenSet
 from refresher.health import StoreHealth
+from refresher.invites import reauth_url
 from refresher.logging import configure_logging, register_secrets
 from refresher.metrics import Metrics
 from refresher.owners import is_dead_predecessor, new_owner
@@ -148,11 +150,16 @@ class Daemon:
         return self.metrics.render(), self.metrics.content_type
 
     def reauth_link(self, app: str, account_key: str) -> str | None:
-        """Where a seller re-authorizes: the daemon's connect page when it has a public URL."""
-        base = self.settings.server.public_url
-        if not base:
-            return None
-        return f"{base.rstrip('/')}/connect/{app}"
+        """Where a seller re-authorizes: a signed invitation bound to the account (server.invite_secret), or
+        the plain connect page when connecting needs no invitation; None without server.public_url."""
+        server = self.settings.server
+        secret = server.invite_secret.get_secret_value() if server.invite_secret else None
+        link = reauth_url(
+            server.public_url, app, account_key, secret=secret, ttl=server.reauth_link_ttl, clock=self.clock
+        )
+        if link is None and server.public_url and not server.connect_requires_auth:
+            return f"{server.public_url.rstrip('/')}/connect/{quote(app, safe='')}"
+        return link
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -22,11 +23,13 @@ from refresher.alerts import verify_signature
 from refresher.config import LoggingSettings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
+from refresher.invites import check_invite
 from refresher.logging import configure_logging, forget_secrets, reset_logging
 from refresher.sandbox import SandboxServer
 
 SECRET = "e2e-webhook-secret-0123456789"
 PUBLIC = "https://tokens.example.com"
+INVITE_SECRET = "invite-secret-for-e2e-0123456789"
 
 
 class Receiver:
@@ -101,7 +104,7 @@ async def world(tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixtur
     async with SandboxServer(clock=clock, seed=3) as sandbox:
         document = {
             "store": {"url": f"sqlite:///{tmp_path / 'tokens.db'}"},
-            "server": {"enabled": False, "public_url": PUBLIC},
+            "server": {"enabled": False, "public_url": PUBLIC, "invite_secret": INVITE_SECRET},
             "logging": {"level": "info"},
             "alerts": {
                 "after_failures": 2,
@@ -178,5 +181,11 @@ async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: Wo
     assert await world.sweep() == AccountStatus.NEEDS_REAUTH
     [alarm] = world.receiver.messages()
     assert (alarm["kind"], alarm["cause"]) == ("alarm", "reauth_required")
-    assert alarm["reauth_url"] == f"{PUBLIC}/connect/shopee"
+    # A signed invitation bound to this account (an unsigned connect link would answer 401).
+    url = httpx.URL(alarm["reauth_url"])
+    assert str(url).startswith(f"{PUBLIC}/connect/shopee?invite=")
+    assert url.params["account"] == world.key
+    check_invite(
+        url.params["invite"], "shopee", secret=INVITE_SECRET, clock=world.daemon.clock, account=world.key
+    )
     assert alarm["consecutive_failures"] == 1

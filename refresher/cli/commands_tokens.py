@@ -12,6 +12,7 @@ import click
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.domain import AccountStatus, SystemClock
 from refresher.store.base import Account
+from refresher.token_read import Refusal, judge, refusal_message
 
 EXIT_UNAVAILABLE = 1
 
@@ -41,15 +42,12 @@ def token(config_path: str | None, app: str, account: str, want_refresh: bool, a
     if want_refresh:
         click.echo(found.tokens.refresh_token)
         return
-    if found.status != AccountStatus.ACTIVE:
-        fail(f"account {account!r} of app {app!r} is {found.status}", EXIT_UNAVAILABLE)
-    now = SystemClock().now()
-    if found.tokens.access_expires_at <= now and not allow_expired:
-        fail(
-            f"the access token of {account!r} in app {app!r} expired at "
-            f"{found.tokens.access_expires_at.isoformat()} (is the daemon running?)",
-            EXIT_UNAVAILABLE,
-        )
+    # The token API's judgement (its 409), so a script never gets a token the API would refuse.
+    reason = judge(found, SystemClock().now())
+    if reason is Refusal.EXPIRED and not allow_expired:
+        fail(f"{refusal_message(found, reason)} (is the daemon running?) [{reason}]", EXIT_UNAVAILABLE)
+    if reason is not None and reason is not Refusal.EXPIRED:
+        fail(f"{refusal_message(found, reason)} [{reason}]", EXIT_UNAVAILABLE)
     click.echo(found.tokens.access_token)
 
 

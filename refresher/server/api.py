@@ -8,6 +8,7 @@ never carry a token except ``GET …/token`` (``tokens:read``; the refresh token
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -16,9 +17,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
+from refresher.refresh import Refresher
 from refresher.server.auth import Caller, get_runtime, require, require_caller
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
+from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
 
 MAX_PAGE = 500
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -92,11 +95,24 @@ class TokenOut(BaseModel):
     app: str
     account: str
     identity: IdentityOut
+    status: AccountStatus = Field(description="Always active: any other status is a 409.")
     access_token: str
     access_expires_at: dt.datetime
     refresh_token: str | None = Field(None, description="Only with ?include_refresh=true and tokens:read_refresh.")
     refresh_expires_at: dt.datetime | None
     version: int
+
+
+class TokenRefusedOut(BaseModel):
+    """Why no token is handed out: a token that would not work is never sent."""
+
+    detail: str
+    status: AccountStatus
+    reason: Refusal = Field(description="needs_reauth | disabled | expired | no_token")
+    reauth_url: str | None = Field(
+        description="A signed, expiring link the seller opens to re-authorize this account (null without "
+        "server.public_url and server.invite_secret, or for a disabled account)."
+    )
 
 
 class RefreshOut(BaseModel):
@@ -256,11 +272,32 @@ async def get_account(
     return account_out(await _account(runtime, app, key))
 
 
+# One refresh-on-read coordinator per running refresher (a reload keeps the refresher, so its in-flight map).
+_readers: weakref.WeakKeyDictionary[Refresher, ReadRefresher] = weakref.WeakKeyDictionary()
+
+
+def _reader(runtime: Runtime) -> ReadRefresher:
+    reader = _readers.get(runtime.refresher)
+    if reader is None:
+        reader = _readers[runtime.refresher] = ReadRefresher(runtime.refresher)
+    reader.margin = ReadMargin(runtime.settings.server.token_read_margin)  # follows a config reload
+    return reader
+
+
 @router.get(
     "/accounts/{app}/{key}/token",
     response_model=TokenOut,
-    responses={**_NOT_FOUND, 409: {"model": Problem, "description": "The account holds no token."}},
+    responses={
+        **_NOT_FOUND,
+        409: {
+            "model": TokenRefusedOut,
+            "description": "No working token: the account needs re-authorization, is disabled, holds no "
+            "token, or its token expired and could not be refreshed.",
+        },
+    },
     summary="The current access token (and, with tokens:read_refresh, the refresh token)",
+    description="A token expiring within server.token_read_margin is refreshed before it is returned "
+    "(one platform call however many readers ask at once, across replicas too).",
 )
 async def get_token(
     runtime: RuntimeDep,
@@ -269,18 +306,29 @@ async def get_token(
     key: KeyPath,
     caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
     include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
-) -> TokenOut:
+) -> TokenOut | JSONResponse:
     response.headers.update(NO_STORE)
     if include_refresh and not caller.allows("tokens:read_refresh"):
         raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
     account = await _account(runtime, app, key)
+    try:
+        account = await _reader(runtime).fresh(account)
+    except AccountNotFound:
+        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
+    reason = judge(account, runtime.clock.now())
     tokens = account.tokens
-    if tokens is None:
-        raise HTTPException(status_code=409, detail=f"account {key!r} of app {app!r} holds no token")
+    if reason is not None or tokens is None:
+        reason = reason or Refusal.NO_TOKEN
+        link = runtime.reauth_link(app, account.key) if reason != Refusal.DISABLED else None
+        body = TokenRefusedOut(
+            detail=refusal_message(account, reason), status=account.status, reason=reason, reauth_url=link
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=409, headers=NO_STORE)
     return TokenOut(
         app=account.app,
         account=account.key,
         identity=_identity_out(account),
+        status=account.status,
         access_token=tokens.access_token,
         access_expires_at=tokens.access_expires_at,
         refresh_token=tokens.refresh_token if include_refresh else None,

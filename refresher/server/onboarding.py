@@ -173,7 +173,9 @@ def _connect_refusal(settings: Settings, request: Request, app: str, clock: Cloc
                 "Invitation not accepted", "invite_disabled", ["This server does not accept invitations."], 403
             )
         try:
-            check_invite(invite, app, secret=server.invite_secret.get_secret_value(), clock=clock)
+            # A re-authorization link names its account; the signature covers it.
+            account = request.query_params.get("account")
+            check_invite(invite, app, secret=server.invite_secret.get_secret_value(), clock=clock, account=account)
         except InviteError as exc:
             log.info("connect.invite_refused", app=app, reason=exc.kind)
             return message_page("Invitation not accepted", f"invite_{exc.kind}", [exc.message + "."], 403)
