@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from refresher.config import AppSettings, Settings, cron_trigger_from
@@ -37,18 +37,19 @@ def schedule_of(app: AppSettings, platform: type[Platform]) -> str:
 
 def build_trigger(
     app: AppSettings, platform: type[Platform], start: dt.datetime | None = None
-) -> CronTrigger | IntervalTrigger:
-    """The app's trigger; ``start`` anchors an interval (simulated time starts where its clock does)."""
+) -> BaseTrigger:
+    """The app's trigger; ``start`` anchors an interval (simulated time starts where its clock does).
+    A cron schedule is translated by :func:`refresher.config.cron_trigger_from` (cron's weekday numbers
+    and either-day rule, which APScheduler's own ``from_crontab`` does not follow)."""
     if app.interval is not None:
         return IntervalTrigger(
             seconds=max(app.interval.total_seconds(), 0.1), timezone=app.timezone, start_date=start
         )
-    trigger: CronTrigger = cron_trigger_from(app.schedule or platform.default_schedule, app.timezone, CronTrigger)
-    return trigger
+    return cron_trigger_from(app.schedule or platform.default_schedule, app.timezone)
 
 
 def max_tick_gap(
-    trigger: CronTrigger | IntervalTrigger, start: dt.datetime, horizon: dt.timedelta = dt.timedelta(days=35)
+    trigger: BaseTrigger, start: dt.datetime, horizon: dt.timedelta = dt.timedelta(days=35)
 ) -> dt.timedelta:
     """The longest time between two consecutive ticks over ``horizon`` (covers monthly cron patterns)."""
     if isinstance(trigger, IntervalTrigger):
