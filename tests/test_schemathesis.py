@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from pydantic import SecretStr
 from hypothesis import HealthCheck, Phase, given, settings
 
 from refresher.daemon import Daemon
@@ -65,7 +66,12 @@ class DaemonThread:
         self._stop = asyncio.Event()
         clock = FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
         async with SandboxServer(clock=clock) as sandbox:
-            daemon = Daemon(build_settings(sandbox, self.db), clock=clock)
+            settings = build_settings(sandbox, self.db)
+            # A public URL and an invitation secret, so GET …/reauth-link can answer 200 as well as 409.
+            server = settings.server.model_copy(
+                update={"public_url": "https://tokens.example.com", "invite_secret": SecretStr("x" * 32)}
+            )
+            daemon = Daemon(settings.model_copy(update={"server": server}), clock=clock)
             await daemon.start()
             try:
                 platform = daemon.platforms[APP]
@@ -103,6 +109,8 @@ OPERATIONS = [
     ("POST", "/v1/accounts/{app}/{key}/disable"),
     ("POST", "/v1/accounts/{app}/{key}/enable"),
     ("GET", "/v1/accounts/{app}/{key}/history"),
+    ("GET", "/v1/accounts/{app}/{key}/events"),
+    ("GET", "/v1/accounts/{app}/{key}/reauth-link"),
 ]
 
 

@@ -225,3 +225,27 @@ async def test_the_409s_link_reauthorizes_in_place_without_the_admin_token(env: 
     assert stored is not None and stored.status == AccountStatus.ACTIVE and stored.version > account.version
     ok = await env.call("GET", token_path(account.key), "reader")
     assert ok.status_code == 200 and ok.json()["status"] == "active"
+
+
+async def test_reauth_link_on_demand_and_the_audit_log_over_the_api(env: ApiEnv) -> None:
+    (account,) = await env.onboard()
+    path = f"/v1/accounts/{APP}/{quote(account.key, safe='')}"
+    assert (await env.call("GET", path + "/reauth-link", "reader")).status_code == 403  # accounts:write
+    answer = await env.call("GET", path + "/reauth-link", "writer")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["account"] == account.key
+    expires = dt.datetime.fromisoformat(body["expires_at"])
+    assert expires == env.clock.now() + dt.timedelta(days=7)
+    url = httpx.URL(body["url"])
+    assert check_invite(url.params["invite"], APP, secret=INVITE_SECRET, clock=env.clock, account=account.key)
+
+    env.sandbox.set_faults("shopee:refresh:503|x1")
+    assert (await env.call("POST", path + "/refresh", "admin")).status_code == 200  # retried past the fault
+    assert (await env.call("POST", path + "/refresh", "admin")).status_code == 200
+    events = await env.call("GET", path + "/events", "reader", params={"limit": 5})
+    assert events.status_code == 200
+    items = events.json()["items"]
+    assert [i["outcome"] for i in items] == ["success", "success"]
+    assert items[1]["attempts"] == 2 and isinstance(items[0]["duration_ms"], int)
+    assert (await env.call("GET", f"/v1/accounts/{APP}/shop:1/events", "reader")).status_code == 404

@@ -7,17 +7,32 @@ never carry a token except ``GET …/token`` (``tokens:read``; the refresh token
 
 from __future__ import annotations
 
-import datetime as dt
 import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
+from refresher.server.api_models import (
+    AccountOut,
+    AccountPage,
+    AppList,
+    AppOut,
+    AuditItem,
+    AuditOut,
+    ErrorOut,
+    HistoryItem,
+    HistoryOut,
+    IdentityOut,
+    Problem,
+    ReauthLinkOut,
+    RefreshOut,
+    TokenOut,
+    TokenRefusedOut,
+)
 from refresher.server.auth import Caller, get_runtime, require, require_caller
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
@@ -25,116 +40,6 @@ from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refu
 
 MAX_PAGE = 500
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-# ----------------------------------------------------------------------------------------- models
-
-
-class Problem(BaseModel):
-    """An error answer: one line saying what is wrong."""
-
-    detail: str
-
-
-class AppOut(BaseModel):
-    name: str
-    platform: str
-    enabled: bool
-    accounts: dict[str, int] = Field(description="Number of accounts per status.")
-    total: int
-
-
-class AppList(BaseModel):
-    items: list[AppOut]
-
-
-class ErrorOut(BaseModel):
-    error_class: str
-    code: str | None = None
-    message: str
-    request_id: str | None = None
-    http_status: int | None = None
-
-
-class IdentityOut(BaseModel):
-    key: str
-    kind: str
-    platform_id: str
-    name: str | None = None
-    region: str | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-class AccountOut(BaseModel):
-    """An account as the API shows it: identity, state and expiries, never a token."""
-
-    app: str
-    platform: str
-    key: str
-    identity: IdentityOut
-    status: AccountStatus
-    access_expires_at: dt.datetime | None
-    refresh_expires_at: dt.datetime | None
-    scopes: list[str]
-    consecutive_failures: int
-    last_success_at: dt.datetime | None
-    last_attempt_at: dt.datetime | None
-    next_attempt_at: dt.datetime | None
-    last_error: ErrorOut | None
-    version: int
-    created_at: dt.datetime | None
-    updated_at: dt.datetime | None
-
-
-class AccountPage(BaseModel):
-    items: list[AccountOut]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
-
-
-class TokenOut(BaseModel):
-    app: str
-    account: str
-    identity: IdentityOut
-    status: AccountStatus = Field(description="Always active: any other status is a 409.")
-    access_token: str
-    access_expires_at: dt.datetime
-    refresh_token: str | None = Field(None, description="Only with ?include_refresh=true and tokens:read_refresh.")
-    refresh_expires_at: dt.datetime | None
-    version: int
-
-
-class TokenRefusedOut(BaseModel):
-    """Why no token is handed out: a token that would not work is never sent."""
-
-    detail: str
-    status: AccountStatus
-    reason: Refusal = Field(description="needs_reauth | disabled | expired | no_token")
-    reauth_url: str | None = Field(
-        description="A signed, expiring link the seller opens to re-authorize this account (null without "
-        "server.public_url and server.invite_secret, or for a disabled account)."
-    )
-
-
-class RefreshOut(BaseModel):
-    outcome: str = Field(description="success | failure | busy | skipped")
-    attempts: int
-    duration_ms: int
-    error: ErrorOut | None
-    account: AccountOut
-
-
-class HistoryItem(BaseModel):
-    version: int
-    access_expires_at: dt.datetime
-    refresh_expires_at: dt.datetime | None
-    replaced_at: dt.datetime
-
-
-class HistoryOut(BaseModel):
-    app: str
-    account: str
-    current_version: int
-    items: list[HistoryItem]
 
 
 # What every protected route may answer besides its success; declared so /openapi.json is exact.
@@ -442,4 +347,50 @@ async def account_history(
             )
             for e in entries
         ],
+    )
+
+
+@router.get(
+    "/accounts/{app}/{key}/reauth-link",
+    response_model=ReauthLinkOut,
+    responses={
+        **_NOT_FOUND,
+        409: {"model": Problem, "description": "server.public_url or server.invite_secret is not set."},
+    },
+    summary="A signed, expiring re-authorization link for this account",
+)
+async def reauth_link(
+    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
+) -> ReauthLinkOut:
+    account = await _account(runtime, app, key)
+    server = runtime.settings.server
+    url = runtime.reauth_link(app, account.key) if server.invite_secret else None
+    if url is None:
+        raise HTTPException(
+            status_code=409, detail="re-authorization links need server.public_url and server.invite_secret"
+        )
+    return ReauthLinkOut(
+        app=app, account=account.key, url=url, expires_at=runtime.clock.now() + server.reauth_link_ttl
+    )
+
+
+@router.get(
+    "/accounts/{app}/{key}/events",
+    response_model=AuditOut,
+    responses=_NOT_FOUND,
+    summary="The audit log of one account: every refresh attempt, its outcome and error (newest first)",
+)
+async def account_events(
+    runtime: RuntimeDep,
+    app: AppPath,
+    key: KeyPath,
+    _caller: Annotated[str, Depends(require("accounts:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000, description="How many events, newest first.")] = 100,
+) -> AuditOut:
+    account = await _account(runtime, app, key)
+    entries = await runtime.store.audit_log(app, account.key, limit=limit)
+    return AuditOut(
+        app=app,
+        account=account.key,
+        items=[AuditItem.model_validate(e, from_attributes=True) for e in entries],
     )
