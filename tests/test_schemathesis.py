@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from pydantic import SecretStr
 from hypothesis import HealthCheck, Phase, given, settings
+from pydantic import SecretStr
 
 from refresher.daemon import Daemon
 from refresher.domain import FakeClock
