@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select, tuple_, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refresher.domain import AccountStatus, as_utc
 from refresher.store.base import Account, Alarm
@@ -39,6 +40,9 @@ class AccountQuery:
     search: str | None = None  # key or platform id prefix, or part of the shop / user name
     sort: SortKey = "access"
     descending: bool = False
+    # The apps to list when ``app`` is not given (the configured ones): an expiry-sorted listing reads
+    # each app's and status's slice of the (app, status, expiry) indexes and merges them.
+    apps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,12 @@ class AccountPage:
     total: int
     offset: int
     limit: int
+    next_cursor: str | None = None  # keyset listings: where the next page starts
 
     @property
     def has_next(self) -> bool:
+        if self.next_cursor is not None:
+            return True
         return self.offset + len(self.items) < self.total
 
 
@@ -68,6 +75,17 @@ class ActivityBucket:
     start: dt.datetime
     successes: int
     failures: int
+
+
+def _decode_cursor(cursor: str | None, column: Any) -> tuple[int, dt.datetime | None, int]:
+    """``phase~iso-time~id`` -> its parts; anything unreadable starts from the beginning."""
+    if not cursor:
+        return 0, None, 0
+    try:
+        phase, value, last_id = cursor.split("~")
+        return int(phase) % 2, as_utc(dt.datetime.fromisoformat(value)) if value else None, int(last_id)
+    except (ValueError, IndexError):
+        return 0, None, 0
 
 
 def _like_escape(text: str) -> str:
@@ -110,21 +128,75 @@ class SqlBrowse(StoreCore):
             )
         return filters
 
-    async def browse_accounts(self, query: AccountQuery, *, limit: int = 50, offset: int = 0) -> AccountPage:
-        """One page of accounts (no tokens read) and how many match in all."""
+    async def browse_accounts(
+        self, query: AccountQuery, *, limit: int = 50, offset: int = 0, after: str | None = None
+    ) -> AccountPage:
+        """One page of accounts (no tokens read) and how many match in all.
+
+        Sorted by an expiry without a search, pages are keyset pages (``after`` is the previous page's
+        ``next_cursor``), each read from the indexes whatever its depth; otherwise LIMIT/OFFSET."""
         filters = self._account_filters(query)
-        column = _SORT_COLUMNS[query.sort]
-        order = [column.desc(), accounts.c.id.desc()] if query.descending else [column.asc(), accounts.c.id.asc()]
-        # Two steps: order and skip over narrow (sort key, id) pairs, then read the page's full rows by
-        # primary key. Sorting whole rows (JSON columns included) made a deep page take seconds.
-        ids = select(accounts.c.id).where(*filters).order_by(*order).limit(limit).offset(max(offset, 0))
         count = select(func.count()).select_from(accounts).where(*filters)
+        keyset = query.sort in ("access", "refresh") and not (query.search or "").strip()
         async with self._tx() as conn:
-            page_ids = [row.id for row in await conn.execute(ids)]
+            if keyset:
+                page_ids, cursor = await self._keyset_ids(conn, query, limit, after)
+            else:
+                column = _SORT_COLUMNS[query.sort]
+                order = [column.desc(), accounts.c.id.desc()] if query.descending else [column, accounts.c.id]
+                # Order and skip over narrow (sort key, id) pairs, then read the page's rows by id.
+                ids = select(accounts.c.id).where(*filters).order_by(*order).limit(limit).offset(max(offset, 0))
+                page_ids, cursor = [row.id for row in await conn.execute(ids)], None
             found = {row.id: row for row in await conn.execute(select(accounts).where(accounts.c.id.in_(page_ids)))}
             total = int((await conn.execute(count)).scalar_one())
         rows = [self._codec.account(found[i], secrets=False) for i in page_ids if i in found]
-        return AccountPage(items=rows, total=total, offset=offset, limit=limit)
+        return AccountPage(items=rows, total=total, offset=0 if keyset else offset, limit=limit, next_cursor=cursor)
+
+    async def _keyset_ids(
+        self, conn: AsyncConnection, query: AccountQuery, limit: int, after: str | None
+    ) -> tuple[list[int], str | None]:
+        """Ids of the next ``limit`` accounts by (expiry, id): the first ``limit`` of every (app, status)
+        slice after the cursor, merged; accounts without that expiry come last, by id."""
+        column = _SORT_COLUMNS[query.sort]
+        desc = query.descending
+        phase, value, last_id = _decode_cursor(after, column)
+        apps = [query.app] if query.app else list(query.apps)
+        statuses = [str(query.status)] if query.status is not None else [str(s) for s in AccountStatus]
+        extra = [accounts.c.platform == query.platform] if query.platform else []
+        picked: list[tuple[int, Any, int]] = []  # (phase, value, id)
+        if phase == 0:
+            # One statement: each slice's first ``limit`` rows (an index range each), merged by the database.
+            slices = []
+            for app in apps:
+                for status in statuses:
+                    stmt = select(column.label("v"), accounts.c.id.label("i")).where(
+                        accounts.c.app == app, accounts.c.status == status, column.is_not(None), *extra
+                    )
+                    if value is not None:
+                        key = tuple_(column, accounts.c.id)
+                        stmt = stmt.where(key < tuple_(value, last_id) if desc else key > tuple_(value, last_id))
+                    order = [column.desc(), accounts.c.id.desc()] if desc else [column, accounts.c.id]
+                    slices.append(select(stmt.order_by(*order).limit(limit).subquery()))
+            if slices:
+                merged = union_all(*slices).subquery()
+                outer = [merged.c.v.desc(), merged.c.i.desc()] if desc else [merged.c.v, merged.c.i]
+                top = select(merged.c.v, merged.c.i).order_by(*outer).limit(limit)
+                picked = [(0, as_utc(v) if isinstance(v, dt.datetime) else v, i) for v, i in await conn.execute(top)]
+            last_id = 0
+        if len(picked) < limit:  # then those without the expiry, by id
+            nulls: list[int] = []
+            for app in apps:
+                for status in statuses:
+                    stmt = select(accounts.c.id).where(
+                        accounts.c.app == app, accounts.c.status == status, column.is_(None), *extra
+                    )
+                    stmt = stmt.where(accounts.c.id > last_id).order_by(accounts.c.id).limit(limit)
+                    nulls += [r[0] for r in await conn.execute(stmt)]
+            picked += [(1, None, i) for i in sorted(nulls)[: limit - len(picked)]]
+        if len(picked) < limit:
+            return [i for _, _, i in picked], None
+        p, v, i = picked[-1]
+        return [i for _, _, i in picked], f"{p}~{v.isoformat() if v is not None else ''}~{i}"
 
     async def account_summary(self, app: str, key: str) -> Account | None:
         """One account without its tokens (the console's account page)."""

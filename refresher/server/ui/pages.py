@@ -91,6 +91,7 @@ async def accounts(
     sort: str = "access",
     order: str = "asc",
     page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+    after: Annotated[str, Query(max_length=80)] = "",
 ) -> Response:
     session = session_of(request)
     if session is None:
@@ -104,8 +105,11 @@ async def accounts(
         search=q[:200] or None,
         sort=next((s for s in SORTS if s == sort), "access"),
         descending=order == "desc",
+        apps=tuple(sorted(settings.apps)),
     )
-    found = await browse_of(runtime).browse_accounts(query, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE)
+    found = await browse_of(runtime).browse_accounts(
+        query, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, after=after or None
+    )
     params = {"q": q, "app": query.app or "", "platform": platform, "status": status, "sort": query.sort}
     params["order"] = "desc" if query.descending else "asc"
 

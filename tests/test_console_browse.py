@@ -1,0 +1,112 @@
+"""The console's store queries on SQLite and PostgreSQL: keyset pages, filters, search, token history
+without tokens, alarms and the activity buckets."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from refresher.domain import AccountStatus, FakeClock, Identity, TokenSet
+from refresher.store.base import Alarm, AuditEntry
+from refresher.store.browse import AccountQuery
+from refresher.store.sql import SqlStore
+from tests.support import pg_schema
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+APPS = ("a1", "a2", "a3")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    clock = FakeClock(NOW)
+    if request.param == "sqlite":
+        opened = SqlStore(f"sqlite:///{tmp_path / 'b.db'}", clock=clock)
+        await opened.open()
+        yield opened
+        await opened.close()
+        return
+    with pg_schema() as url:
+        opened = SqlStore(url, clock=clock)
+        await opened.open()
+        yield opened
+        await opened.close()
+
+
+async def fill(store: SqlStore, count: int) -> None:
+    statuses = list(AccountStatus)
+    for n in range(count):
+        # Repeating expiries (n % 17) make ties, which only the id breaks; every 11th has no refresh end.
+        tokens = TokenSet(
+            f"access-{n}",
+            f"refresh-{n}",
+            NOW + dt.timedelta(minutes=n % 17),
+            None if n % 11 == 0 else NOW + dt.timedelta(days=n % 23),
+        )
+        identity = Identity(f"shop:{1000 + n}", "shop", str(1000 + n), name=f"Shop Number {n}", region="SG")
+        await store.import_account(APPS[n % 3], "shopee", identity, tokens, statuses[n % 3])
+
+
+@pytest.mark.parametrize(("sort", "descending"), [("access", False), ("access", True), ("refresh", False)])
+async def test_keyset_pages_list_every_account_once_in_order(store: SqlStore, sort: str, descending: bool) -> None:
+    await fill(store, 120)
+    query = AccountQuery(sort=sort, descending=descending, apps=APPS)  # type: ignore[arg-type]
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = await store.browse_accounts(query, limit=7, after=cursor)
+        assert page.total == 120
+        seen += page.items
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len({a.id for a in seen}) == len(seen) == 120 and pages == 18
+    column = "access_expires_at" if sort == "access" else "refresh_expires_at"
+    dated = [(getattr(a, column), a.id) for a in seen if getattr(a, column) is not None]
+    assert dated == sorted(dated, reverse=descending)
+    undated = [a.id for a in seen if getattr(a, column) is None]
+    assert [a.id for a in seen[len(dated) :]] == sorted(undated)  # those without the expiry come last
+    assert all(a.tokens is None for a in seen)  # a listing never reads a token
+
+
+async def test_filters_search_and_offset_pages(store: SqlStore) -> None:
+    await fill(store, 60)
+    by_app = await store.browse_accounts(AccountQuery(app="a2", status=AccountStatus.NEEDS_REAUTH, apps=APPS))
+    assert by_app.total == 20 and {(a.app, a.status) for a in by_app.items} == {("a2", AccountStatus.NEEDS_REAUTH)}
+    assert (await store.browse_accounts(AccountQuery(search="number 42"))).total == 1  # part of the name
+    assert (await store.browse_accounts(AccountQuery(search="shop:104"))).total == 10  # key prefix
+    assert (await store.browse_accounts(AccountQuery(search="1059"))).total == 1  # platform id prefix
+    assert (await store.browse_accounts(AccountQuery(search="50%"))).total == 0  # LIKE wildcards are text
+    first = await store.browse_accounts(AccountQuery(sort="key"), limit=25)
+    third = await store.browse_accounts(AccountQuery(sort="key"), limit=25, offset=50)
+    assert first.has_next and not third.has_next and len(third.items) == 10
+    assert [a.key for a in first.items] == sorted(a.key for a in first.items)
+
+
+async def test_history_alarms_and_activity(store: SqlStore) -> None:
+    await fill(store, 3)
+    identity = Identity("shop:1000", "shop", "1000", name="Shop Number 0")
+    await store.import_account(
+        "a1",
+        "shopee",
+        identity,
+        TokenSet("new-access", "new-refresh", NOW + dt.timedelta(hours=4)),
+        AccountStatus.ACTIVE,
+    )
+    (version,) = await store.token_versions("a1", "shop:1000")
+    assert version.version == 1 and version.access_expires_at == NOW
+    await store.put_alarm(Alarm("a1", "shop:1000", "failures", NOW - dt.timedelta(hours=1), None, None))
+    await store.put_alarm(
+        Alarm("a2", "shop:1001", "failures", NOW - dt.timedelta(days=9), None, NOW - dt.timedelta(days=8))
+    )
+    recent = await store.recent_alarms(NOW - dt.timedelta(days=7))
+    assert [(a.app, a.resolved_at) for a in recent] == [("a1", None)]
+    for minutes, outcome in ((5, "success"), (65, "success"), (70, "failure"), (600, "failure")):
+        await store.audit(AuditEntry(NOW - dt.timedelta(minutes=minutes), "a1", "shop:1000", outcome, 10))
+    buckets = await store.activity(NOW - dt.timedelta(hours=3), dt.timedelta(hours=1), 3)
+    assert [(b.successes, b.failures) for b in buckets] == [(0, 0), (1, 1), (1, 0)]
+    # a1 holds one active account, re-authorized above (expires in 4 h): due 30 min before
+    assert await store.next_due("a1", dt.timedelta(minutes=30)) == NOW + dt.timedelta(hours=3, minutes=30)
+    assert await store.refresh_expiring_count("a1", NOW + dt.timedelta(days=30)) == 0  # a1's accounts: no end
