@@ -350,8 +350,23 @@ class Refresher:
             access_expires_at=tokens.access_expires_at.isoformat(),
             rotated=tokens.refresh_token != refresh_token,
         )
+        saved = await self._keep_identity_current(platform, saved, tokens)
         await self._notify(saved, "success", None, attempts, duration, tokens)
         return RefreshResult(saved, "success", None, attempts, duration)
+
+    async def _keep_identity_current(self, platform: Platform, account: Account, tokens: TokenSet) -> Account:
+        """After the new tokens are committed, store what the platform now says about the account
+        (``Platform.updated_identity``: TikTok Shop's shops and ciphers, Lazada's ventures). It never
+        costs the refresh: a failure is logged and the old identity stays."""
+        try:
+            identity = await platform.updated_identity(account.identity, tokens)
+            if identity is None or identity == account.identity:
+                return account
+            updated = await self.store.update_identity(account.app, account.key, identity)
+        except (RefresherError, StoreError) as exc:
+            log.warning("refresh.identity_not_updated", app=account.app, account=account.key, error=str(exc))
+            return account
+        return updated or account
 
     async def _save_new_tokens(self, account: Account, tokens: TokenSet, audit: AuditEntry) -> Account:
         """Commit tokens the platform just issued. The platform has most likely rotated: these are the only
@@ -446,7 +461,7 @@ class Refresher:
                 error = RefreshTokenRejected(
                     "refresh token rejected after an unsettled earlier attempt: the platform most likely "
                     "rotated it in a call whose answer was lost (crash or network); the seller must "
-                    "re-authorize" + (" or use a Shopee resend code" if account.platform == "shopee" else ""),
+                    "re-authorize" + _lost_token_hint(self.platforms.get(account.app)),
                     code=error.code,
                     request_id=error.request_id,
                     platform=error.platform,
@@ -609,3 +624,8 @@ def _wait_honouring_retry_after(policy: AppPolicy) -> Callable[[RetryCallState],
         return delay
 
     return wait
+
+
+def _lost_token_hint(platform: Platform | None) -> str:
+    """The platform's own way back to a lost refresh token, if it has one (see ``Platform.lost_token_hint``)."""
+    return platform.lost_token_hint if platform is not None else ""

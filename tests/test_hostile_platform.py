@@ -259,11 +259,13 @@ class Sweep:
         return account
 
     async def tick(self, case_respond: Any) -> int:
-        """One sweep against ``case_respond``; returns the number of token calls the platform saw."""
+        """One sweep against ``case_respond``; returns the number of token calls the platform saw (a
+        success is followed by the identity's own reads, Shopee's authorized list or TikTok Shop's shops,
+        which are not refreshes)."""
         self.hostile.respond = case_respond
         self.hostile.received.clear()
         await self.daemon.tick(self.platform)
-        return len(self.hostile.received)
+        return len([r for r in self.hostile.received if not r.target.startswith(IDENTITY_READS)])
 
     async def hooks(self, count: int) -> list[dict[str, Any]]:
         """Wait (briefly) for ``count`` webhook deliveries; alarms are sent after the commit."""
@@ -272,6 +274,10 @@ class Sweep:
                 break
             await asyncio.sleep(0.05)
         return [json.loads(r.body) for r in self.webhook.received]
+
+
+# Calls a plugin makes after a refresh to keep the account's identity current (Platform.updated_identity).
+IDENTITY_READS = ("/api/v2/public/get_shops_by_partner", "/api/v2/public/get_merchants_by_partner", "/authorization/")
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -405,5 +411,5 @@ async def test_new_tokens_in_a_flawed_answer_are_kept_not_dropped(
         # Short-lived on purpose: the next sweep refreshes it with the new refresh token.
         assert account.tokens.access_expires_at <= run.clock.now() + dt.timedelta(minutes=10)
         assert await run.tick(json_answer(200, success(platform, int(run.clock.now().timestamp())))) == 1
-        sent = hostile.received[-1]
+        sent = [r for r in hostile.received if not r.target.startswith(IDENTITY_READS)][-1]
         assert NEW_REFRESH_TOKEN in sent.target + sent.body.decode("latin-1")

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -453,3 +454,26 @@ def test_an_unknown_code_keeps_its_raw_code(rig: Rig) -> None:
     body = json.dumps({"type": "ISP", "code": "E0123_NEW", "message": "m", "request_id": "r"}).encode()
     error = rig.plugin.classify_api_answer(Answer(200, httpx.Headers({"content-type": "application/json"}), body))
     assert isinstance(error, TransientError) and error.code == "E0123_NEW" and "E0123_NEW" in error.message
+
+
+async def test_the_refresher_keeps_the_stored_ventures_current(rig: Rig, tmp_path: Path) -> None:
+    from refresher.refresh import Refresher
+    from refresher.store import open_store
+    from tests.support import settings_for
+
+    settings = settings_for(rig.sandbox, {"lazada": "lazada"}, store={"url": f"sqlite:///{tmp_path}/t.db"})
+    store = open_store(settings.store, rig.clock)
+    await store.open()
+    try:
+        _, grant = await onboard(rig, countries="sg,my")
+        stale = replace(
+            grant.identity, region="sg", extra={"country_user_info": grant.identity.extra["country_user_info"][:1]}
+        )
+        await store.upsert_grant("lazada", "lazada", Grant(stale, grant.tokens))
+        refresher = Refresher(settings, store, {"lazada": rig.plugin}, rig.clock, "test-owner")
+        assert (await refresher.refresh_now("lazada", stale.key)).outcome == "success"
+        stored = await store.get("lazada", stale.key)
+        assert stored is not None and stored.identity.region == "cb"
+        assert sorted(stored.identity.extra["countries"]) == ["my", "sg"]
+    finally:
+        await store.close()

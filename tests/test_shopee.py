@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -107,7 +108,7 @@ def test_production_host_is_the_default() -> None:
                     "platform": "shopee",
                     "partner_id": 2001234,
                     "partner_key": "k" * 20,
-                    "redirect_uri": "https://erp.example.com/cb",
+                    "redirect_uri": "https://erp.example.com/callback/sg",
                 }
             }
         }
@@ -242,13 +243,13 @@ async def test_resend_code_recovers_a_lost_refresh_token(rig: Rig) -> None:
     answer = await rig.http.post(console, json={"shop_id": int(grant.identity.platform_id)})
     resend_code = answer.json()["resend_code"]
     rig.secrets.add(resend_code)
-    tokens = await rig.plugin.resend_code_recovery(grant.identity, resend_code)
+    tokens = await rig.plugin.recover_with_code(grant.identity, resend_code)
     rig.secrets |= {tokens.access_token, tokens.refresh_token}
     assert tokens.refresh_token != grant.tokens.refresh_token
     assert await api(rig, grant, tokens.access_token) is None
     assert (await rig.plugin.refresh(grant.identity, tokens.refresh_token)).access_token
     with pytest.raises(ReauthRequired) as err:
-        await rig.plugin.resend_code_recovery(grant.identity, resend_code)  # once only
+        await rig.plugin.recover_with_code(grant.identity, resend_code)  # once only
     rig.check(err.value)
 
 
@@ -381,3 +382,107 @@ async def test_consent_link_is_verified_like_shopee_does(rig: Rig) -> None:
     stale = await rig.http.get(url)
     assert stale.json()["error"] == "error_param" and "timestamp" in stale.json()["message"]
     assert (await rig.http.get(rig.plugin.authorize_url("st"))).status_code == 200
+
+
+# ------------------------------------------------------ suppliers, authorization end, recovery (14.6)
+
+
+async def test_supplier_grants_are_stored_and_refreshed(rig: Rig) -> None:
+    _, grants = await onboard(rig, **{"as": "main", "shops": "1", "merchants": "0", "suppliers": "2"})
+    suppliers = [g for g in grants if g.identity.kind == "supplier"]
+    assert len(suppliers) == 2 and all(g.identity.key.startswith("supplier:") for g in suppliers)
+    tokens = await rig.plugin.refresh(suppliers[0].identity, suppliers[0].tokens.refresh_token)
+    rig.secrets |= {tokens.access_token, tokens.refresh_token}
+    assert tokens.refresh_token != suppliers[0].tokens.refresh_token
+    # The second supplier's first refresh still works with the shared first pair (its own chain starts).
+    assert (await rig.plugin.refresh(suppliers[1].identity, suppliers[1].tokens.refresh_token)).access_token
+
+
+async def test_the_authorization_end_caps_the_refresh_deadline(rig: Rig) -> None:
+    _, [grant] = await onboard(rig, validity_days="7")
+    end = grant.identity.extra["authorization_expires_at"]
+    assert end == int((START + dt.timedelta(days=7)).timestamp())
+    # The refresh token would live 30 days; the seller's 7-day authorization ends first.
+    assert grant.tokens.refresh_expires_at == START + dt.timedelta(days=7)
+    rig.clock.advance(dt.timedelta(hours=4))
+    tokens = await rig.plugin.refresh(grant.identity, grant.tokens.refresh_token)
+    assert tokens.refresh_expires_at == START + dt.timedelta(days=7)
+    assert await rig.plugin.updated_identity(grant.identity, tokens) is None  # read less than a day ago
+    rig.clock.advance(dt.timedelta(days=1))
+    again = await rig.plugin.updated_identity(grant.identity, tokens)
+    assert again is not None and again.extra["authorization_expires_at"] == end
+    rig.clock.advance(dt.timedelta(days=6))
+    with pytest.raises(RefreshTokenRejected) as ended:
+        await rig.plugin.refresh(again, tokens.refresh_token)
+    assert ended.value.code == "shop_access_expired"
+    rig.check(ended.value)
+
+
+async def test_reauthorize_soon_sees_the_authorization_end(rig: Rig, tmp_path: Path) -> None:
+    from refresher.store import SqlStore
+
+    _, [grant] = await onboard(rig, validity_days="7")
+    store = SqlStore(f"sqlite:///{tmp_path}/t.db", clock=rig.clock)
+    await store.open()
+    try:
+        await store.upsert_grant("shopee", "shopee", grant)
+        soon = await store.accounts_refresh_expiring("shopee", START + dt.timedelta(days=14))
+        assert [a.key for a in soon] == [grant.identity.key]
+    finally:
+        await store.close()
+
+
+async def test_recover_command_stores_the_recovered_tokens(rig: Rig, tmp_path: Path) -> None:
+    import asyncio
+
+    import yaml
+    from click.testing import CliRunner
+
+    from refresher.cli import main
+    from refresher.store import SqlStore
+
+    # The command signs with the system clock: the sandbox's (the test's) must agree with it.
+    rig.clock.set(dt.datetime.now(dt.UTC))
+    _, [grant] = await onboard(rig)
+    db = f"sqlite:///{tmp_path}/t.db"
+    store = SqlStore(db, clock=rig.clock)
+    await store.open()
+    await store.upsert_grant("shopee", "shopee", grant)
+    await store.close()
+    config = tmp_path / "refresher.yaml"
+    config.write_text(yaml.safe_dump({"store": {"url": db}, "apps": {"shopee": rig.sandbox.app_config("shopee")}}))
+    answer = await rig.http.post(
+        f"{rig.sandbox.url}/shopee/console/resend_code", json={"shop_id": int(grant.identity.platform_id)}
+    )
+    code = answer.json()["resend_code"]
+    rig.secrets.add(code)
+    invoke = CliRunner().invoke
+    result = await asyncio.to_thread(
+        invoke, main, ["recover", "-c", str(config), "shopee", grant.identity.key], code + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "recovered" in result.output and code not in result.output
+    store = SqlStore(db, clock=rig.clock)
+    await store.open()
+    try:
+        stored = await store.get("shopee", grant.identity.key)
+    finally:
+        await store.close()
+    assert stored is not None and stored.tokens is not None
+    assert stored.tokens.refresh_token != grant.tokens.refresh_token and str(stored.status) == "active"
+    again = await asyncio.to_thread(
+        invoke, main, ["recover", "-c", str(config), "shopee", grant.identity.key], code + "\n"
+    )
+    assert again.exit_code == 1 and "recovery refused" in again.output and code not in again.output
+
+
+def test_recover_is_refused_for_a_platform_without_codes(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from refresher.cli import main
+
+    config = tmp_path / "refresher.yaml"
+    config.write_text(yaml.safe_dump({"apps": {"l": {"platform": "lazada", "app_key": "1", "app_secret": "s"}}}))
+    result = CliRunner().invoke(main, ["recover", "-c", str(config), "l", "seller1"], "x\n")
+    assert result.exit_code == 2 and "no recovery code" in result.output

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -529,3 +530,25 @@ async def test_shops_are_read_again_with_each_refresh(rig: Rig) -> None:
     rig.sandbox.set_faults("tiktok_shop:api:error200|x1")
     failed = await rig.plugin.updated_identity(again, tokens)
     assert failed is not None and failed.extra["shops"] == again.extra["shops"] and failed.extra["shops_error"]
+
+
+async def test_the_refresher_stores_the_shops_it_reads_again(rig: Rig, tmp_path: Path) -> None:
+    from refresher.refresh import Refresher
+    from refresher.store import open_store
+    from tests.support import settings_for
+
+    settings = settings_for(rig.sandbox, {"tiktok_shop": "tiktok_shop"}, store={"url": f"sqlite:///{tmp_path}/t.db"})
+    store = open_store(settings.store, rig.clock)
+    await store.open()
+    try:
+        rig.sandbox.set_faults("tiktok_shop:api:error200|x1")
+        grant, _ = await onboard(rig)
+        await store.upsert_grant("tiktok_shop", "tiktok_shop", grant)
+        refresher = Refresher(settings, store, {"tiktok_shop": rig.plugin}, rig.clock, "test-owner")
+        result = await refresher.refresh_now("tiktok_shop", grant.identity.key)
+        assert result.outcome == "success"
+        stored = await store.get("tiktok_shop", grant.identity.key)
+        assert stored is not None and len(stored.identity.extra["shops"]) == 1
+        assert "shops_error" not in stored.identity.extra
+    finally:
+        await store.close()

@@ -7,6 +7,7 @@ sends; nothing here knows any platform.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -106,3 +107,49 @@ def sign(
         },
     }
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+@main.command("recover")
+@config_option
+@click.argument("app")
+@click.argument("account")
+@friendly_errors
+def recover(config_path: str | None, app: str, account: str) -> None:
+    """Recover ACCOUNT whose refresh token was lost, with a one-time code read from stdin (Shopee: the
+    "resend code" of the Open Platform console's authorization page, valid 10 minutes, live apps only).
+
+    The code is read from the terminal without echo (or from a pipe), never from the command line,
+    where other users could see it in the process list.
+    """
+    from refresher import platforms
+    from refresher.domain import AccountStatus, RefresherError
+    from refresher.logging import register_secrets
+    from refresher.store.base import Store
+
+    settings = load_settings(config_path)
+    app_settings = settings.app(app)
+    platform = platforms.get(app_settings.platform)(app_settings)
+    if not platform.supports_recovery_code:
+        fail(f"{app_settings.platform} has no recovery code: the seller must re-authorize ({app!r} {account!r})")
+    found = with_store(settings, lambda store: store.get(app, account))
+    if found is None:
+        fail(f"no account {account!r} in app {app!r}")
+    typed: str = click.prompt("recovery code", hide_input=True) if sys.stdin.isatty() else sys.stdin.readline()
+    code = typed.strip()
+    if not code:
+        fail("no recovery code given on stdin")
+    register_secrets([code])
+
+    async def work(store: Store) -> None:
+        try:
+            tokens = await platform.recover_with_code(found.identity, code)
+        finally:
+            await platform.http.aclose()
+        register_secrets([tokens.access_token, tokens.refresh_token])
+        await store.import_account(app, app_settings.platform, found.identity, tokens, AccountStatus.ACTIVE)
+
+    try:
+        with_store(settings, work)
+    except RefresherError as exc:
+        fail(f"recovery refused: {exc.message}", 1)
+    click.echo(f"{app}/{account}: recovered, tokens stored, account active")

@@ -91,12 +91,18 @@ class Platform(ABC):
     #: default cron schedule and refresh window, from the platform's lifetimes (docs/platforms.md)
     default_schedule: ClassVar[str] = "*/10 * * * *"
     default_refresh_before: ClassVar[dt.timedelta] = dt.timedelta(hours=1)
+    #: the access token's documented lifetime (the longest of live/test apps): check-config refuses a
+    #: refresh_before that is not shorter; None when the platform states none
+    access_lifetime: ClassVar[dt.timedelta | None] = None
     #: how long the code in a callback stays usable, for messages and the sandbox
     code_lifetime: ClassVar[dt.timedelta] = dt.timedelta(minutes=10)
     supports_pkce: ClassVar[bool] = False
     #: appended to "the seller must re-authorize" when a refresh token is lost: the platform's own way
     #: back without the seller, if it has one
     lost_token_hint: ClassVar[str] = ""
+    #: the platform can re-issue a grant's tokens from a one-time code a person fetches (Shopee's console
+    #: "resend code"): ``refresher recover APP ACCOUNT`` then calls :meth:`recover_with_code`
+    supports_recovery_code: ClassVar[bool] = False
 
     #: the app's credentials as the plugin's ``credentials_model`` (subclasses narrow the type)
     credentials: BaseModel
@@ -182,6 +188,12 @@ class Platform(ABC):
         tokens: implementations record it in the identity instead of raising.
         """
         return None
+
+    async def recover_with_code(self, identity: Identity, code: str) -> TokenSet:
+        """New tokens for an account whose refresh token was lost, from a one-time recovery code."""
+        from refresher.domain import ConfigError
+
+        raise ConfigError(f"{self.name} has no recovery code: the seller must re-authorize", platform=self.name)
 
     def identity_is_stale(self, verdict: RefresherError) -> bool:
         """Whether an API answer says the stored identity is out of date (TikTok Shop: a refused

@@ -94,6 +94,7 @@ class LazadaPlatform(Platform):
     # refreshes in the last 10 days leaves days of retries before anything expires.
     default_schedule: ClassVar[str] = "23 * * * *"
     default_refresh_before: ClassVar[dt.timedelta] = dt.timedelta(days=10)
+    access_lifetime: ClassVar[dt.timedelta | None] = dt.timedelta(days=30)  # online apps; 7 d in test
     code_lifetime: ClassVar[dt.timedelta] = dt.timedelta(minutes=30)
     supports_pkce: ClassVar[bool] = False
 

@@ -15,36 +15,36 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from refresher.domain import (
-    AccessTokenInvalid,
     AuthorizationDenied,
-    ClockSkew,
     ConfigError,
     Grant,
     Identity,
     MalformedAnswer,
-    ReauthRequired,
     RefresherError,
-    RefreshTokenRejected,
     TokenSet,
-    TransientError,
+    from_epoch,
 )
 from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
+from refresher.platforms.shopee_authorization import AUTHORIZATION_CHECK_EVERY, AuthorizationEnds
+from refresher.platforms.shopee_errors import classify, request_id_of
 from refresher.platforms.signing import shopee_base_string, shopee_sign
-from refresher.platforms.transport import Answer, retry_after_seconds, safe_excerpt
-from refresher.platforms.values import as_token
+from refresher.platforms.transport import Answer
+from refresher.platforms.values import as_token, json_seconds
+
+log = structlog.get_logger(__name__)
 
 AUTH_PARTNER_PATH = "/api/v2/shop/auth_partner"
 TOKEN_PATH = "/api/v2/auth/token/get"
 REFRESH_PATH = "/api/v2/auth/access_token/get"
 RESEND_CODE_PATH = "/api/v2/public/get_token_by_resend_code"
-SHOPS_BY_PARTNER_PATH = "/api/v2/public/get_shops_by_partner"
-MERCHANTS_BY_PARTNER_PATH = "/api/v2/public/get_merchants_by_partner"
 # Public APIs (signed partner_id + path + timestamp): the documented public type of platforms.md §1.5.
 PUBLIC_PREFIX = "/api/v2/public/"
 PUBLIC_PATHS = frozenset({AUTH_PARTNER_PATH, "/api/v2/shop/cancel_auth_partner", TOKEN_PATH, REFRESH_PATH})
@@ -53,29 +53,7 @@ PUBLIC_PATHS = frozenset({AUTH_PARTNER_PATH, "/api/v2/shop/cancel_auth_partner",
 REFRESH_TOKEN_LIFETIME = dt.timedelta(days=30)
 
 # Parameters refresher puts on every call itself: a caller's copies are dropped, never signed twice.
-_AUTH_PARAMS = frozenset({"partner_id", "timestamp", "sign", "access_token", "shop_id", "merchant_id"})
-
-_TRANSIENT_CODES = frozenset(
-    {"error_server", "error_network", "error_data", "error_inner", "error_system_busy", "error_busy"}
-)
-_ACCESS_TOKEN_CODES = frozenset({"invalid_acceess_token", "invalid_access_token"})  # sic: both seen live
-_REFRESH_TOKEN_CODES = frozenset({"refresh_token_expired", "error_shop_refresh_token", "error_merchant_refresh_token"})
-_REAUTH_CODES = frozenset(
-    {
-        "invalid_code",
-        "invalid_shop_id",
-        "invalid_main_acount_id",  # sic, as documented
-        "invalid_main_account_id",
-        "shop_access_expired",
-        "merchant_access_expired",
-        "supplier_access_expired",
-        "shop_no_linked",
-        "merchant_no_linked",
-        "supplier_no_linked",
-        "shop_banned",
-    }
-)
-_CONFIG_CODES = frozenset({"error_sign", "invalid_partner_id", "error_permission"})
+_AUTH_PARAMS = frozenset({"partner_id", "timestamp", "sign", "access_token", "shop_id", "merchant_id", "supplier_id"})
 
 
 class ShopeeCredentials(BaseModel):
@@ -97,11 +75,21 @@ class ShopeePlatform(Platform):
     # several retried sweeps before the token expires.
     default_schedule: ClassVar[str] = "*/10 * * * *"
     default_refresh_before: ClassVar[dt.timedelta] = dt.timedelta(hours=1)
+    access_lifetime: ClassVar[dt.timedelta | None] = dt.timedelta(hours=4)
     code_lifetime: ClassVar[dt.timedelta] = dt.timedelta(minutes=10)
     supports_pkce: ClassVar[bool] = False
-    lost_token_hint: ClassVar[str] = " or recover it with a resend code (refresher shopee-resend-code APP ACCOUNT)"
+    lost_token_hint: ClassVar[str] = (
+        " or recover it with a resend code from the Open Platform console (refresher recover APP ACCOUNT)"
+    )
+    supports_recovery_code: ClassVar[bool] = True
 
     credentials: ShopeeCredentials
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The partner's authorized shops / merchants with their authorization ends, read once for all
+        # accounts of the app.
+        self._authorizations = AuthorizationEnds(self._list_page, self.now)
 
     @property
     def partner_id(self) -> int:
@@ -170,7 +158,7 @@ class ShopeePlatform(Platform):
         tokens = self.token_set(data, self._strict_token_set)
         if main_account_id is None:
             shop_id = str(body["shop_id"])
-            return [Grant(Identity(f"shop:{shop_id}", "shop", shop_id), tokens)]
+            return await self._with_authorization_ends([Grant(Identity(f"shop:{shop_id}", "shop", shop_id), tokens)])
         extra = {"main_account_id": str(main_account_id)}
         grants = [
             Grant(Identity(f"shop:{i}", "shop", i, extra=extra), tokens) for i in self._id_list(data, "shop_id_list")
@@ -179,35 +167,94 @@ class ShopeePlatform(Platform):
             Grant(Identity(f"merchant:{i}", "merchant", i, extra=extra), tokens)
             for i in self._id_list(data, "merchant_id_list")
         ]
+        # Supplier accounts (supplier_id_list, documented since 2024-11): refreshed with supplier_id, like
+        # merchants with merchant_id (UNCERTAIN: Shopee documents no supplier refresh example).
+        grants += [
+            Grant(Identity(f"supplier:{i}", "supplier", i, extra=extra), tokens)
+            for i in self._id_list(data, "supplier_id_list")
+        ]
         if not grants:
             raise MalformedAnswer(
-                "main-account grant lists no shop and no merchant",
+                "main-account grant lists no shop, merchant or supplier",
                 platform=self.name,
-                request_id=_request_id(data),
+                request_id=request_id_of(data),
             )
-        return grants
+        return await self._with_authorization_ends(grants)
+
+    async def _with_authorization_ends(self, grants: list[Grant]) -> list[Grant]:
+        """The grants with the authorization's end read at once (one listing per kind for all of them), so
+        "re-authorize soon" can fire early."""
+        out = []
+        ends: dict[str, dict[str, int] | None] = {}
+        for kind in {g.identity.kind for g in grants}:
+            ends[kind] = await self._authorization_ends(
+                kind, {g.identity.platform_id for g in grants if g.identity.kind == kind}
+            )
+        for grant in grants:
+            known = ends.get(grant.identity.kind)
+            identity = grant.identity if known is None else self._with_end(grant.identity, known)
+            out.append(Grant(identity, self._capped(grant.tokens, identity)))
+        return out
 
     async def refresh(self, identity: Identity, refresh_token: str) -> TokenSet:
         """RefreshAccessToken for one shop or merchant (the old refresh token is spent on success)."""
         body: dict[str, Any] = {"refresh_token": refresh_token, "partner_id": self.partner_id}
-        shop_id, merchant_id = _ids_of(identity)
-        if shop_id is not None:
-            body["shop_id"] = int(shop_id)
-        elif merchant_id is not None:
-            body["merchant_id"] = int(merchant_id)
+        param = _id_param(identity)
+        if param is not None:
+            body[param[0]] = int(param[1])
         data = await self._post(REFRESH_PATH, body, "token refresh", "refresh")
-        return self.token_set(data, self._strict_token_set)
+        return self._capped(self.token_set(data, self._strict_token_set), identity)
 
-    async def resend_code_recovery(self, identity: Identity, resend_code: str) -> TokenSet:
+    def _capped(self, tokens: TokenSet, identity: Identity) -> TokenSet:
+        """A refresh token lives 30 days, but never past the authorization period the seller chose
+        (``expire_time``): the chain ends there, so that is when "re-authorize soon" must point."""
+        end = identity.extra.get("authorization_expires_at")
+        if not isinstance(end, int) or tokens.refresh_expires_at is None:
+            return tokens
+        return replace(tokens, refresh_expires_at=min(tokens.refresh_expires_at, from_epoch(end)))
+
+    async def updated_identity(self, identity: Identity, tokens: TokenSet) -> Identity | None:
+        """The authorization's end, read again once a day (GetShopsByPartner / GetMerchantsByPartner)."""
+        checked = identity.extra.get("authorization_checked_at")
+        if isinstance(checked, int) and self.now() - from_epoch(checked) < AUTHORIZATION_CHECK_EVERY:
+            return None
+        return await self._authorization_checked(identity)
+
+    async def _authorization_checked(self, identity: Identity) -> Identity | None:
+        """``identity`` with ``authorization_expires_at`` from the partner's authorized list, or ``None``
+        when it cannot be read (suppliers have no list; a failure is logged and retried the next day)."""
+        ends = await self._authorization_ends(identity.kind, {identity.platform_id})
+        return None if ends is None else self._with_end(identity, ends)
+
+    def _with_end(self, identity: Identity, ends: Mapping[str, int]) -> Identity:
+        extra = {**identity.extra, "authorization_checked_at": self.timestamp()}
+        if identity.platform_id in ends:
+            extra["authorization_expires_at"] = ends[identity.platform_id]
+        return replace(identity, extra=extra)
+
+    async def _authorization_ends(self, kind: str, wanted: set[str]) -> dict[str, int] | None:
+        try:
+            return await self._authorizations.ends(kind, wanted)
+        except RefresherError as exc:
+            log.warning("shopee.authorization_unread", app=self.app.name, kind=kind, error=str(exc))
+            return None
+
+    async def _list_page(self, path: str, page: int) -> dict[str, Any]:
+        query = [*self._public_query(path), ("page_size", "100"), ("page_no", str(page))]
+        answer = await self.transport.send("GET", f"{self.host('api')}{path}", params=query, what="authorized list")
+        return self._checked(answer, "authorized list", "api")
+
+    async def recover_with_code(self, identity: Identity, code: str) -> TokenSet:
         """Recover a grant whose refresh token was lost, with a "resend code" from the Open Platform
         console (get_token_by_resend_code: valid 10 minutes, once, live environment only).
 
         The code comes from a person (the seller or the console's authorization page), so this is an
-        operator action, not something a sweep can do on its own. ``identity`` names the account the
-        recovered tokens belong to; the answer is shaped like GetAccessToken.
+        operator action (``refresher recover APP ACCOUNT``), not something a sweep can do on its own.
+        ``identity`` names the account the recovered tokens belong to; the answer is shaped like
+        GetAccessToken.
         """
-        data = await self._post(RESEND_CODE_PATH, {"resend_code": resend_code}, "resend-code recovery", "token")
-        return self.token_set(data, self._strict_token_set)
+        data = await self._post(RESEND_CODE_PATH, {"resend_code": code}, "resend-code recovery", "token")
+        return self._capped(self.token_set(data, self._strict_token_set), identity)
 
     async def _post(self, path: str, body: dict[str, Any], what: str, context: str) -> dict[str, Any]:
         answer = await self.transport.send(
@@ -223,72 +270,15 @@ class ShopeePlatform(Platform):
     def _checked(self, answer: Answer, what: str, context: str) -> dict[str, Any]:
         """The answer's JSON object when it is a success, else the classified error raised."""
         return self.transport.checked_json(
-            answer, what, lambda data: self._error_of(data, answer, what, context), _request_id
-        )
-
-    def _error_of(self, data: Mapping[str, Any], answer: Answer, what: str, context: str) -> RefresherError | None:
-        """Classify Shopee's ``{error, message, request_id}`` envelope (``error == ""`` is success)."""
-        code = data.get("error")
-        if code is None or code == "":
-            return None
-        request_id = _request_id(data)
-        if not isinstance(code, str):
-            return MalformedAnswer(
-                f"{what}: error field has the wrong type ({type(code).__name__})",
-                platform=self.name,
-                request_id=request_id,
-                http_status=answer.status,
-            )
-        raw_message = data.get("message")
-        message = safe_excerpt(raw_message.encode(), 100) if isinstance(raw_message, str) else ""
-        text = f"{what} refused by Shopee ({message or 'no message'})"
-        kwargs: dict[str, Any] = {
-            "code": code,
-            "request_id": request_id,
-            "platform": self.name,
-            "http_status": answer.status,
-        }
-        lowered = message.lower()
-        if code in _TRANSIENT_CODES or "too many" in lowered or "try later" in lowered:
-            return TransientError(text, retry_after=retry_after_seconds(answer.headers), **kwargs)
-        if code in _ACCESS_TOKEN_CODES:
-            return AccessTokenInvalid(text, **kwargs)
-        if code in _REFRESH_TOKEN_CODES:
-            return RefreshTokenRejected(text, **kwargs)
-        if code in _REAUTH_CODES:
-            if context == "refresh":
-                # On the refresh endpoint an ended or cancelled authorization is a refused refresh token:
-                # the same path (re-read the store, then re-authorize) settles it.
-                return RefreshTokenRejected(text, **kwargs)
-            return ReauthRequired(text, **kwargs)
-        if code in _CONFIG_CODES:
-            return ConfigError(text, **kwargs)
-        if code == "error_param":
-            if "timestamp" in lowered:
-                return ClockSkew(text, **kwargs)
-            return ConfigError(text, **kwargs)
-        if code == "error_auth":
-            # One code, several meanings: the message and the endpoint tell them apart.
-            if "permission" in lowered:
-                return ConfigError(text, **kwargs)
-            if "access_token" in lowered or context == "api":
-                return AccessTokenInvalid(text, **kwargs)
-            if context == "refresh":
-                return RefreshTokenRejected(text, **kwargs)
-            return ReauthRequired(text, **kwargs)
-        # A well-formed envelope with a code we do not know: retry, keeping the code for the operator.
-        return TransientError(
-            f"{what}: unknown Shopee error ({message or 'no message'})",
-            retry_after=retry_after_seconds(answer.headers),
-            **kwargs,
+            answer, what, lambda data: classify(data, answer, what, context), request_id_of
         )
 
     def _strict_token_set(self, data: Mapping[str, Any]) -> TokenSet:
-        request_id = _request_id(data)
+        request_id = request_id_of(data)
         try:
             access = as_token(data, "access_token", self.name)
             refresh = as_token(data, "refresh_token", self.name)
-            expire_in = _seconds(data, "expire_in", self.name)
+            expire_in = json_seconds(data, "expire_in", self.name)
         except MalformedAnswer as exc:
             exc.request_id = request_id
             raise
@@ -307,7 +297,7 @@ class ShopeePlatform(Platform):
         if value is None:
             return []
         if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
-            raise MalformedAnswer(f"{key} is not a list of numbers", platform=self.name, request_id=_request_id(data))
+            raise MalformedAnswer(f"{key} is not a list of numbers", platform=self.name, request_id=request_id_of(data))
         return [str(i) for i in value]
 
     # -- business API ----------------------------------------------------------------------------
@@ -319,12 +309,11 @@ class ShopeePlatform(Platform):
         sign = self._sign(call.path, ts, access_token, identity)
         query = [(k, v) for k, v in call.query if k not in _AUTH_PARAMS]
         query += [("partner_id", str(self.partner_id)), ("timestamp", str(ts))]
+        param = _id_param(identity)
         if access_token is not None:
             query.append(("access_token", access_token))
-            if shop_id is not None:
-                query.append(("shop_id", shop_id))
-            elif merchant_id is not None:
-                query.append(("merchant_id", merchant_id))
+            if param is not None:
+                query.append(param)
         query.append(("sign", sign))
         headers = dict(call.headers)
         if call.body is not None:
@@ -345,10 +334,9 @@ class ShopeePlatform(Platform):
 
     def identity_from_query(self, query: Sequence[tuple[str, str]]) -> Identity | None:
         values = dict(query)
-        if values.get("shop_id"):
-            return Identity(f"shop:{values['shop_id']}", "shop", values["shop_id"])
-        if values.get("merchant_id"):
-            return Identity(f"merchant:{values['merchant_id']}", "merchant", values["merchant_id"])
+        for kind in ("shop", "merchant", "supplier"):
+            if values.get(f"{kind}_id"):
+                return Identity(f"{kind}:{values[f'{kind}_id']}", kind, values[f"{kind}_id"])
         return None
 
     def sign_warnings(self, call: ApiCall, access_token: str | None, identity: Identity | None) -> list[str]:
@@ -378,33 +366,25 @@ def _is_public_path(path: str) -> bool:
 
 
 def _ids_of(identity: Identity | None) -> tuple[str | None, str | None]:
-    """(shop_id, merchant_id) of an account; a merchant account signs with its merchant_id."""
+    """(shop_id, merchant_id) for the signature: a merchant (and a supplier) account signs with its own
+    id in the merchant place, a shop with its shop_id."""
     if identity is None:
         return None, None
-    if identity.kind == "merchant":
+    if identity.kind in ("merchant", "supplier"):
         return None, identity.platform_id
     return identity.platform_id, None
 
 
-def _request_id(data: Mapping[str, Any]) -> str | None:
-    value = data.get("request_id")
-    return value if isinstance(value, str) and value else None
+def _id_param(identity: Identity | None) -> tuple[str, str] | None:
+    """The id parameter an account's calls and refreshes carry: shop_id, merchant_id or supplier_id."""
+    if identity is None:
+        return None
+    kind = identity.kind if identity.kind in ("merchant", "supplier") else "shop"
+    return f"{kind}_id", identity.platform_id
 
 
 def _callback_int(params: Mapping[str, str], key: str) -> int:
     value = params.get(key, "")
     if not value.isdigit():
         raise MalformedAnswer(f"callback parameter {key} is not a number", platform="shopee")
-    return int(value)
-
-
-def _seconds(data: Mapping[str, Any], key: str, platform: str) -> int:
-    """Shopee sends ``expire_in`` as a JSON number of seconds; anything else is a broken answer."""
-    value = data.get(key)
-    if value is None:
-        raise MalformedAnswer(f"answer lacks {key}", platform=platform)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MalformedAnswer(f"{key} has the wrong type ({type(value).__name__})", platform=platform)
-    if not 0 < value <= 10**8:
-        raise MalformedAnswer(f"{key} is out of range", platform=platform)
     return int(value)

@@ -99,6 +99,7 @@ class TikTokPlatform(Platform):
     # Access tokens now live 2 hours (older docs: 24 h): sweep often, refresh well ahead.
     default_schedule = "*/10 * * * *"
     default_refresh_before = dt.timedelta(minutes=30)
+    access_lifetime = dt.timedelta(hours=24)  # older docs; the Nov-2026 ones say 2 h
     code_lifetime = dt.timedelta(minutes=10)
     supports_pkce = True
 

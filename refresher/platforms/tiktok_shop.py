@@ -23,27 +23,23 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from refresher.domain import (
-    AccessTokenInvalid,
-    ClockSkew,
     ConfigError,
     Grant,
     Identity,
     MalformedAnswer,
-    ReauthRequired,
     RefresherError,
-    RefreshTokenRejected,
     TokenSet,
     TransientError,
     from_epoch,
 )
 from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
 from refresher.platforms.signing import tiktok_shop_base_string, tiktok_shop_sign
+from refresher.platforms.tiktok_shop_errors import CIPHER_CODES, classify, request_id_of
 from refresher.platforms.transport import (
     Answer,
     http_status_error,
     looks_like_api_answer,
     parse_json_object,
-    safe_excerpt,
 )
 from refresher.platforms.values import as_seconds, as_token
 
@@ -55,26 +51,6 @@ TOKEN_GET_PATH = "/api/v2/token/get"
 TOKEN_REFRESH_PATH = "/api/v2/token/refresh"
 SHOPS_PATH = "/authorization/202309/shops"
 
-# Error codes (platforms.md §2.8).
-CODE_INVALID_AUTH_CODE = 36004004
-CODE_NO_AUTH_RECORD = 36004005  # unknown / used / revoked refresh token
-CODE_RT_EXPIRED = 36004001
-CODE_ACCESS_EXPIRED = 105002
-CODE_DEAUTHORIZED = 105001
-CODE_SCOPE_DENIED = 105005
-CODE_BAD_TOKEN_FOR_SHOP = 101000
-CODE_BAD_SIGN = 106001
-CODE_CREDENTIALS = 36009004  # many failures share it; the message tells them apart
-CODE_BAD_APP_CREDENTIALS = 36004003  # invalid app_key or app_secret on the token endpoint
-CODE_IP_NOT_ALLOWED = 36009033
-CODE_MISSING_CIPHER = 106013
-TRANSIENT_CODES = frozenset({36009002, 36009003, 36009007})
-TOKEN_REJECTED_CODES = frozenset({CODE_INVALID_AUTH_CODE, CODE_NO_AUTH_RECORD, CODE_RT_EXPIRED})
-CONFIG_CODES = frozenset(
-    {CODE_BAD_TOKEN_FOR_SHOP, CODE_BAD_SIGN, CODE_IP_NOT_ALLOWED, CODE_MISSING_CIPHER, CODE_BAD_APP_CREDENTIALS}
-)
-# Answers that say the shop_cipher sent does not fit: the stored shop list is stale and is read again.
-CIPHER_CODES = frozenset({CODE_BAD_TOKEN_FOR_SHOP, CODE_MISSING_CIPHER})
 # 202309+ APIs are versioned (/order/202309/...) and take shop_cipher, never shop_id: a caller's
 # shop_id there names the shop whose cipher refresher fills in.
 _VERSIONED_PATH = re.compile(r"^/[a-z_]+/\d{6}/")
@@ -104,6 +80,7 @@ class TikTokShopPlatform(Platform):
     # Access tokens live 7 days; refreshing a day ahead leaves room for a long outage.
     default_schedule = "17 * * * *"
     default_refresh_before = dt.timedelta(days=1)
+    access_lifetime = dt.timedelta(days=7)
     code_lifetime = dt.timedelta(minutes=30)
     supports_pkce = False
 
@@ -178,7 +155,7 @@ class TikTokShopPlatform(Platform):
         # GET only: a POST with a JSON body answers 404 (platforms.md §2.3).
         answer = await self.transport.send("GET", f"{self.host('auth')}{path}", params=params, what=what)
         envelope = self.transport.envelope(answer, what)
-        request_id = _request_id(envelope)
+        request_id = request_id_of(envelope)
         error = self._judge(envelope, answer, what, token_call=True, refresh=refresh)
         if error is not None:
             raise error
@@ -250,7 +227,7 @@ class TikTokShopPlatform(Platform):
         signed = self.sign_call(ApiCall("GET", SHOPS_PATH), access_token)
         answer = await self.transport.send("GET", signed.url, headers=signed.headers, what="get authorized shops")
         envelope = self.transport.envelope(answer, "get authorized shops")
-        request_id = _request_id(envelope)
+        request_id = request_id_of(envelope)
         error = self._judge(envelope, answer, "get authorized shops", token_call=False, refresh=False)
         if error is not None:
             raise error
@@ -326,94 +303,17 @@ class TikTokShopPlatform(Platform):
         self, envelope: Mapping[str, Any], answer: Answer, what: str, *, token_call: bool, refresh: bool
     ) -> RefresherError | None:
         """The envelope's verdict, with the HTTP status's ``Retry-After`` kept on transient ones."""
-        error = self._classify(envelope, answer, what, token_call=token_call, refresh=refresh)
+        error = classify(envelope, answer, what, token_call=token_call, refresh=refresh)
         status_error = http_status_error(answer, self.name)
         if status_error is not None and (error is None or type(error) is TransientError):
             if error is None:
-                status_error.request_id = _request_id(envelope)
+                status_error.request_id = request_id_of(envelope)
                 return status_error
             error.retry_after = status_error.retry_after
         return error
 
-    def _classify(
-        self, envelope: Mapping[str, Any], answer: Answer, what: str, *, token_call: bool, refresh: bool
-    ) -> RefresherError | None:
-        request_id = _request_id(envelope)
-        code = envelope.get("code")
-        if isinstance(code, bool) or not isinstance(code, int):
-            if answer.status == 429 or answer.status >= 500:
-                return http_status_error(answer, self.name)
-            return MalformedAnswer(
-                f"{what}: answer has no numeric code ({safe_excerpt(answer.body, 60)!r})",
-                platform=self.name,
-                request_id=request_id,
-                http_status=answer.status,
-            )
-        if code == 0:
-            if answer.status >= 400:
-                return http_status_error(answer, self.name) or MalformedAnswer(
-                    f"{what}: code 0 with HTTP {answer.status}", platform=self.name, request_id=request_id
-                )
-            return None
-        message = _message(envelope)
-        kwargs: dict[str, Any] = {
-            "code": str(code),
-            "request_id": request_id,
-            "platform": self.name,
-            "http_status": answer.status,
-        }
-        lowered = message.lower()
-        if code in TOKEN_REJECTED_CODES:
-            if refresh:
-                return RefreshTokenRejected(f"{what}: refresh token rejected ({message})", **kwargs)
-            if token_call:
-                return ReauthRequired(f"{what}: authorization code invalid, used or expired ({message})", **kwargs)
-            return ReauthRequired(f"{what}: authorization not found ({message})", **kwargs)
-        if code in (CODE_ACCESS_EXPIRED, CODE_DEAUTHORIZED):
-            # 105001 "deauthorized" deserves one refresh before the account is declared lost.
-            return AccessTokenInvalid(f"{what}: access token refused ({message})", **kwargs)
-        if code == CODE_SCOPE_DENIED:
-            return ReauthRequired(f"{what}: the grant lacks a scope, re-authorize ({message})", **kwargs)
-        if code in TRANSIENT_CODES:
-            return TransientError(f"{what}: platform busy ({message})", **kwargs)
-        if code in CONFIG_CODES:
-            return ConfigError(f"{what}: {_config_hint(code)} ({message})", **kwargs)
-        if code == CODE_CREDENTIALS:
-            # One code, many causes: the message is the only discriminator (platforms.md §2.8).
-            if "timestamp" in lowered:
-                return ClockSkew(f"{what}: timestamp refused, check the clock ({message})", **kwargs)
-            if "access-token" in lowered or "access_token" in lowered:
-                return AccessTokenInvalid(f"{what}: access token refused ({message})", **kwargs)
-            return ConfigError(f"{what}: credentials refused, check app_key/app_secret ({message})", **kwargs)
-        if answer.status in (401, 403) and not token_call:
-            return AccessTokenInvalid(f"{what}: access refused ({message})", **kwargs)
-        # An unknown code in a well-formed envelope: retried within the budget; the alarm then names it.
-        return TransientError(f"{what}: unrecognised platform error {code} ({message})", **kwargs)
-
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _config_hint(code: int) -> str:
-    return {
-        CODE_BAD_SIGN: "signature refused, check app_secret",
-        CODE_IP_NOT_ALLOWED: "this IP is not in the app's allow list",
-        CODE_MISSING_CIPHER: "shop_cipher missing",
-        CODE_BAD_TOKEN_FOR_SHOP: "token does not match the shop or user type",
-        CODE_BAD_APP_CREDENTIALS: "app_key or app_secret invalid, check the app's credentials",
-    }.get(code, "configuration error")
-
-
-def _request_id(envelope: Mapping[str, Any]) -> str | None:
-    value = envelope.get("request_id")
-    return str(value)[:128] if isinstance(value, str | int) and not isinstance(value, bool) and value != "" else None
-
-
-def _message(envelope: Mapping[str, Any]) -> str:
-    # Messages are the platform's words: safe_excerpt masks anything token-like they might quote.
-    value = envelope.get("message")
-    text = value if isinstance(value, str) else ""
-    return safe_excerpt(text.encode(), 160) or "no message"
 
 
 def _text(data: Mapping[str, Any], key: str, platform: str, request_id: str | None) -> str:

@@ -46,6 +46,18 @@ def as_seconds(data: Mapping[str, Any], key: str, platform: str, *, required: bo
     return int(value)
 
 
+def json_seconds(data: Mapping[str, Any], key: str, platform: str) -> int:
+    """A positive JSON number of seconds (Shopee's ``expire_in``): a string or anything else is broken."""
+    value = data.get(key)
+    if value is None:
+        raise MalformedAnswer(f"answer lacks {key}", platform=platform)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedAnswer(f"{key} has the wrong type ({type(value).__name__})", platform=platform)
+    if not 0 < value <= 10**8:
+        raise MalformedAnswer(f"{key} is out of range", platform=platform)
+    return int(value)
+
+
 def salvage(error: MalformedAnswer, data: Mapping[str, Any], now: dt.datetime) -> MalformedAnswer:
     """Attach the new tokens of a flawed success answer to its error, if both tokens are there.
 

@@ -6,6 +6,10 @@ Endpoints, relative to the ``/shopee`` prefix (the app's ``api`` host):
 * ``POST /api/v2/auth/token/get`` — code → tokens (``shop_id`` or ``main_account_id`` in the JSON body).
 * ``POST /api/v2/auth/access_token/get`` — single-use refresh per ``shop_id`` / ``merchant_id``.
 * ``POST /api/v2/public/get_token_by_resend_code`` — recovery with a console "resend code".
+* ``GET  /api/v2/public/get_shops_by_partner`` and ``/get_merchants_by_partner`` — the partner's
+  authorized shops / merchants with ``auth_time`` and ``expire_time`` (the end of the validity the
+  seller chose, ``validity_days=`` at consent, default 365), paged with ``page_size`` / ``page_no``.
+  A refresh after that end is refused with ``shop_access_expired`` (``merchant_…``, ``supplier_…``).
 * ``GET  /api/v2/shop/get_shop_info`` and ``/api/v2/merchant/get_merchant_info`` — signed echo APIs.
 * ``POST /console/resend_code`` — sandbox only: what the Open Platform console's "resend code" button
   does (``{"shop_id": N}`` or ``{"merchant_id": N}`` → ``{"resend_code": …}``).
@@ -37,6 +41,9 @@ REFRESH = "/api/v2/auth/access_token/get"
 RESEND = "/api/v2/public/get_token_by_resend_code"
 SHOP_INFO = "/api/v2/shop/get_shop_info"
 MERCHANT_INFO = "/api/v2/merchant/get_merchant_info"
+SHOPS_BY_PARTNER = "/api/v2/public/get_shops_by_partner"
+MERCHANTS_BY_PARTNER = "/api/v2/public/get_merchants_by_partner"
+KINDS = ("shop", "merchant", "supplier")
 UPDATE_STOCK = "/api/v2/product/update_stock"  # a shop POST with a JSON body (not part of Shopee's sign)
 
 TIMESTAMP_WINDOW = 300  # seconds, either way (platforms.md §1.5)
@@ -84,6 +91,8 @@ class ShopeeSandbox(SandboxPlatform):
             Route(SHOP_INFO, self.shop_info, methods=["GET"]),
             Route(UPDATE_STOCK, self.update_stock, methods=["POST"]),
             Route(MERCHANT_INFO, self.shop_info, methods=["GET"]),
+            Route(SHOPS_BY_PARTNER, self.authed_list, methods=["GET"]),
+            Route(MERCHANTS_BY_PARTNER, self.authed_list, methods=["GET"]),
             Route("/console/resend_code", self.console_resend_code, methods=["POST"]),
         ]
 
@@ -146,8 +155,17 @@ class ShopeeSandbox(SandboxPlatform):
         return await self.consent(ticket, base_url_of(request))
 
     def subjects_for(self, ticket: ConsentTicket, options: Mapping[str, str]) -> list[Subject]:
-        """``as=shop`` (default) or ``as=main`` with ``shops=N`` and ``merchants=M``; ``id=`` re-authorizes
-        the same shop (or the same main account with its shops and merchants)."""
+        """``as=shop`` (default) or ``as=main`` with ``shops=N``, ``merchants=M`` and ``suppliers=K``;
+        ``id=`` re-authorizes the same shop (or main account); ``validity_days=`` is the authorization
+        period the seller picks (7 … 365)."""
+        subjects = self._subjects(options)
+        now = int(self.state.clock.now().timestamp())
+        days = max(1, min(int(options.get("validity_days", "365") or 365), 365))
+        for subject in subjects:
+            subject.extra.update({"auth_time": now, "expire_time": now + days * 86400})
+        return subjects
+
+    def _subjects(self, options: Mapping[str, str]) -> list[Subject]:
         existing = options.get("id")
         if options.get("as", "shop") == "main":
             if existing:
@@ -169,9 +187,13 @@ class ShopeeSandbox(SandboxPlatform):
                 Subject(self.state.new_id(7), "merchant", f"Sandbox Merchant {i}", "CN", {"main_account_id": main_id})
                 for i in range(1, merchants + 1)
             ]
-            return subjects
+            subjects += [
+                Subject(self.state.new_id(8), "supplier", f"Sandbox Supplier {i}", "CN", {"main_account_id": main_id})
+                for i in range(1, int(options.get("suppliers", "0")) + 1)
+            ]
+            return [Subject(s.id, s.kind, s.name, s.region, dict(s.extra)) for s in subjects]
         shop_id = existing or self.state.new_id(9)
-        return [Subject(shop_id, "shop", "Sandbox Shop 1", "SG")]
+        return [Subject(shop_id, "shop", "Sandbox Shop 1", "SG", {})]
 
     def approved_redirect(self, ticket: ConsentTicket, code: str, subjects: Sequence[Subject]) -> str:
         main_id = subjects[0].extra.get("main_account_id") if subjects else None
@@ -214,6 +236,8 @@ class ShopeeSandbox(SandboxPlatform):
         return {
             "shop_id_list": [int(s.id) for s in subjects if s.kind == "shop"],
             "merchant_id_list": [int(s.id) for s in subjects if s.kind == "merchant"],
+            # Supplier accounts of a main account (documented since 2024-11).
+            "supplier_id_list": [int(s.id) for s in subjects if s.kind == "supplier"],
         }
 
     async def token_get(self, request: Request) -> Response:
@@ -268,11 +292,12 @@ class ShopeeSandbox(SandboxPlatform):
             token = body.get("refresh_token")
             if not isinstance(token, str) or not token:
                 raise ShopeeError("error_param", "Wrong parameters, detail: refresh_token is required.")
-            has_shop, has_merchant = "shop_id" in body, "merchant_id" in body
-            if has_shop == has_merchant:
-                raise ShopeeError("error_param", "Wrong parameters, detail: give shop_id or merchant_id.")
-            kind = "shop" if has_shop else "merchant"
+            given = [kind for kind in KINDS if f"{kind}_id" in body]
+            if len(given) != 1:
+                raise ShopeeError("error_param", "Wrong parameters, detail: give shop_id, merchant_id or supplier_id.")
+            kind = given[0]
             subject_id = str(_int(body[f"{kind}_id"], f"{kind}_id"))
+            self._check_validity(subject_id, kind)
             try:
                 chain = self.state.refresh_subject(self.name, partner_id, token, subject_id)
             except SandboxRejection as exc:
@@ -282,6 +307,46 @@ class ShopeeSandbox(SandboxPlatform):
         if fault == "lost":
             return Response("upstream trouble", status_code=500, media_type="text/plain")
         return self._token_answer(chain, {"partner_id": int(partner_id), f"{kind}_id": int(subject_id)})
+
+    def _check_validity(self, subject_id: str, kind: str) -> None:
+        """The authorization period the seller chose has ended: refused before anything rotates."""
+        chain = self.state.find_chain(self.name, subject_id)
+        subject = next((s for s in chain.subjects if s.id == subject_id), None) if chain else None
+        end = subject.extra.get("expire_time") if subject is not None else None
+        if isinstance(end, int) and self.state.clock.now().timestamp() >= end:
+            raise ShopeeError(f"{kind}_access_expired", f"The {kind}'s authorization has expired, please re-authorize.")
+
+    async def authed_list(self, request: Request) -> Response:
+        """GetShopsByPartner / GetMerchantsByPartner: what the partner is authorized for, and until when."""
+        fault = await self.begin("api")
+        if isinstance(fault, Response):
+            return fault
+        path = request.url.path.removeprefix(self.prefix)
+        kind = "shop" if path == SHOPS_BY_PARTNER else "merchant"
+        try:
+            partner_id, _ = self.verify(request, path)
+            size = int(request.query_params.get("page_size", "100") or 100)
+            page = int(request.query_params.get("page_no", "1") or 1)
+        except ValueError:
+            return error_answer("error_param", "Wrong parameters, detail: page_size and page_no are numbers.")
+        except ShopeeError as exc:
+            return error_answer(exc.error, exc.message, exc.status)
+        size = max(1, min(size, 100))
+        found: dict[str, Subject] = {}
+        for chain in self.state.chains.values():
+            if chain.platform == self.name and chain.app_id == partner_id and not chain.revoked:
+                found.update({s.id: s for s in chain.subjects if s.kind == kind})
+        rows = [
+            {
+                f"{kind}_id": int(s.id),
+                "region": s.region,
+                "auth_time": s.extra.get("auth_time"),
+                "expire_time": s.extra.get("expire_time"),
+            }
+            for s in sorted(found.values(), key=lambda s: s.id)
+        ]
+        chunk = rows[(page - 1) * size : page * size]
+        return envelope({f"authed_{kind}_list": chunk, "more": page * size < len(rows)})
 
     @staticmethod
     def _refresh_rejection(reason: str, kind: str) -> ShopeeError:

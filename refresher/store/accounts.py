@@ -21,6 +21,23 @@ class SqlAccounts(SqlHistory):
     async def upsert_grant(self, app: str, platform: str, grant: Grant) -> Account:
         return await self._upsert(app, platform, grant.identity, grant.tokens, AccountStatus.ACTIVE)
 
+    async def update_identity(self, app: str, key: str, identity: Identity) -> Account | None:
+        # Only the identity columns: a lease, a token or a status another worker holds is not touched.
+        values: dict[str, Any] = {
+            "kind": identity.kind,
+            "platform_id": identity.platform_id,
+            "name": identity.name,
+            "region": identity.region,
+            "extra": jsonable(dict(identity.extra)),
+        }
+        async with self._tx(write=True) as conn:
+            stmt = select(accounts.c.id).where(accounts.c.app == app, accounts.c.key == key)
+            account_id = (await conn.execute(stmt)).scalar_one_or_none()
+            if account_id is None:
+                return None
+            await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            return await self._read(conn, account_id)
+
     async def import_account(
         self, app: str, platform: str, identity: Identity, tokens: TokenSet, status: AccountStatus
     ) -> Account:

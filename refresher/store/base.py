@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from refresher.domain import AccountStatus, ErrorInfo, Grant, Identity, RefresherError, TokenSet
+from refresher.store.connection_types import ConnectionStore
 
 
 class StoreError(RefresherError):
@@ -309,8 +310,16 @@ class KeyAdmin(Protocol):
         """Re-encrypt every token (current and history) under the first key; returns rows rewritten."""
 
 
-class RefreshStore(AccountLookup, LeaseStore, Protocol):
-    """What :class:`refresher.refresh.Refresher` uses: look an account up, claim it and settle it."""
+class IdentityWriter(Protocol):
+    async def update_identity(self, app: str, key: str, identity: Identity) -> Account | None:
+        """Store what the platform now says about an account (kind, id, name, region and ``extra``, the
+        JSON identity columns; never its tokens or status); ``None`` if the account is gone. Used after a
+        refresh has committed: a refresh never waits on it."""
+
+
+class RefreshStore(AccountLookup, LeaseStore, IdentityWriter, Protocol):
+    """What :class:`refresher.refresh.Refresher` uses: look an account up, claim it, settle it, and keep
+    its identity current."""
 
 
 class AlertStore(AccountLookup, AlarmStore, Protocol):
@@ -326,12 +335,14 @@ class Store(
     SchemaAdmin,
     AccountReader,
     AccountWriter,
+    IdentityWriter,
     LeaseStore,
     HistoryStore,
     AuditLog,
     AlarmStore,
     StateStore,
     KeyAdmin,
+    ConnectionStore,
     Protocol,
 ):
     """The whole store (what the daemon and the CLI open)."""
