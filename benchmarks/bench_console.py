@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 import time
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from refresher.daemon import Daemon
 from refresher.domain import SystemClock
 from refresher.logging import configure_logging
 from refresher.sandbox import SandboxServer
+from refresher.store.browse import AccountQuery
 from refresher.store.schema import accounts
 from refresher.store.sql import SqlStore
 
@@ -106,6 +108,13 @@ async def run(count: int, requests: int) -> int:
                 started = time.perf_counter()
                 await seed(daemon.store, count, clock.now())
                 print(f"seeded {count:,} accounts in {time.perf_counter() - started:.1f} s")
+                # A cursor half-way down (what 1,000 clicks on "next" would reach): keyset pages cost the same there.
+                deep = await daemon.store.browse_accounts(
+                    AccountQuery(sort="key"), limit=1, offset=count // 2
+                )  # any account; its own expiry and id make a valid cursor
+                middle = deep.items[0]
+                assert middle.access_expires_at is not None
+                cursor = quote(f"0~{middle.access_expires_at.isoformat()}~{middle.id}", safe="")
                 base = f"http://127.0.0.1:{daemon.port}"
                 async with httpx.AsyncClient(base_url=base, timeout=30, trust_env=False) as client:
                     form = await client.get("/ui/login")
@@ -118,7 +127,8 @@ async def run(count: int, requests: int) -> int:
                         "accounts, app + status": "/ui/accounts?app=shopee-sg&status=active",
                         "accounts, name search": "/ui/accounts?q=Shop%2004321",
                         "accounts, id prefix": "/ui/accounts?q=1004",
-                        "accounts, page 1000": "/ui/accounts?page=1000",
+                        "accounts, page 1000 (keyset)": f"/ui/accounts?page=1000&after={cursor}",
+                        "accounts, by key, page 1000": "/ui/accounts?sort=key&page=1000",
                         "accounts, refresh desc": "/ui/accounts?sort=refresh&order=desc",
                         "overview": "/ui",
                         "account page": "/ui/accounts/shopee-sg/shop%3A10000400",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import structlog
 from fastapi import APIRouter, Request
@@ -29,6 +29,7 @@ from refresher.onboarding import (
     return_to_allowed,
 )
 from refresher.platforms.base import Platform
+from refresher.server import connections
 from refresher.server.auth import ADMIN_NAME, authenticate
 from refresher.server.runtime import Runtime
 from refresher.server.ui import seller
@@ -167,28 +168,33 @@ def _connect_refusal(settings: Settings, request: Request, app: str, clock: Cloc
     if caller is not None and caller.name == ADMIN_NAME:  # the same constant-time check as the API's
         return None
     invite = request.query_params.get("invite")
+    brand = brand_of(settings, app)
+    who = brand.display_name or "whoever sent it"
     if invite:
         if server.invite_secret is None:
-            return message_page(
-                "Invitation not accepted", "invite_disabled", ["This server does not accept invitations."], 403
-            )
+            lines = ["This server does not accept invitation links."]
+            return message_page("Invitation not accepted", "invite_disabled", lines, 403, brand)
         try:
-            # A re-authorization link names its account; the signature covers it.
-            account = request.query_params.get("account")
-            check_invite(invite, app, secret=server.invite_secret.get_secret_value(), clock=clock, account=account)
+            # A re-authorization link names its account, a stored invitation its id; the signature covers both.
+            account, stored = request.query_params.get("account"), request.query_params.get("id")
+            secret = server.invite_secret.get_secret_value()
+            check_invite(invite, app, secret=secret, clock=clock, account=account, invitation=stored)
         except InviteError as exc:
             log.info("connect.invite_refused", app=app, reason=exc.kind)
-            return message_page("Invitation not accepted", f"invite_{exc.kind}", [exc.message + "."], 403)
+            title = "This link has expired" if exc.kind == "expired" else "This link is not valid"
+            lines = [f"Please ask {who} for a new link.", "Nothing was connected."]
+            return seller.message(title, f"invite_{exc.kind}", lines, 403, brand, details=[exc.message + "."])
         return None
     if token is not None:
         log.info("connect.token_refused", app=app)
-        refused = message_page("Not allowed", "unauthorized", ["The admin token is not valid."], 401)
+        refused = message_page("Not allowed", "unauthorized", ["The admin token is not valid."], 401, brand)
     else:
         refused = message_page(
             "Invitation needed",
             "unauthorized",
-            ["Starting an authorization here needs an invitation link from the operator."],
+            [f"Connecting here needs the invitation link from {who}."],
             401,
+            brand,
         )
     refused.headers["WWW-Authenticate"] = 'Bearer realm="refresher"'
     return refused
@@ -237,6 +243,8 @@ def router(runtime: Runtime) -> APIRouter:
             return found
         settings, _ = found
         refusal = _connect_refusal(settings, request, app, runtime.clock)
+        if refusal is None:
+            refusal = await connections.invitation_refusal(runtime, request, app)  # stored: live, unused
         if refusal is not None:
             return refusal
         if return_to is not None and not return_to_allowed(return_to, settings.server.return_to_allowlist):
@@ -245,13 +253,19 @@ def router(runtime: Runtime) -> APIRouter:
             return message_page("Redirect not allowed", "return_to", [error.message + "."], 400, brand)
         return found
 
-    async def start(app: str, settings: Settings, platform: Platform, return_to: str | None) -> Response:
+    async def start(
+        app: str, settings: Settings, platform: Platform, return_to: str | None, request: Request | None = None
+    ) -> Response:
         brand = brand_of(settings, app)
+        # A connect session or single-use invitation is spent here; its context rides on the state.
+        context = {} if request is None else await connections.take_invitation(runtime, request, app)
+        if isinstance(context, HTMLResponse):
+            return context
         redirect_uri = settings.apps[app].redirect_uri
         if redirect_uri is None and settings.server.public_url:
             redirect_uri = f"{settings.server.public_url.rstrip('/')}/callback/{app}"
         try:
-            url, _ = await begin(
+            url, oauth_state = await begin(
                 app,
                 platform,
                 runtime.store,
@@ -266,11 +280,11 @@ def router(runtime: Runtime) -> APIRouter:
             log.error("connect.store_unavailable", app=app)
             lines = ["The service is busy right now. Please try again in a minute."]
             return message_page("Try again", "store_unavailable", lines, 503, brand)
+        if context:
+            await runtime.store.set_state_context(oauth_state.state, context)
         return RedirectResponse(url, status_code=302, headers=_HEADERS)
 
-    @routes.get(
-        "/connect/{app}", response_class=HTMLResponse, summary="Start an authorization", responses=_START_PAGES
-    )
+    @routes.get("/connect/{app}", response_class=HTMLResponse, summary="Start an authorization", responses=_START_PAGES)
     async def connect(request: Request, app: str, return_to: str | None = None) -> Response:
         """A browser gets a page naming who asks and the platform, with one button to continue; a client
         presenting the admin token as a bearer header (a script) is sent to the platform at once."""
@@ -279,7 +293,7 @@ def router(runtime: Runtime) -> APIRouter:
             return found
         settings, platform = found
         if _bearer(request) is not None:
-            return await start(app, settings, platform, return_to)
+            return await start(app, settings, platform, return_to, request)
         query = request.url.query
         return seller.render_seller(
             "seller/landing.html",
@@ -302,7 +316,7 @@ def router(runtime: Runtime) -> APIRouter:
         if isinstance(found, Response):
             return found
         settings, platform = found
-        return await start(app, settings, platform, return_to)
+        return await start(app, settings, platform, return_to, request)
 
     @routes.get(
         "/callback/{app}",
@@ -323,6 +337,11 @@ def router(runtime: Runtime) -> APIRouter:
             return denied_page(exc, brand)
         except StateError as exc:
             log.warning("callback.state_refused", app=app, reason=exc.kind)
+            again = None
+            if exc.kind == "reused":
+                again = await connections.reload_accounts(runtime, app, params.get("state"))
+            if again:  # a reload of a completed callback: say what it connected, not "not valid"
+                return granted_page(app, again, runtime.clock.now(), brand, again=True)
             return state_page(exc, brand)
         except (MissingCode, OnboardingError) as exc:
             return message_page("This link is not valid", exc.code or "bad_request", [exc.message], 400, brand)
@@ -343,12 +362,13 @@ def router(runtime: Runtime) -> APIRouter:
             await runtime.accounts_authorized(app, done.accounts)
         except Exception as exc:  # noqa: BLE001 - any follow-up failure is logged, not shown
             log.warning("callback.follow_up_failed", app=app, error=type(exc).__name__)
-        if done.state.return_to:
-            query = urlencode({"connected": app, "accounts": len(done.accounts)})
+        try:
+            target = await connections.after_callback(runtime, app, done)  # tags, events, what to say on reload
+        except StoreError:
+            log.error("callback.follow_up_failed", app=app, error="StoreError")
             target = done.state.return_to
-            return RedirectResponse(
-                f"{target}{'&' if '?' in target else '?'}{query}", status_code=302, headers=_HEADERS
-            )
+        if target:
+            return RedirectResponse(target, status_code=302, headers=_HEADERS)
         return granted_page(app, done.accounts, runtime.clock.now(), brand)
 
     return routes
