@@ -52,7 +52,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text(
         f"store:\n  url: sqlite:///{root / 'tokens.db'}\nserver:\n  enabled: false\napps:\n  shop-sg:\n"
         f'    platform: shopee\n    partner_id: 1000001\n    partner_key: "{SECRET}"\n'
-        "    redirect_uri: https://erp.example.com/cb\n",
+        "    redirect_uri: https://erp.example.com/callback/shop-sg\n",
         encoding="utf-8",
     )
     return path

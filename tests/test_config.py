@@ -200,3 +200,88 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "none.yaml: no such file" in missing.stderr
+
+
+# ------------------------------------------------------------------ checks across keys (issue 12.15, 17.7)
+
+FAKE_APP = """
+    apps:
+      shop:
+        platform: fake
+        app_key: k
+        app_secret: s
+"""
+
+
+def test_web_redirect_must_reach_the_apps_callback_but_a_loopback_one_may_differ() -> None:
+    assert problems(FAKE_APP + "        redirect_uri: https://erp.example.com/cb\n") == [
+        "cfg.yaml:7: apps.shop.redirect_uri: must end in /callback/shop (the route that receives the code), "
+        "e.g. https://refresher.example.com/callback/shop; only a loopback http:// URL may differ (the desktop flow)"
+    ]
+    for ok in ("https://erp.example.com/refresher/callback/shop", "http://127.0.0.1:8080/cb", "http://localhost/x"):
+        assert parse(FAKE_APP + f"        redirect_uri: {ok}\n").apps["shop"].redirect_uri == ok
+    # A loopback host over https is no desktop listener: the web rule holds.
+    assert problems(FAKE_APP + "        redirect_uri: https://127.0.0.1/cb\n")
+
+
+def test_refresh_before_must_be_shorter_than_the_access_lifetime() -> None:
+    lifetimes = {"fake": dt.timedelta(hours=4)}
+    text = FAKE_APP + "        refresh_before: 4h\n"
+    with pytest.raises(ConfigFileError) as info:
+        parse(text, access_lifetimes=lifetimes)
+    assert [str(p) for p in info.value.problems] == [
+        "cfg.yaml:7: apps.shop.refresh_before: 4h is not shorter than a fake access token's lifetime (4h): "
+        "every token would be refreshed on every tick"
+    ]
+    assert parse(FAKE_APP + "        refresh_before: 3h59m\n", access_lifetimes=lifetimes)
+    assert parse(text)  # without the platforms' lifetimes there is nothing to compare with
+
+
+def test_the_shipped_platform_defaults_pass_their_own_lifetime_check() -> None:
+    from refresher import platforms
+
+    lifetimes = platforms.access_lifetimes()
+    assert set(lifetimes) >= {"shopee", "lazada", "tiktok_shop", "tiktok"}
+    for name, cls in platforms.available().items():
+        if name in lifetimes:
+            assert cls.default_refresh_before < lifetimes[name], name
+
+
+@pytest.mark.parametrize("key", ["admin_token", "invite_secret"])
+def test_admin_token_and_invite_secret_are_as_long_as_api_tokens(key: str) -> None:
+    assert problems(f"server:\n  {key}: short-secret-15\n") == [
+        f"cfg.yaml:2: server.{key}: must be at least 16 characters"
+    ]
+    assert parse(f"server:\n  {key}: sixteen-chars-ok\n")
+
+
+def test_public_url_needs_a_scheme() -> None:
+    assert problems("server:\n  public_url: refresher.example.com\n") == [
+        "cfg.yaml:2: server.public_url: must be an http:// or https:// URL"
+    ]
+
+
+def test_duplicate_channel_names_and_unknown_apprise_schemes() -> None:
+    secret = "T0/B0/apprise-secret-never-shown"
+    found = problems(
+        f"""
+        alerts:
+          channels:
+            - {{type: apprise, name: chat, url: "slak://{secret}"}}
+            - {{type: apprise, name: chat, url: "slack://{secret}"}}
+            - {{type: apprise, name: other, url: "no scheme {secret}"}}
+        """
+    )
+    assert found == [
+        "cfg.yaml:5: alerts.channels.1.name: duplicate channel name 'chat' (also channel 0)",
+        "cfg.yaml:4: alerts.channels.0.url: unknown apprise scheme 'slak' (e.g. slack://, tgram://, mailto://, "
+        "wecombot://; see the apprise documentation)",
+        "cfg.yaml:6: alerts.channels.2.url: unknown apprise scheme (none) (e.g. slack://, tgram://, mailto://, "
+        "wecombot://; see the apprise documentation)",
+    ]
+    assert all(secret not in line for line in found)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n"])
+def test_an_empty_file_is_refused(text: str) -> None:
+    assert problems(text) == ["cfg.yaml:1: the file is empty (no settings in it)"]

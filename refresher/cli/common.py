@@ -43,7 +43,9 @@ def load_settings(path: str | None) -> Settings:
             "`refresher demo` runs on built-in defaults without one)"
         )
     try:
-        return load_config(file, credential_models=platforms.credential_models())
+        return load_config(
+            file, credential_models=platforms.credential_models(), access_lifetimes=platforms.access_lifetimes()
+        )
     except ConfigFileError as exc:
         for problem in exc.problems:
             click.echo(f"refresher: {problem}", err=True)

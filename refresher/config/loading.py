@@ -3,6 +3,7 @@ pydantic errors turned into one :class:`ConfigProblem` each, then the platform's
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from refresher.config.checks import cross_field_problems
 from refresher.config.errors import ConfigFileError, ConfigProblem
 from refresher.config.models import AppSettings, Settings
 
@@ -174,8 +176,11 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     credential_models: Mapping[str, type[BaseModel]] | None = None,
+    access_lifetimes: Mapping[str, dt.timedelta] | None = None,
 ) -> Settings:
-    """Parse and validate YAML text. Raises :class:`ConfigFileError` listing every problem."""
+    """Parse and validate YAML text. Raises :class:`ConfigFileError` listing every problem.
+
+    ``access_lifetimes`` (platform → its access token's lifetime) adds the refresh_before check."""
     env = os.environ if env is None else env
     base_dir = base_dir or Path.cwd()
     problems: list[ConfigProblem] = []
@@ -189,16 +194,17 @@ def parse_config(
             [ConfigProblem(file, "", mark.line + 1 if mark else None, f"invalid YAML: {reason}")]
         ) from None
     if node is None:
-        data: Any = {}
-    else:
-        _walk_nodes(node, (), lines, problems, file)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:  # constructor errors (e.g. bad tags)
-            mark = getattr(exc, "problem_mark", None)
-            raise ConfigFileError(
-                [ConfigProblem(file, "", mark.line + 1 if mark else None, "invalid YAML value")]
-            ) from None
+        # Nothing but comments or blanks: surely not the file meant (a config with no apps at all still
+        # says so with "apps: {}").
+        raise ConfigFileError([ConfigProblem(file, "", 1, "the file is empty (no settings in it)")])
+    _walk_nodes(node, (), lines, problems, file)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # constructor errors (e.g. bad tags)
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigFileError(
+            [ConfigProblem(file, "", mark.line + 1 if mark else None, "invalid YAML value")]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigFileError([ConfigProblem(file, "", 1, "the top level must be a mapping of keys")])
     data = _interpolate(data, (), env, base_dir, lines, problems, file)
@@ -211,6 +217,9 @@ def parse_config(
 
     if credential_models is not None:
         settings = _validate_credentials(settings, credential_models, lines, file)
+    problems = cross_field_problems(settings, lines.line, file, access_lifetimes)
+    if problems:
+        raise ConfigFileError(problems)
     return settings
 
 
@@ -249,6 +258,7 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     credential_models: Mapping[str, type[BaseModel]] | None = None,
+    access_lifetimes: Mapping[str, dt.timedelta] | None = None,
 ) -> Settings:
     """Read, interpolate and validate a config file."""
     file = Path(path)
@@ -259,4 +269,11 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not readable UTF-8 text"
         raise ConfigFileError([ConfigProblem(str(file), "", None, f"cannot read: {reason}")]) from None
-    return parse_config(text, file=str(file), env=env, base_dir=file.parent, credential_models=credential_models)
+    return parse_config(
+        text,
+        file=str(file),
+        env=env,
+        base_dir=file.parent,
+        credential_models=credential_models,
+        access_lifetimes=access_lifetimes,
+    )

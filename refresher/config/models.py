@@ -49,7 +49,19 @@ class StoreSettings(_Strict):
         return value
 
 
-Scope = Literal["tokens:read", "tokens:read_refresh", "accounts:read", "accounts:write", "refresh", "proxy"]
+Scope = Literal[
+    "tokens:read", "tokens:read_refresh", "accounts:read", "accounts:write", "refresh", "proxy", "connect"
+]
+
+
+# The shortest secret a caller may present or sign with: API tokens, the admin token, the invite secret.
+MIN_SECRET_LENGTH = 16
+
+
+def _long_enough(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+    return value
 
 
 class ApiToken(_Strict):
@@ -57,12 +69,7 @@ class ApiToken(_Strict):
     secret: SecretStr
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["tokens:read", "accounts:read"]))
 
-    @field_validator("secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters")
-        return value
+    _secret_long_enough = field_validator("secret")(_long_enough)
 
 
 class ServerSettings(_Strict):
@@ -86,9 +93,11 @@ class ServerSettings(_Strict):
     logo_url: str | None = None
     console_session: Duration = dt.timedelta(hours=8)
 
-    @field_validator("logo_url")
+    _secrets_long_enough = field_validator("admin_token", "invite_secret")(_long_enough)
+
+    @field_validator("logo_url", "public_url")
     @classmethod
-    def _logo_url(cls, value: str | None) -> str | None:
+    def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value

@@ -8,6 +8,7 @@ A third party adds a platform by shipping a distribution that declares::
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
@@ -72,3 +73,8 @@ def get(name: str) -> type[Platform]:
 def credential_models() -> Mapping[str, type[BaseModel]]:
     """What :func:`refresher.config.load_config` needs to validate each app's credential keys."""
     return {name: cls.credentials_model for name, cls in _discover().items()}
+
+
+def access_lifetimes() -> Mapping[str, dt.timedelta]:
+    """Each platform's documented access-token lifetime, for the config's refresh_before check."""
+    return {name: cls.access_lifetime for name, cls in _discover().items() if cls.access_lifetime is not None}
