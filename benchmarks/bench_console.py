@@ -19,9 +19,9 @@ import re
 import sys
 import tempfile
 import time
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import _support  # noqa: F401 - puts the repo root on sys.path
 import httpx

@@ -79,6 +79,11 @@ async def test_filters_search_and_offset_pages(store: SqlStore) -> None:
     assert (await store.browse_accounts(AccountQuery(search="shop:104"))).total == 10  # key prefix
     assert (await store.browse_accounts(AccountQuery(search="1059"))).total == 1  # platform id prefix
     assert (await store.browse_accounts(AccountQuery(search="50%"))).total == 0  # LIKE wildcards are text
+    # With the app list (what the console passes) ids and keys are found through the (app, key) index.
+    assert (await store.browse_accounts(AccountQuery(search="shop:104", apps=APPS))).total == 10
+    assert (await store.browse_accounts(AccountQuery(search="1059", apps=APPS))).total == 1
+    assert (await store.browse_accounts(AccountQuery(search="105", app="a1", apps=APPS))).total == 3  # 1051, 1054, 1057
+    assert (await store.browse_accounts(AccountQuery(search="SHOP number", apps=APPS))).total == 60
     first = await store.browse_accounts(AccountQuery(sort="key"), limit=25)
     third = await store.browse_accounts(AccountQuery(sort="key"), limit=25, offset=50)
     assert first.has_next and not third.has_next and len(third.items) == 10

@@ -22,6 +22,10 @@ from refresher.store.core import StoreCore
 from refresher.store.schema import UTCDateTime, accounts, alarms, audit_log, token_history
 
 SortKey = Literal["access", "refresh", "key", "failures"]
+SEARCH_CAP = 1000  # a search lists at most this many matches ("1,000+")
+# Key formats of the built-in plugins besides the bare platform id ("shop:123", "merchant:456"), so a
+# search for an id finds those keys through the index too.
+KEY_KINDS = ("shop", "merchant")
 _SORT_COLUMNS = {
     "access": accounts.c.access_expires_at,
     "refresh": accounts.c.refresh_expires_at,
@@ -52,6 +56,7 @@ class AccountPage:
     offset: int
     limit: int
     next_cursor: str | None = None  # keyset listings: where the next page starts
+    capped: bool = False  # a search found more than SEARCH_CAP accounts: ``total`` is that cap
 
     @property
     def has_next(self) -> bool:
@@ -116,16 +121,6 @@ class SqlBrowse(StoreCore):
             filters.append(accounts.c.platform == query.platform)
         if query.status is not None:
             filters.append(accounts.c.status == str(query.status))
-        text = (query.search or "").strip()
-        if text:
-            prefix = _like_escape(text) + "%"
-            filters.append(
-                or_(
-                    accounts.c.key.like(prefix, escape="\\"),
-                    accounts.c.platform_id.like(prefix, escape="\\"),
-                    func.lower(accounts.c.name).like("%" + _like_escape(text.lower()) + "%", escape="\\"),
-                )
-            )
         return filters
 
     async def browse_accounts(
@@ -137,8 +132,15 @@ class SqlBrowse(StoreCore):
         ``next_cursor``), each read from the indexes whatever its depth; otherwise LIMIT/OFFSET."""
         filters = self._account_filters(query)
         count = select(func.count()).select_from(accounts).where(*filters)
-        keyset = query.sort in ("access", "refresh") and not (query.search or "").strip()
+        text = (query.search or "").strip()
+        keyset = query.sort in ("access", "refresh") and not text
+        capped = False
         async with self._tx() as conn:
+            if text:
+                matches = await self._search_ids(conn, query, text, filters)
+                capped = len(matches) > SEARCH_CAP
+                filters = [accounts.c.id.in_(sorted(matches)[: SEARCH_CAP + 1])]
+                count = select(func.count()).select_from(accounts).where(*filters)
             if keyset:
                 page_ids, cursor = await self._keyset_ids(conn, query, limit, after)
             else:
@@ -150,7 +152,44 @@ class SqlBrowse(StoreCore):
             found = {row.id: row for row in await conn.execute(select(accounts).where(accounts.c.id.in_(page_ids)))}
             total = int((await conn.execute(count)).scalar_one())
         rows = [self._codec.account(found[i], secrets=False) for i in page_ids if i in found]
-        return AccountPage(items=rows, total=total, offset=0 if keyset else offset, limit=limit, next_cursor=cursor)
+        total = min(total, SEARCH_CAP) if capped else total
+        return AccountPage(rows, total, 0 if keyset else offset, limit, next_cursor=cursor, capped=capped)
+
+    async def _search_ids(
+        self, conn: AsyncConnection, query: AccountQuery, text: str, filters: list[ColumnElement[bool]]
+    ) -> set[int]:
+        """Accounts whose key or platform id starts with ``text`` (read from the (app, key) index), or, when
+        ``text`` has a letter and is not a key, whose name contains it (a scan); at most SEARCH_CAP + 1."""
+        prefixes = [text] if ":" in text else [text, *(f"{kind}:{text}" for kind in KEY_KINDS)]
+        # Without the app list (a caller that knows no config) one statement over every app, unindexed.
+        apps: list[str | None] = [query.app] if query.app else [*query.apps] or [None]
+        parts = []
+        for app in apps:
+            for prefix in prefixes:
+                if self.backend == "sqlite":  # a range on the unique (app, key) index; LIKE could not use it
+                    match = and_(accounts.c.key >= prefix, accounts.c.key < prefix + "\U0010ffff")
+                else:
+                    match = accounts.c.key.startswith(prefix, autoescape=True)
+                parts.append(
+                    select(accounts.c.id)
+                    .where(*([accounts.c.app == app] if app else []), match, *filters)
+                    .limit(SEARCH_CAP + 1)
+                )
+        if ":" not in text and any(c.isalpha() for c in text):
+            pattern = "%" + _like_escape(text) + "%"
+            # SQLite's LIKE ignores ASCII case; PostgreSQL needs ILIKE.
+            named = (
+                accounts.c.name.like(pattern, escape="\\")
+                if self.backend == "sqlite"
+                else accounts.c.name.ilike(pattern, escape="\\")
+            )
+            parts.append(select(accounts.c.id).where(named, *filters).limit(SEARCH_CAP + 1))
+        found: set[int] = set()
+        for part in parts:
+            found.update(row[0] for row in await conn.execute(part))
+            if len(found) > SEARCH_CAP:
+                break
+        return found
 
     async def _keyset_ids(
         self, conn: AsyncConnection, query: AccountQuery, limit: int, after: str | None
