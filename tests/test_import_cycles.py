@@ -4,6 +4,7 @@ inside functions and under TYPE_CHECKING, which hide a cycle rather than remove 
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def imports_of(path: Path, known: dict[str, Path]) -> Iterator[str]:
                 yield sub if sub in known else node.module
 
 
+@functools.cache  # parsing the package once is enough for every test here
 def import_graph() -> dict[str, set[str]]:
     known = modules()
     return {name: {dep for dep in imports_of(path, known) if dep != name} for name, path in known.items()}

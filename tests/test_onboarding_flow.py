@@ -3,13 +3,11 @@ sandbox, without the daemon; plus the pure helpers (allowlist, loopback check, c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import secrets
 import string
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,7 +29,7 @@ from refresher.onboarding import (
     return_to_allowed,
     take_state,
 )
-from refresher.platforms.base import Platform, make_http_client
+from refresher.platforms.base import Platform
 from refresher.sandbox import SandboxServer
 from refresher.store.base import OAuthState
 from refresher.store.sql import SqlStore
@@ -41,37 +39,7 @@ T0 = dt.datetime(2026, 5, 1, 8, 0, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqlStore]:
-    """A real store: a SQLite file, or a fresh schema on the test PostgreSQL (skipped if unreachable)."""
-    from tests.test_store import pg_schema
-
-    with contextlib.ExitStack() as stack:
-        url = f"sqlite:///{tmp_path}/tokens.db" if request.param == "sqlite" else stack.enter_context(pg_schema())
-        s = SqlStore(url, clock=clock)
-        await s.open()
-        try:
-            yield s
-        finally:
-            await s.close()
-
-
-@pytest.fixture
-async def sandbox(clock: FakeClock) -> AsyncIterator[SandboxServer]:
-    async with SandboxServer(clock=clock) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    client = make_http_client(timeout=5)
-    yield client
-    await client.aclose()
+# clock, store (SQLite and PostgreSQL), sandbox and http come from tests/conftest.py.
 
 
 def plugin(sandbox: SandboxServer, name: str, http: httpx.AsyncClient, clock: FakeClock) -> Platform:

@@ -31,21 +31,7 @@ from tests.onboarding_support import (
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-async def sandbox(clock: FakeClock) -> AsyncIterator[SandboxServer]:
-    async with SandboxServer(clock=clock) as server:
-        yield server
-
-
-@pytest.fixture
-async def daemon(sandbox: SandboxServer, clock: FakeClock, tmp_path: Path) -> AsyncIterator[Daemon]:
-    async with running_daemon(sandbox, clock, tmp_path / "tokens.db") as running:
-        yield running
+# clock, sandbox and daemon come from tests/conftest.py.
 
 
 @pytest.fixture
