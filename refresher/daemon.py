@@ -23,6 +23,7 @@ import structlog
 from refresher import platforms as registry
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
 from refresher.alerts.events import RefreshEvent
+from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import ConfigFileError, Settings, load_config
 from refresher.domain import Clock, SystemClock, TokenSet
 from refresher.health import StoreHealth
@@ -93,14 +94,17 @@ class Daemon:
         self.http = make_http_client()
         self._platforms: dict[str, Platform] = {}
         self.dispatcher = Dispatcher(metrics=self.metrics)
+        channels = build_channels(settings.alerts)
         self.alerts = AlertPolicy(
             settings.alerts,
             self.store,
-            build_channels(settings.alerts),
+            channels,
             self.clock,
             reauth_link=self.reauth_link,
             dispatcher=self.dispatcher,
         )
+        # Account lifecycle events for integrators (docs/events.md), through the same webhook channels.
+        self.lifecycle = LifecycleEvents(settings, channels, dispatcher=self.dispatcher, clock=self.clock)
         self.hooks = HookDispatcher(settings, dispatcher=self.dispatcher)
         self.refresher = Refresher(
             settings,
@@ -319,7 +323,9 @@ class Daemon:
         self.refresher.platforms = dict(self._platforms)
         self.refresher.apply_settings(new)
         self.scheduler.configure(new, _plugin_classes(new, self._platforms))
-        self.alerts.apply_settings(new.alerts, build_channels(new.alerts))
+        channels = build_channels(new.alerts)
+        self.alerts.apply_settings(new.alerts, channels)
+        self.lifecycle.apply_settings(new, channels)
         self.store_health.alarm_after = new.alerts.store_outage.total_seconds()
         self.hooks.apply_settings(new)
         configure_logging(new.logging)

@@ -4,7 +4,10 @@ An operator runs ``refresher invite APP --ttl 7d`` and sends the printed URL to 
 that URL start an authorization without the admin token until it expires. The token is
 ``<expiry, base 36>.<HMAC-SHA256(server.invite_secret, app + expiry), base64url>``: the app travels in
 the URL path and is bound by the signature, so an invitation for one app cannot open another.
-Nothing is stored server-side; rotating ``server.invite_secret`` revokes every invitation at once.
+Nothing is stored server-side for a plain invitation; rotating ``server.invite_secret`` revokes every
+invitation at once. A single-use invitation, a connect session and an account's re-authorization link made
+on demand are also stored (``invitations``, by a public id the signature covers, ``&id=`` in the URL), so
+each can be used once or revoked alone (``refresher invite revoke ID``).
 
 A re-authorization link (alarms, ``account.needs_reauth`` events, 409 token answers, ``GET
 …/reauth-link``) is an invitation bound to one account as well: the account key travels in the URL
@@ -19,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+import secrets
 from urllib.parse import quote
 
 from refresher.domain import Clock, RefresherError, from_epoch
@@ -27,6 +31,7 @@ from refresher.domain import Clock, RefresherError, from_epoch
 # with the same secret.
 _CONTEXT = b"refresher-invite-v1\x00"
 _ACCOUNT_CONTEXT = b"refresher-reauth-v1\x00"
+_STORED_CONTEXT = b"refresher-stored-invite-v1\x00"
 _TOKEN = re.compile(r"^([0-9a-z]{1,12})\.([A-Za-z0-9_-]{43})$")
 MIN_SECRET_LENGTH = 16
 # A link that works for years is a standing door; a year is longer than any onboarding needs, and keeps the
@@ -44,13 +49,15 @@ class InviteError(RefresherError):
         self.kind = kind
 
 
-def _mac(secret: str, app: str, expires: int, account: str | None = None) -> str:
+def _mac(secret: str, app: str, expires: int, account: str | None = None, invitation: str | None = None) -> str:
     if len(secret) < MIN_SECRET_LENGTH:
         # Said without the value: the message may reach a terminal or a log.
         raise InviteError("config", f"server.invite_secret must be at least {MIN_SECRET_LENGTH} characters")
     message = _CONTEXT + app.encode("utf-8") + b"\x00" + str(expires).encode("ascii")
     if account is not None:
         message = _ACCOUNT_CONTEXT + message + b"\x00" + account.encode("utf-8")
+    if invitation is not None:
+        message = _STORED_CONTEXT + message + b"\x00" + invitation.encode("utf-8")
     digest = hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
@@ -65,7 +72,15 @@ def _base36(number: int) -> str:
             return out
 
 
-def make_invite(app: str, ttl: dt.timedelta, *, secret: str, clock: Clock, account: str | None = None) -> str:
+def make_invite(
+    app: str,
+    ttl: dt.timedelta,
+    *,
+    secret: str,
+    clock: Clock,
+    account: str | None = None,
+    invitation: str | None = None,
+) -> str:
     """A URL-safe invitation token for ``app`` (only for re-authorizing ``account`` when given) that stops
     working after ``ttl``."""
     if ttl <= dt.timedelta(0):
@@ -73,11 +88,17 @@ def make_invite(app: str, ttl: dt.timedelta, *, secret: str, clock: Clock, accou
     if ttl > MAX_TTL:
         raise InviteError("malformed", f"an invitation's lifetime must be at most {MAX_TTL.days} days")
     expires = int((clock.now() + ttl).timestamp())
-    return f"{_base36(expires)}.{_mac(secret, app, expires, account)}"
+    return f"{_base36(expires)}.{_mac(secret, app, expires, account, invitation)}"
 
 
 def check_invite(
-    token: str, app: str, *, secret: str, clock: Clock, account: str | None = None
+    token: str,
+    app: str,
+    *,
+    secret: str,
+    clock: Clock,
+    account: str | None = None,
+    invitation: str | None = None,
 ) -> dt.datetime:
     """Return the invitation's expiry, or raise :class:`InviteError` saying why it is refused.
 
@@ -87,7 +108,7 @@ def check_invite(
     if match is None:
         raise InviteError("malformed", "the invitation link is damaged (copy the whole URL)")
     expires = int(match.group(1), 36)
-    if not hmac.compare_digest(match.group(2), _mac(secret, app, expires, account)):
+    if not hmac.compare_digest(match.group(2), _mac(secret, app, expires, account, invitation)):
         raise InviteError("invalid", f"the invitation link is not valid for app {app!r}")
     expires_at = from_epoch(expires)
     if expires_at <= clock.now():
@@ -97,10 +118,20 @@ def check_invite(
     return expires_at
 
 
-def invite_url(public_url: str, app: str, token: str, account: str | None = None) -> str:
-    """The link a seller opens: the daemon's connect page with the invitation (and its account) attached."""
+def invite_url(
+    public_url: str, app: str, token: str, account: str | None = None, invitation: str | None = None
+) -> str:
+    """The link a seller opens: the daemon's connect page with the invitation (its account, its stored
+    row's id) attached."""
     url = f"{public_url.rstrip('/')}/connect/{quote(app, safe='')}?invite={token}"
-    return url if account is None else f"{url}&account={quote(account, safe='')}"
+    if account is not None:
+        url += f"&account={quote(account, safe='')}"
+    return url if invitation is None else f"{url}&id={quote(invitation, safe='')}"
+
+
+def new_invitation_id() -> str:
+    """A public id for a stored invitation (shown by ``refresher invite``, named by ``invite revoke``)."""
+    return "inv_" + secrets.token_hex(8)
 
 
 def reauth_url(

@@ -118,10 +118,12 @@ async def test_state_missing_unknown_tampered_reused_and_expired(
 
     first = await client.get(callback)
     assert first.status_code == 200, first.text
+    # A reload of the completed callback (issue 13): "already connected" with the accounts, nothing exchanged
+    # again (the code is not sent to the platform a second time, the state stays spent).
     replay = await client.get(callback)
-    assert replay.status_code == 400
-    assert "already used" in replay.text
-    assert "already used" in (await client.get(callback)).text  # and stays so
+    assert replay.status_code == 200
+    assert "Already connected" in replay.text and "Nothing was stored" not in replay.text
+    assert "Already connected" in (await client.get(callback)).text  # and stays so
 
     late = await browse(client, f"{base(daemon)}/connect/tiktok_shop", headers=AUTH, stop_at="/callback/")
     clock.advance(daemon.settings.server.state_ttl + dt.timedelta(seconds=1))
@@ -163,7 +165,9 @@ async def test_return_to_allowlist(daemon: Daemon, client: httpx.AsyncClient) ->
     )
     landed = urlsplit(visit.urls[-1])
     assert f"{landed.scheme}://{landed.netloc}{landed.path}" == ALLOWED_RETURN
-    assert dict(parse_qsl(landed.query)) == {"connected": "tiktok", "accounts": "1"}
+    query = dict(parse_qsl(landed.query))
+    (account,) = await daemon.store.list(app="tiktok")
+    assert query == {"connected": "tiktok", "accounts": "1", "account": account.key}  # the keys (issue 13)
     assert len(await daemon.store.list(app="tiktok")) == 1
 
 

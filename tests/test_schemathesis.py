@@ -111,6 +111,7 @@ OPERATIONS = [
     ("GET", "/v1/accounts/{app}/{key}/history"),
     ("GET", "/v1/accounts/{app}/{key}/events"),
     ("GET", "/v1/accounts/{app}/{key}/reauth-link"),
+    ("POST", "/v1/connect-sessions"),
 ]
 
 

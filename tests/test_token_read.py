@@ -9,14 +9,17 @@ of a 409 (and of the alarm) completes a re-authorization without the admin token
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from refresher.client import TokenRefused, TokenSource
 from refresher.daemon import Daemon
@@ -38,19 +41,23 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[ApiEnv]:
-    """The API test rig with a public URL (its own port) and an invitation secret, so links are signed."""
+@contextlib.asynccontextmanager
+async def running_public(tmp_path: Path, capsys: pytest.CaptureFixture[str], **extra: Any) -> AsyncIterator[ApiEnv]:
+    """The API test rig with a public URL (its own port) and an invitation secret, so links are signed;
+    ``extra`` updates the settings' server (``server=``) and alerts (``alerts=``) sections."""
     with capture_json_logs(capsys) as read_logs:
         clock = FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
         async with SandboxServer(clock=clock) as sandbox:
             base = build_settings(sandbox, tmp_path / "tokens.db", apps=("shopee",))
             port = free_port()
             public = f"http://127.0.0.1:{port}"
-            server = base.server.model_copy(update={"port": port, "public_url": public})
-            server = server.model_copy(update={"invite_secret": _secret(INVITE_SECRET)})
+            server = base.server.model_copy(
+                update={"port": port, "public_url": public, "invite_secret": SecretStr(INVITE_SECRET)}
+            )
+            server = server.model_copy(update=extra.get("server", {}))
+            alerts = base.alerts.model_copy(update=extra.get("alerts", {}))
             app = base.apps[APP].model_copy(update={"redirect_uri": f"{public}/callback/{APP}"})
-            settings = base.model_copy(update={"server": server, "apps": {APP: app}})
+            settings = base.model_copy(update={"server": server, "apps": {APP: app}, "alerts": alerts})
             daemon = Daemon(settings, clock=clock)
             await daemon.start(schedule=False)
             try:
@@ -60,10 +67,10 @@ async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterat
                 await daemon.stop(grace=5)
 
 
-def _secret(value: str) -> object:
-    from pydantic import SecretStr
-
-    return SecretStr(value)
+@pytest.fixture
+async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[ApiEnv]:
+    async with running_public(tmp_path, capsys) as running:
+        yield running
 
 
 def token_path(key: str) -> str:

@@ -98,14 +98,18 @@ class WebhookChannel:
         return f"WebhookChannel(name={self.name!r})"
 
     async def send(self, message: AlarmMessage) -> None:
+        await self.post(message.as_json())
+
+    async def post(self, payload: Any, headers: dict[str, str] | None = None) -> None:
+        """POST any JSON payload signed like an alarm (lifecycle events use this too)."""
         await post_signed(
             f"webhook {self.name}",
             self._url,
-            message.as_json(),
+            payload,
             secret=self._secret,
             time_limit=self._timeout,
             clock=self._clock,
-            headers=self._headers,
+            headers={**self._headers, **(headers or {})},
         )
 
 

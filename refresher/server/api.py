@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
+from refresher.server import connections
 from refresher.server.api_models import (
     AccountOut,
     AccountPage,
@@ -39,6 +40,7 @@ from refresher.store.base import Account, AccountNotFound
 from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
 
 MAX_PAGE = 500
+MAX_MATCHING = 100_000  # accounts scanned for an end_user_id / tag filter (matched by key, then paged)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -129,6 +131,7 @@ def install(app: FastAPI) -> None:
     """Mount the token API on ``app`` (and its validation-error policy, which covers every route)."""
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
+    app.include_router(connections.router)
 
 
 # ----------------------------------------------------------------------------------------- routes
@@ -157,12 +160,27 @@ async def list_accounts(
     cursor: Annotated[
         str | None, Query(pattern=r"^[0-9]{1,12}$", description="next_cursor of the previous page.")
     ] = None,
+    end_user_id: Annotated[
+        str | None, Query(max_length=255, description="Only accounts connected for this end user.")
+    ] = None,
+    tag: Annotated[
+        str | None, Query(pattern=r"^[^:]{1,64}:.{0,255}$", description="Only accounts with this tag, as key:value.")
+    ] = None,
 ) -> AccountPage:
     if app is not None:
         _check_app(runtime, app)
     offset = _decode_cursor(cursor) if cursor else 0
-    # One extra row tells whether a next page exists without a second COUNT query.
-    rows = list(await runtime.store.list(app=app, status=status, limit=limit + 1, offset=offset))
+    if end_user_id is not None or tag is not None:
+        name, _, value = (tag or "").partition(":")
+        wanted = await runtime.store.keys_matching(app, end_user_id, (name, value) if tag else None)
+        rows = [
+            a
+            for a in await runtime.store.list(app=app, status=status, limit=MAX_MATCHING)
+            if (a.app, a.key) in wanted
+        ][offset : offset + limit + 1]
+    else:
+        # One extra row tells whether a next page exists without a second COUNT query.
+        rows = list(await runtime.store.list(app=app, status=status, limit=limit + 1, offset=offset))
     more = len(rows) > limit
     return AccountPage(
         items=[account_out(a) for a in rows[:limit]],

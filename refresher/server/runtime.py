@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import Settings
 from refresher.domain import Clock
 from refresher.metrics import Metrics
@@ -19,6 +20,7 @@ class Runtime(Protocol):
     clock: Clock
     refresher: Refresher
     metrics: Metrics  # the console shows each alarm channel's deliveries from it
+    lifecycle: LifecycleEvents  # account.connected, account.needs_reauth … (docs/events.md)
 
     @property
     def platforms(self) -> Mapping[str, Platform]: ...

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from refresher.domain import AccountStatus, ErrorInfo, Grant, Identity, RefresherError, TokenSet
+from refresher.store.connection_types import ConnectionStore
 
 
 class StoreError(RefresherError):
@@ -341,6 +342,7 @@ class Store(
     AlarmStore,
     StateStore,
     KeyAdmin,
+    ConnectionStore,
     Protocol,
 ):
     """The whole store (what the daemon and the CLI open)."""

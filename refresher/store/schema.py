@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -92,6 +93,10 @@ accounts = Table(
     Column("previous_refresh_token", Text),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The integrator's end user and tags (connect sessions, invitations; migration 0006).
+    Column("end_user_id", String(255), index=True),
+    Column("end_user", Json),
+    Column("tags", Json),
     UniqueConstraint("app", "key"),
     Index(None, "app", "status", "access_expires_at"),
     Index(None, "app", "status", "next_attempt_at"),  # claim_due's retry scan (migration 0002)
@@ -156,5 +161,27 @@ oauth_states = Table(
     Column("pkce_verifier", Text),  # encrypted like the tokens
     Column("redirect_uri", Text),
     Column("used_at", UTCDateTime()),  # set once, by the callback that took it; a used row never grants
+    Column("context", Json),  # end_user, tags, session id, invitation of the flow (0006)
+    Column("connected", Json),  # the account keys the callback stored, for a reload's page (0006)
+    Index(None, "expires_at"),
+)
+
+# Invitations and connect sessions that are single-use or revocable one by one (0006). Plain signed
+# invitations (``refresher invite`` without --single-use) need no row.
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "invite" | "reauth" | "session"
+    Column("app", String(128), nullable=False),
+    Column("account_key", String(255)),
+    Column("end_user", Json),
+    Column("tags", Json),
+    Column("return_to", Text),
+    Column("single_use", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime()),
+    Column("revoked_at", UTCDateTime()),
     Index(None, "expires_at"),
 )

@@ -2,7 +2,8 @@
 
 :class:`SqlStore` is the concerns of the store put together, each in its own module: the database and
 its transactions (:mod:`~refresher.store.engine`), the row codec (:mod:`~refresher.store.codec`),
-accounts, leases and settling, history, audit, alarms, OAuth states and key rotation. Open one with
+accounts, leases and settling, history, audit, alarms, OAuth states, key rotation and connections
+(end users, tags, invitations). Open one with
 :func:`open_store`.
 """
 
@@ -14,6 +15,7 @@ from refresher.domain import Clock
 from refresher.store.accounts import SqlAccounts
 from refresher.store.alarms import SqlAlarms
 from refresher.store.browse import SqlBrowse
+from refresher.store.connections import SqlConnections
 from refresher.store.engine import alembic_config, head_revision
 from refresher.store.keys import SqlKeys
 from refresher.store.leases import SqlLeases
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["SqlStore", "alembic_config", "head_revision", "open_store"]
 
 
-class SqlStore(SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys, SqlBrowse):
+class SqlStore(SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys, SqlBrowse, SqlConnections):
     """Every role of :mod:`refresher.store.base` on SQLite (aiosqlite) or PostgreSQL (psycopg 3), and the
     console's read-only queries (:mod:`~refresher.store.browse`)."""
 
