@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select, tuple_, union_all
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select, tuple_, union, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refresher.domain import AccountStatus, as_utc
@@ -184,12 +184,10 @@ class SqlBrowse(StoreCore):
                 else accounts.c.name.ilike(pattern, escape="\\")
             )
             parts.append(select(accounts.c.id).where(named, *filters).limit(SEARCH_CAP + 1))
-        found: set[int] = set()
-        for part in parts:
-            found.update(row[0] for row in await conn.execute(part))
-            if len(found) > SEARCH_CAP:
-                break
-        return found
+        # One round trip: every part (each an index range, or the name scan) in one UNION.
+        merged = union(*(select(part.subquery()) for part in parts)).subquery()
+        rows = await conn.execute(select(merged.c[0]).limit(SEARCH_CAP + 1))
+        return {row[0] for row in rows}
 
     async def _keyset_ids(
         self, conn: AsyncConnection, query: AccountQuery, limit: int, after: str | None
