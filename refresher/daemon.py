@@ -104,7 +104,10 @@ class Daemon:
             dispatcher=self.dispatcher,
         )
         # Account lifecycle events for integrators (docs/events.md), through the same webhook channels.
-        self.lifecycle = LifecycleEvents(settings, channels, dispatcher=self.dispatcher, clock=self.clock)
+        self.lifecycle = LifecycleEvents(
+            settings, channels, dispatcher=self.dispatcher, clock=self.clock, store=self.store
+        )
+        self.alerts.lifecycle = self.lifecycle  # needs_reauth, refresh_failed and resolved follow the alarms
         self.hooks = HookDispatcher(settings, dispatcher=self.dispatcher)
         self.refresher = Refresher(
             settings,

@@ -253,7 +253,8 @@ async def test_alarm_after_n_failures_not_before_and_signed(receiver: Receiver, 
     assert payload["app"] == "shopee-sg" and payload["account_key"] == "shop:1001"
     assert payload["error_code"] == "E503" and payload["request_id"] == "req-77"
     assert payload["consecutive_failures"] == 3
-    assert payload["reauth_url"] is None  # a transient failure needs no re-authorization
+    # Every alarm carries the account's re-authorization link (issue 13), in case it comes to that.
+    assert payload["reauth_url"] == "https://refresher.example/connect/shopee-sg?account=shop:1001"
     ts = request.headers[TIMESTAMP_HEADER.lower()]
     assert verify_signature(CHANNEL_SECRET, ts, request.body, request.headers[SIGNATURE_HEADER.lower()], time.time())
     assert sample(h.metrics, "refresher_alert_deliveries_total", channel="ops", outcome="success") == 1
@@ -275,7 +276,7 @@ async def test_config_error_alarms_at_once(receiver: Receiver, make_policy: Any)
     await h.settle()
     [request] = receiver.wait_for(1)
     assert request.json()["cause"] == "config_error"
-    assert request.json()["reauth_url"] is None
+    assert request.json()["reauth_url"] == "https://refresher.example/connect/shopee-sg?account=shop:1001"
 
 
 async def test_dedupe_repeat_every_and_restart(receiver: Receiver, make_policy: Any) -> None:

@@ -81,7 +81,13 @@ class World:
         return str(account.status)
 
     def kinds(self) -> list[tuple[str, str]]:
-        return [(m["kind"], m["cause"]) for m in self.receiver.messages()]
+        return [(m["kind"], m["cause"]) for m in self.receiver.messages() if "kind" in m]  # alarms, not events
+
+    def alarms(self) -> list[dict[str, Any]]:
+        return [m for m in self.receiver.messages() if "kind" in m]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [m for m in self.receiver.messages() if "type" in m]
 
 
 @pytest.fixture
@@ -162,24 +168,35 @@ async def test_permanent_fault_alarms_once_then_resolves(world: World) -> None:
     await world.sweep()  # failed sweep 2: the alarm
     await world.sweep()  # failed sweep 3: deduplicated
     assert world.kinds() == [("alarm", "failures")]
-    [alarm] = world.receiver.messages()
+    [alarm] = world.alarms()
     assert alarm["consecutive_failures"] == 2 and alarm["app"] == "shopee" and alarm["account_key"] == world.key
     assert alarm["error_class"] == "transient"
+    assert alarm["reauth_url"]  # every alarm carries the account's link (issue 13)
+    # The lifecycle event of the same alarm, once (after_failures reached), signed like the alarm.
+    [failed] = world.events()
+    assert (failed["type"], failed["account_key"], failed["consecutive_failures"]) == (
+        "account.refresh_failed",
+        world.key,
+        2,
+    )
+    assert failed["error"]["class"] == "transient" and failed["tags"] == {} and failed["end_user"] is None
 
     world.sandbox.set_faults(None)
     assert await world.sweep() == "active"
     await world.sweep()
     assert world.kinds() == [("alarm", "failures"), ("resolved", "failures")]
+    assert [e["type"] for e in world.events()] == ["account.refresh_failed", "account.resolved"]
     metrics = world.daemon.metrics.registry
-    assert metrics.get_sample_value("refresher_alert_deliveries_total", {"channel": "ops", "outcome": "success"}) == 2
-    assert metrics.get_sample_value("refresher_alert_deliveries_total", {"channel": "dead", "outcome": "failure"}) == 2
+    # Two alarms and their two lifecycle events (refresh_failed, resolved) through each channel.
+    assert metrics.get_sample_value("refresher_alert_deliveries_total", {"channel": "ops", "outcome": "success"}) == 4
+    assert metrics.get_sample_value("refresher_alert_deliveries_total", {"channel": "dead", "outcome": "failure"}) == 4
 
 
 async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: World) -> None:
     assert await world.sweep() == "active"
     world.sandbox.state.revoke("shopee")
     assert await world.sweep() == AccountStatus.NEEDS_REAUTH
-    [alarm] = world.receiver.messages()
+    [alarm] = world.alarms()
     assert (alarm["kind"], alarm["cause"]) == ("alarm", "reauth_required")
     # A signed invitation bound to this account (an unsigned connect link would answer 401).
     url = httpx.URL(alarm["reauth_url"])
@@ -189,3 +206,6 @@ async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: Wo
         url.params["invite"], "shopee", secret=INVITE_SECRET, clock=world.daemon.clock, account=world.key
     )
     assert alarm["consecutive_failures"] == 1
+    [event] = world.events()
+    assert event["type"] == "account.needs_reauth" and event["status"] == "needs_reauth"
+    assert httpx.URL(event["reauth_url"]).params["account"] == world.key

@@ -144,3 +144,20 @@ async def test_connect_session_refusals(env: ApiEnv) -> None:
     async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
         assert (await browser.get(forged)).status_code == 403
     assert json.dumps(session).count("invite=") == 1
+
+
+async def test_disabling_and_deleting_send_their_events_with_end_user_and_tags(
+    env: ApiEnv, receiver: Receiver
+) -> None:
+    session = await new_session(env)
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
+        assert (await browse(browser, session["url"])).final.status_code == 200
+    (account,) = await env.daemon.store.list(app=APP)
+    path = f"/v1/accounts/{APP}/{quote(account.key, safe='')}"
+    assert (await env.call("POST", path + "/disable", "writer")).status_code == 200
+    assert (await env.call("POST", path + "/disable", "writer")).status_code == 200  # no second event
+    assert (await env.call("DELETE", path, "writer")).status_code == 204
+    sent = await events(env, receiver)
+    assert [e["type"] for e in sent] == ["account.connected", "account.disabled", "account.deleted"]
+    assert all(e["end_user"] == END_USER and e["tags"]["plan"] == "pro" for e in sent)
+    assert len({e["idempotency_key"] for e in sent}) == 3

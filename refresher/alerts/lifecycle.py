@@ -3,7 +3,7 @@
 
 Each event goes to every webhook channel of ``alerts.channels`` and to the app's hooks (``on_success``
 and ``on_failure``, each URL once), signed like an alarm, through the delivery queue (retried
-``alerts.delivery_attempts`` times). Delivery is at least once: a receiver deduplicates on
+``alerts.delivery_attempts`` times, counted with the channel's or the hook's deliveries). Delivery is at least once: a receiver deduplicates on
 ``idempotency_key`` (also sent as the ``Idempotency-Key`` header), which is the same for every delivery
 of one event. No event carries a token.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
+
+import structlog
 
 from refresher.alerts.channels import Channel, WebhookChannel, post_signed
 from refresher.alerts.dispatcher import Dispatcher
@@ -22,6 +24,13 @@ from refresher.domain import Clock
 from refresher.store.base import Account
 
 PAYLOAD_VERSION = 1
+log = structlog.get_logger("refresher.alerts")
+
+
+class EventStore(Protocol):
+    async def get(self, app: str, key: str) -> Account | None: ...
+
+    async def connection(self, app: str, key: str) -> tuple[dict[str, Any] | None, dict[str, str]]: ...
 
 
 class EventType(enum.StrEnum):
@@ -77,11 +86,33 @@ class LifecycleEvents:
     """Queues lifecycle events to the webhook channels and the app's hooks (returns at once)."""
 
     def __init__(
-        self, settings: Settings, channels: Sequence[Channel], *, dispatcher: Dispatcher, clock: Clock
+        self,
+        settings: Settings,
+        channels: Sequence[Channel],
+        *,
+        dispatcher: Dispatcher,
+        clock: Clock,
+        store: EventStore | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
+        self.store = store
         self.apply_settings(settings, channels)
+
+    async def notify(self, kind: EventType, app: str, key: str, *, marker: str, **extra: Any) -> None:
+        """Emit ``kind`` for the stored account ``app``/``key`` (its end user and tags read from the store).
+        Never raises: an event that cannot be built is logged, the caller's work stands."""
+        if self.store is None:
+            return
+        try:
+            account = await self.store.get(app, key)
+            if account is None:
+                return
+            end_user, tags = await self.store.connection(app, key)
+        except Exception:
+            log.exception("event.not_sent", app=app, account=key, type=str(kind))
+            return
+        self.emit(kind, account, marker=marker, end_user=end_user, tags=tags, **extra)
 
     def apply_settings(self, settings: Settings, channels: Sequence[Channel]) -> None:
         self.settings = settings
@@ -117,7 +148,7 @@ class LifecycleEvents:
         app = self.settings.apps.get(account.app)
         hooks = [h for h in (app.on_success, app.on_failure) if h is not None] if app else []
         for hook in {h.url: h for h in hooks}.values():
-            self.dispatcher.submit("event", account.app, self._hook_send(account.app, hook, payload), attempts=attempts)
+            self.dispatcher.submit("hook", account.app, self._hook_send(account.app, hook, payload), attempts=attempts)
         return payload
 
     def _hook_send(self, app: str, hook: HookSettings, payload: dict[str, Any]) -> Callable[[], Awaitable[None]]:

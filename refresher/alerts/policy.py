@@ -18,6 +18,7 @@ import structlog
 from refresher.alerts.channels import Channel
 from refresher.alerts.dispatcher import Dispatcher
 from refresher.alerts.events import AlarmMessage, RefreshEvent
+from refresher.alerts.lifecycle import EventType, LifecycleEvents
 from refresher.config import AlertSettings
 from refresher.domain import AccountStatus, Clock
 from refresher.logging import redact_text
@@ -68,6 +69,9 @@ class AlertPolicy:
         self.clock = clock
         self.reauth_link = reauth_link
         self.dispatcher = dispatcher
+        # Lifecycle events (account.needs_reauth, account.refresh_failed, account.resolved) follow the
+        # alarms: set by the daemon; None sends none.
+        self.lifecycle: LifecycleEvents | None = None
         # Alarm messages this process queued whose delivery has not ended yet: not "undelivered" while a
         # channel may still be retrying them, whatever a simulated clock says.
         self._in_flight: dict[tuple[str, str, str], _Delivery] = {}
@@ -171,6 +175,7 @@ class AlertPolicy:
             await self.store.put_alarm(dataclasses.replace(alarm, resolved_at=now))
             log.info("alert", kind="resolved", cause=alarm.cause, app=app, account=alarm.account_key)
             self._send(self._account_message("resolved", REAUTH_REQUIRED, account, now))
+            await self._event_resolved(alarm)
             return
         message = self._account_message("alarm", REAUTH_REQUIRED, account, now)
         await self._raise(app, account.key, REAUTH_REQUIRED, message)
@@ -208,7 +213,7 @@ class AlertPolicy:
 
     def _message(self, kind: str, cause: str, event: RefreshEvent) -> AlarmMessage:
         error = event.error
-        needs_link = cause in (REAUTH_REQUIRED, REFRESH_EXPIRING) and kind != "resolved"
+        needs_link = kind != "resolved"  # every alarm carries the link that fixes the account if it must
         return AlarmMessage(
             kind=kind,
             cause=cause,
@@ -248,6 +253,7 @@ class AlertPolicy:
             undelivered_since = None if retrying else now - REDELIVER_AFTER
             if not await self.store.note_alarm_sent(app, key, cause, now, quiet_since, details, undelivered_since):
                 return  # already told; the next reminder is due at last_sent_at + repeat_every
+            await self._event_for_alarm(app, key, cause, message)
             confirm: tuple[str, str, str, dt.datetime] | None = (app, key, cause, now)
         except Exception:
             log.exception("alert.state_unavailable", app=app, account=key, cause=cause)
@@ -289,6 +295,28 @@ class AlertPolicy:
                 continue
             log.info("alert", kind="resolved", cause=alarm.cause, app=event.app, account=event.account_key)
             self._send(self._message("resolved", alarm.cause, event))
+            await self._event_resolved(alarm)
+
+    async def _event_for_alarm(self, app: str, key: str, cause: str, message: AlarmMessage) -> None:
+        if self.lifecycle is None or cause not in (REAUTH_REQUIRED, FAILURES):
+            return
+        kind = EventType.NEEDS_REAUTH if cause == REAUTH_REQUIRED else EventType.REFRESH_FAILED
+        extra = {
+            "reauth_url": message.reauth_url,
+            "consecutive_failures": message.consecutive_failures,
+            "error": None
+            if message.error_class is None
+            else {"class": message.error_class, "code": message.error_code, "message": message.error_message},
+        }
+        # One event per alarm and its repeats: a repeat carries the same idempotency key (the alarm's
+        # cause and the failure streak it belongs to).
+        await self.lifecycle.notify(kind, app, key, marker=f"{cause}:{message.consecutive_failures}", **extra)
+
+    async def _event_resolved(self, alarm: Alarm) -> None:
+        if self.lifecycle is not None and alarm.cause in (REAUTH_REQUIRED, FAILURES):
+            marker = f"{alarm.cause}:{alarm.opened_at.isoformat()}"
+            key = alarm.account_key
+            await self.lifecycle.notify(EventType.RESOLVED, alarm.app, key, marker=marker, cause=alarm.cause)
 
     def _send(self, message: AlarmMessage, confirm: tuple[str, str, str, dt.datetime] | None = None) -> None:
         """Queue ``message`` for every channel; with ``confirm`` (the alarm and the stamp of this message),

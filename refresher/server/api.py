@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from refresher.alerts.lifecycle import EventType
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
 from refresher.server import connections
@@ -298,11 +299,15 @@ async def refresh_account(
 
 
 async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
-    await _account(runtime, app, key)
+    before = await _account(runtime, app, key)
     try:
-        return account_out(await runtime.store.set_status(app, key, status))
+        saved = await runtime.store.set_status(app, key, status)
     except AccountNotFound:
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
+    if status == AccountStatus.DISABLED and before.status != AccountStatus.DISABLED:
+        marker = f"disabled:{runtime.clock.now().isoformat()}"
+        await runtime.lifecycle.notify(EventType.DISABLED, app, saved.key, marker=marker)
+    return account_out(saved)
 
 
 @router.post(
@@ -331,9 +336,12 @@ async def enable_account(
 async def delete_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
 ) -> Response:
-    await _account(runtime, app, key)
+    account = await _account(runtime, app, key)
+    end_user, tags = await runtime.store.connection(app, account.key)  # read before the row goes
     if not await runtime.store.delete(app, key):
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
+    marker = f"deleted:{runtime.clock.now().isoformat()}"
+    runtime.lifecycle.emit(EventType.DELETED, account, marker=marker, end_user=end_user, tags=tags)
     return Response(status_code=204)
 
 
