@@ -23,8 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE.parent))  # test_replicas imports tests.support
+sys.path.insert(0, str(HERE.parent))  # the repository root: the tests package
 
 
 async def main() -> None:
@@ -33,8 +32,9 @@ async def main() -> None:
     parser.add_argument("--setups", default="pg2,pg3,sqlite2")
     args = parser.parse_args()
     os.environ["REFRESHER_REPLICA_ACCOUNTS"] = str(args.accounts)  # read by the test module at import
-    import test_replicas as rep
     from _support import figures, machine, pg_database
+
+    from tests import test_replicas as rep
 
     print(f"machine: {machine()}")
     for setup in args.setups.split(","):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -18,6 +19,7 @@ from refresher.config import (
     parse_config,
     parse_duration,
 )
+from refresher.config.models import Settings
 
 
 class FakeCreds(BaseModel):
@@ -29,7 +31,7 @@ class FakeCreds(BaseModel):
 MODELS = {"fake": FakeCreds}
 
 
-def parse(text: str, env: dict[str, str] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+def parse(text: str, env: dict[str, str] | None = None, **kw: Any) -> Settings:
     return parse_config(textwrap.dedent(text), file="cfg.yaml", env=env or {}, credential_models=MODELS, **kw)
 
 

@@ -843,11 +843,11 @@ def test_unit_documentation_is_the_repository_docs_the_install_steps_copy() -> N
 def test_a_wheel_built_from_the_checkout_migrates_a_store(tmp_path: Path) -> None:
     """The wheel install line works: the wheel carries the package data the daemon needs (migrations,
     alembic.ini, templates) and its ``refresher`` runs ``migrate`` without the checkout on the path."""
-    import setuptools
+    from importlib.metadata import version
 
     dist, target = tmp_path / "dist", tmp_path / "site"
     # pyproject.toml needs setuptools>=77 to build; with an older one here, pip fetches it (isolation).
-    isolation = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 77 else []
+    isolation = ["--no-build-isolation"] if int(version("setuptools").split(".")[0]) >= 77 else []
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(dist), str(ROOT)],
         check=True,

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import secrets
 import string
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -197,7 +198,7 @@ async def test_a_callback_naming_the_wrong_app_leaves_the_real_state_usable(
     assert taken.state == state.state
 
 
-_DERIVATIONS = {
+_DERIVATIONS: dict[str, Callable[[str], str]] = {
     "sha256": lambda s: hashlib.sha256(s.encode()).hexdigest(),
     "old tombstone": lambda s: "used:" + hashlib.sha256(s.encode()).hexdigest(),
     "prefixed": lambda s: "used:" + s,
