@@ -126,7 +126,6 @@ class Daemon:
         self.port: int | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._started = False
         self.extra_routes: list[Any] = []
         self._audit_pruned_at: dt.datetime | None = None  # last pass that caught up
         self._audit_pruning = False
@@ -197,7 +196,6 @@ class Daemon:
             self._server, self._server_task, self.port = await start_server(
                 app, self.settings.server.host, self.settings.server.port, access_log=self.settings.logging.access_log
             )
-        self._started = True
         apps = ", ".join(sorted(self._platforms)) or "none"
         log.info(
             "daemon.started",

@@ -271,10 +271,6 @@ def forget_secrets() -> None:
     _active.forget()
 
 
-def registered_secret_count() -> int:
-    return len(_active)
-
-
 def redact_text(text: str) -> str:
     """Remove every registered secret and every secret-shaped pair from one string."""
     return _active.redact_text(text)
@@ -283,11 +279,6 @@ def redact_text(text: str) -> str:
 def redact_value(value: Any) -> Any:
     """:meth:`Redactor.redact_value` of the installed redactor."""
     return _active.redact_value(value)
-
-
-def redact_processor(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-    """The installed redactor as a plain structlog processor function."""
-    return _active(logger, method, event_dict)
 
 
 # Query parameters of the access log whose values are always replaced (besides every secret-named one):
