@@ -79,7 +79,7 @@ def app_settings(platform: str, url: str, **extra: Any) -> Settings:
             platform: {
                 "platform": platform,
                 "hosts": {role: url for role in cls.default_hosts},
-                "redirect_uri": "https://erp.example.com/callback",
+                "redirect_uri": f"https://erp.example.com/callback/{platform}",
                 "timeout": f"{TIMEOUT}s",
                 **APP_SECRETS[platform],
                 **extra,

@@ -1,4 +1,4 @@
-"""TikTok Login Kit v2 plugin against the TikTok sandbox on a real port (platforms.md §4)."""
+"""TikTok Login Kit v2 plugin against the TikTok sandbox on a real port (docs/platforms.md)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_desktop_pkce_uses_the_hex_challenge() -> None:
     plugin = offline_plugin(desktop=True)
     pkce = plugin.pkce_pair()
     assert pkce.challenge == pkce_challenge_hex(pkce.verifier) and len(pkce.challenge) == 64
-    # The platforms.md worked example.
+    # Computed independently with hashlib for this verifier.
     assert (
         pkce_challenge_hex("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
         == "13d31e961a1ad8ec2f16b10c4c982e0876a878ad6df144566ee1894acb70f9c3"

@@ -1,4 +1,4 @@
-"""TikTok Shop plugin against the TikTok Shop sandbox on a real port (platforms.md §2)."""
+"""TikTok Shop plugin against the TikTok Shop sandbox on a real port (docs/platforms.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lazada Open Platform (platforms.md §3).
+"""Lazada Open Platform (docs/platforms.md).
 
 Token calls go to ``auth.lazada.com/rest`` for every country and are signed like every Lazada call:
 uppercase hex HMAC-SHA256 over the API path (after ``/rest``) and the sorted parameters. Access tokens

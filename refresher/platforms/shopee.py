@@ -1,4 +1,4 @@
-"""Shopee Open Platform v2 (platforms.md §1).
+"""Shopee Open Platform v2 (docs/platforms.md).
 
 Every call is signed with HMAC-SHA256 over ``partner_id + path + timestamp`` (public calls, including the
 token endpoints) or that plus ``access_token + shop_id|merchant_id`` (shop and merchant calls). Access
@@ -7,7 +7,7 @@ tokens live 4 hours (``expire_in`` is relative seconds); refresh tokens are sing
 A main-account authorization yields one token pair shared by every shop and merchant it lists. Refresher
 stores one account per shop and per merchant, each starting with that shared pair; each account's first
 refresh uses its own ``shop_id`` / ``merchant_id`` and from then on every account has its own chain
-(platforms.md §1.3). The sandbox reproduces exactly that.
+(docs/platforms.md). The sandbox reproduces exactly that.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ AUTH_PARTNER_PATH = "/api/v2/shop/auth_partner"
 TOKEN_PATH = "/api/v2/auth/token/get"
 REFRESH_PATH = "/api/v2/auth/access_token/get"
 RESEND_CODE_PATH = "/api/v2/public/get_token_by_resend_code"
-# Public APIs (signed partner_id + path + timestamp): the documented public type of platforms.md §1.5.
+# Public APIs (signed partner_id + path + timestamp): the documented public type of docs/platforms.md.
 PUBLIC_PREFIX = "/api/v2/public/"
 PUBLIC_PATHS = frozenset({AUTH_PARTNER_PATH, "/api/v2/shop/cancel_auth_partner", TOKEN_PATH, REFRESH_PATH})
 

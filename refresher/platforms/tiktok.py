@@ -1,4 +1,4 @@
-"""TikTok Login Kit, OAuth v2 on ``open.tiktokapis.com`` (platforms.md §4).
+"""TikTok Login Kit, OAuth v2 on ``open.tiktokapis.com`` (docs/platforms.md).
 
 The token endpoint takes a form body with the client secret and answers flat JSON (no envelope) with
 *relative* lifetimes; errors are ``{error, error_description, log_id}``. Refresh tokens rotate strictly:
@@ -51,7 +51,7 @@ USER_INFO_PATH = "/v2/user/info/"
 USER_FIELDS = "open_id,union_id,avatar_url,display_name"
 DEFAULT_SCOPES = ("user.info.basic",)
 
-# OAuth error names (platforms.md §4.3).
+# OAuth error names (docs/platforms.md).
 CONFIG_ERRORS = frozenset(
     {
         "invalid_client",
@@ -218,7 +218,7 @@ class TikTokPlatform(Platform):
             headers={"content-type": "application/x-www-form-urlencoded"},
             what=what,
         )
-        # The HTTP status of error answers is undocumented: the presence of "error" decides (§4.3).
+        # The HTTP status of error answers is undocumented: the presence of "error" decides.
         return self.transport.checked_json(
             answer, what, lambda data: self._token_error(data, answer, what, refresh=refresh), _log_id
         )

@@ -1,4 +1,4 @@
-"""TikTok Shop Partner API, Open API 202309+ (platforms.md §2).
+"""TikTok Shop Partner API, Open API 202309+ (docs/platforms.md).
 
 The token calls are *unsigned* GETs on ``auth.tiktok-shops.com`` that carry the app secret in the query,
 so no URL of theirs ever reaches a message. Both expiries in the token answer are **absolute** Unix
@@ -103,7 +103,7 @@ class TikTokShopPlatform(Platform):
         service_id = self.credentials.service_id
         if service_id:
             return f"{self.host('consent')}{AUTHORIZE_PATH}?{urlencode({'service_id': service_id, 'state': state})}"
-        # Apps without a service id use the legacy page, which takes the app key (platforms.md §2.1).
+        # Apps without a service id use the legacy page, which takes the app key (docs/platforms.md).
         return f"{self.host('auth')}{LEGACY_AUTHORIZE_PATH}?{urlencode({'app_key': self.app_key, 'state': state})}"
 
     # -- tokens ------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ class TikTokShopPlatform(Platform):
     async def exchange_code(
         self, callback_params: Mapping[str, str], pkce: PKCE | None = None, redirect_uri: str | None = None
     ) -> list[Grant]:
-        # A denial arrives as error=auth_denied (or access_denied) with code=null (platforms.md §2.2).
+        # A denial arrives as error=auth_denied (or access_denied) with code=null (docs/platforms.md).
         denial = self.callback_error(callback_params)
         if denial is not None:
             raise denial
@@ -143,7 +143,7 @@ class TikTokShopPlatform(Platform):
             "app_key": self.app_key,
             "app_secret": self._secret,
             "refresh_token": refresh_token,
-            # The docs say refresh_token; the official Node SDK sends authorized_code (a quirk, §2.4).
+            # The docs say refresh_token; the official Node SDK sends authorized_code (a quirk).
             "grant_type": "refresh_token",
         }
         data, request_id = await self._token_call(TOKEN_REFRESH_PATH, params, "refresh", refresh=True)
@@ -152,7 +152,7 @@ class TikTokShopPlatform(Platform):
     async def _token_call(
         self, path: str, params: Mapping[str, str], what: str, *, refresh: bool
     ) -> tuple[dict[str, Any], str | None]:
-        # GET only: a POST with a JSON body answers 404 (platforms.md §2.3).
+        # GET only: a POST with a JSON body answers 404 (docs/platforms.md).
         answer = await self.transport.send("GET", f"{self.host('auth')}{path}", params=params, what=what)
         envelope = self.transport.envelope(answer, what)
         request_id = request_id_of(envelope)

@@ -88,7 +88,7 @@ def classify(
     if code in CONFIG_CODES:
         return ConfigError(f"{what}: {_config_hint(code)} ({message})", **kwargs)
     if code == CODE_CREDENTIALS:
-        # One code, many causes: the message is the only discriminator (platforms.md §2.8).
+        # One code, many causes: the message is the only discriminator (docs/platforms.md).
         if "timestamp" in lowered:
             return ClockSkew(f"{what}: timestamp refused, check the clock ({message})", **kwargs)
         if "access-token" in lowered or "access_token" in lowered:

@@ -1,4 +1,4 @@
-"""Lazada Open Platform as the sandbox speaks it (platforms.md §3).
+"""Lazada Open Platform as the sandbox speaks it (docs/platforms.md).
 
 Endpoints, relative to the ``/lazada`` prefix (the app's ``auth`` host; its ``api`` host is ``/lazada/rest``):
 
@@ -34,7 +34,7 @@ from refresher.platforms.signing import lazada_value
 from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
 from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
 
-TIMESTAMP_WINDOW = 7200  # seconds, either way (platforms.md §3.5)
+TIMESTAMP_WINDOW = 7200  # seconds, either way (docs/platforms.md)
 COUNTRIES = ("sg", "my", "th", "vn", "ph", "id")
 SYSTEM_PARAMS = frozenset({"app_key", "timestamp", "sign_method", "sign", "access_token", "partner_id"})
 
@@ -291,7 +291,7 @@ class LazadaSandbox(SandboxPlatform):
             return error_answer(exc.code, exc.message, exc.kind)
         if fault == "lost":
             return Response("upstream trouble", status_code=500, media_type="text/plain")
-        # Lazada's refresh names the list country_user_info_list (platforms.md §3.4).
+        # Lazada's refresh names the list country_user_info_list (docs/platforms.md).
         return self._token_answer(chain, "country_user_info_list")
 
     # -- business API ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shopee Open Platform v2 as the sandbox speaks it (platforms.md §1).
+"""Shopee Open Platform v2 as the sandbox speaks it (docs/platforms.md).
 
 Endpoints, relative to the ``/shopee`` prefix (the app's ``api`` host):
 
@@ -46,7 +46,7 @@ MERCHANTS_BY_PARTNER = "/api/v2/public/get_merchants_by_partner"
 KINDS = ("shop", "merchant", "supplier")
 UPDATE_STOCK = "/api/v2/product/update_stock"  # a shop POST with a JSON body (not part of Shopee's sign)
 
-TIMESTAMP_WINDOW = 300  # seconds, either way (platforms.md §1.5)
+TIMESTAMP_WINDOW = 300  # seconds, either way (docs/platforms.md)
 
 
 class ShopeeError(Exception):
@@ -276,7 +276,7 @@ class ShopeeSandbox(SandboxPlatform):
         return self._token_answer(chain, extra)
 
     def _supersede(self, chain: Chain) -> None:
-        """A re-authorization replaces the pair the subjects had before (platforms.md §1.4)."""
+        """A re-authorization replaces the pair the subjects had before (docs/platforms.md)."""
         ids = {s.id for s in chain.subjects}
         for other in self.state.chains.values():
             if other.platform == self.name and other.id != chain.id and ids & {s.id for s in other.subjects}:

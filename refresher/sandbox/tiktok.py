@@ -1,4 +1,4 @@
-"""TikTok Login Kit v2's wire protocol for the sandbox (platforms.md §4).
+"""TikTok Login Kit v2's wire protocol for the sandbox (docs/platforms.md).
 
 * consent: ``GET /v2/auth/authorize/?client_key&scope&response_type=code&redirect_uri&state`` (+ PKCE).
 * tokens: ``POST /v2/oauth/token/`` (form) answering flat JSON with relative ``expires_in`` /

@@ -1,4 +1,4 @@
-"""TikTok Shop's wire protocol for the sandbox (platforms.md §2).
+"""TikTok Shop's wire protocol for the sandbox (docs/platforms.md).
 
 * consent: ``/open/authorize?service_id=…&state=…`` and the legacy ``/oauth/authorize?app_key=…&state=…``.
   The real platform redirects to the URL registered in Partner Center; the sandbox uses the app's
@@ -146,7 +146,7 @@ class TikTokShopSandbox(SandboxPlatform):
         )
 
     def denied_redirect(self, ticket: ConsentTicket) -> str:
-        # Documented as code=null&error=auth_denied (platforms.md §2.2).
+        # Documented as code=null&error=auth_denied (docs/platforms.md).
         return with_query(ticket.redirect_uri, {"code": "null", "error": "auth_denied", "state": ticket.state})
 
     # -- tokens --------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ class TikTokShopSandbox(SandboxPlatform):
             self.state.count(self.name, "unknown_app")
             return app_key, self.envelope(36009004, "Invalid credentials. Invalid app_key.")
         if not hmac.compare_digest(params.get("app_secret", "").encode(), secret.encode()):
-            # 36004003 "invalid app_key or app_secret", as seen on the token endpoints (docs/platforms.md).
+            # 36004003 "invalid app_key or app_secret", as listed in docs/platforms.md
             self.state.count(self.name, "bad_secret")
             return app_key, self.envelope(36004003, "invalid app_key or app_secret")
         return app_key, None
