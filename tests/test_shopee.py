@@ -486,3 +486,10 @@ def test_recover_is_refused_for_a_platform_without_codes(tmp_path: Path) -> None
     config.write_text(yaml.safe_dump({"apps": {"l": {"platform": "lazada", "app_key": "1", "app_secret": "s"}}}))
     result = CliRunner().invoke(main, ["recover", "-c", str(config), "l", "seller1"], "x\n")
     assert result.exit_code == 2 and "no recovery code" in result.output
+
+
+def test_an_unknown_code_is_retried_and_named(rig: Rig) -> None:
+    body = json.dumps({"error": "error_brand_new", "message": "m", "request_id": "r"}).encode()
+    error = rig.plugin.classify_api_answer(Answer(200, httpx.Headers({"content-type": "application/json"}), body))
+    assert isinstance(error, TransientError) and error.code == "error_brand_new"
+    assert "error_brand_new" in error.info().message

@@ -434,6 +434,7 @@ def test_unknown_code_keeps_code_and_no_token_in_message() -> None:
     error = offline_plugin().classify_api_answer(answer(200, body))
     assert isinstance(error, TransientError) and error.code == "123"
     assert token not in str(error) and token not in repr(error.info())
+    assert "123" in error.info().message  # the alarm after the retry budget names the raw code
 
 
 def test_status_and_shape_classification() -> None:
