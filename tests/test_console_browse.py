@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from refresher.domain import AccountStatus, FakeClock, Identity, TokenSet
-from refresher.store.base import Alarm, AuditEntry
+from refresher.store.base import Account, Alarm, AuditEntry
 from refresher.store.browse import AccountQuery
 from refresher.store.sql import SqlStore
 from tests.support import pg_schema
@@ -53,7 +53,8 @@ async def fill(store: SqlStore, count: int) -> None:
 async def test_keyset_pages_list_every_account_once_in_order(store: SqlStore, sort: str, descending: bool) -> None:
     await fill(store, 120)
     query = AccountQuery(sort=sort, descending=descending, apps=APPS)  # type: ignore[arg-type]
-    seen, cursor, pages = [], None, 0
+    seen: list[Account] = []
+    cursor, pages = None, 0
     while True:
         page = await store.browse_accounts(query, limit=7, after=cursor)
         assert page.total == 120

@@ -123,7 +123,7 @@ def test_generated_weekday_fields_match_croniter(items: list[str], day: str) -> 
 )
 def test_the_either_day_rule_as_vixie_cron_reads_it(expr: str, matches: Callable[[dt.date], bool]) -> None:
     """Expected days computed by walking the calendar (datetime's own weekday numbering)."""
-    day, expected = START.date(), []
+    day, expected = START.date(), list[dt.datetime]()
     while len(expected) < 12:
         day += dt.timedelta(days=1)
         if matches(day):

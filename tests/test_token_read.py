@@ -199,8 +199,8 @@ async def test_readers_of_two_replicas_share_one_refresh_through_the_lease(env: 
     results = await asyncio.gather(*api, *direct)
 
     assert await refresh_calls(env) - before == 1
-    api_tokens = {r.json()["access_token"] for r in results[:10]}  # type: ignore[union-attr]
-    direct_tokens = {r.token for r in results[10:]}  # type: ignore[union-attr]
+    api_tokens = {r.json()["access_token"] for r in results[:10]}  # type: ignore[attr-defined]
+    direct_tokens = {r.token for r in results[10:]}  # type: ignore[attr-defined]
     assert api_tokens == direct_tokens and len(api_tokens) == 1
 
 
