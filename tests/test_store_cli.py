@@ -145,8 +145,8 @@ def test_status_and_accounts_list_work_under_a_wrong_key(tmp_path: Path) -> None
     status = CliRunner().invoke(main, ["status", "--json", "-c", str(cfg)])
     assert status.exit_code == 0, status.output
     listed = json.loads(status.output)
-    assert [row["account"] for row in listed] == ["shop:0", "shop:1"]
-    assert all(row["access expires in"] not in ("", "-") for row in listed)  # expiries are shown
+    assert [row["key"] for row in listed] == ["shop:0", "shop:1"]
+    assert all(row["access_expires_at"] is not None for row in listed)  # expiries are shown
     table = CliRunner().invoke(main, ["accounts", "list", "-c", str(cfg)])
     assert table.exit_code == 0, table.output
     assert "shop:0" in table.output and "shop:1" in table.output

@@ -17,7 +17,7 @@ from refresher.token_read import Refusal, judge, refusal_message
 EXIT_UNAVAILABLE = 1
 
 
-@main.command("token")
+@main.command("token", context_settings={"ignore_unknown_options": True})  # keys may begin with "-"
 @config_option
 @click.argument("app")
 @click.argument("account")
@@ -61,8 +61,9 @@ def accounts() -> None:
 @click.option("--app", default=None, help="Only this app's accounts.")
 @click.option("--status", type=click.Choice([s.value for s in AccountStatus]), default=None, help="Only this status.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array, stable schema).")
 @friendly_errors
-def accounts_list(config_path: str | None, app: str | None, status: str | None, limit: int) -> None:
+def accounts_list(config_path: str | None, app: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List accounts with their status and expiries (never their tokens)."""
     from rich.console import Console
     from rich.table import Table
@@ -72,6 +73,11 @@ def accounts_list(config_path: str | None, app: str | None, status: str | None, 
         settings.app(app)
     wanted = AccountStatus(status) if status else None
     rows = with_store(settings, lambda store: store.list(app=app, status=wanted, limit=limit, secrets=False))
+    if as_json:
+        from refresher.cli.commands_accounts import account_record, echo_json
+
+        echo_json([account_record(row) for row in rows])
+        return
     table = Table("app", "account", "name", "status", "access expires", "refresh expires", "failures", "last error")
     for row in rows:
         table.add_row(
