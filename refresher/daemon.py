@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_chan
 from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import ConfigFileError, Settings, load_config
-from refresher.domain import Clock, SystemClock, TokenSet
+from refresher.domain import Clock, ConfigError, SystemClock, TokenSet
 from refresher.health import StoreHealth
 from refresher.invites import reauth_url
 from refresher.logging import configure_logging, register_secrets
@@ -35,7 +36,7 @@ from refresher.platforms.base import Platform, make_http_client
 from refresher.refresh import Refresher
 from refresher.scheduler import Scheduler
 from refresher.server.app import create_app
-from refresher.server.http import EmbeddedServer, start_server, stop_server
+from refresher.server.http import EmbeddedServer, bind_listener, start_server, stop_server
 from refresher.store import open_store
 from refresher.store.base import Account, Store, StoreError
 from refresher.systemd import Notifier
@@ -54,6 +55,10 @@ AUDIT_PRUNE_BATCHES_PER_PASS = 20
 # How long a readiness or monitor probe of the store may take before the store counts as not answering.
 STORE_PROBE_TIMEOUT = 5.0
 STORE_PROBE_EVERY = 10.0  # at most; shorter when alerts.store_outage is short
+
+
+class PortUnavailable(ConfigError):
+    """``server.host:port`` cannot be bound (taken by another process, or not an address of this host)."""
 
 
 def default_owner() -> str:
@@ -92,7 +97,9 @@ class Daemon:
         self.metrics = Metrics()
         self.store: Store = store or open_store(settings.store, self.clock)
         self.http = make_http_client()
-        self._platforms: dict[str, Platform] = {}
+        # Built once, here, in dependency order: the plugins, then the refresher that uses them (its
+        # policies are resolved from both, once); a reload replaces both through apply_settings.
+        self._platforms: dict[str, Platform] = build_platforms(settings, self.http, self.clock)
         self.dispatcher = Dispatcher(metrics=self.metrics)
         channels = build_channels(settings.alerts)
         self.alerts = AlertPolicy(
@@ -112,7 +119,7 @@ class Daemon:
         self.refresher = Refresher(
             settings,
             self.store,
-            {},
+            self._platforms,
             self.clock,
             self.owner,
             listeners=[self._on_refresh],
@@ -173,6 +180,18 @@ class Daemon:
         """Open the store, build the plugins, start the scheduler (unless ``schedule`` is false: simulated
         time drives :meth:`tick` itself) and the HTTP server."""
         register_secrets(self.settings.secrets())
+        # The port first: a second daemon on a busy port must stop here, before it opens the store or
+        # starts a single refresh (it used to run its sweeps, then fail at the bind with tracebacks).
+        listener = None
+        if self.settings.server.enabled:
+            host, port = self.settings.server.host, self.settings.server.port
+            try:
+                listener = bind_listener(host, port)
+            except OSError as exc:
+                hint = " (another refresher running? stop it or choose another server.port)"
+                busy = hint if exc.errno == errno.EADDRINUSE else ""
+                reason = exc.strerror or type(exc).__name__
+                raise PortUnavailable(f"server.port: cannot listen on {host}:{port}: {reason}{busy}") from None
         self.notifier.status("opening the token store")
         await self.store.open()
         await self.reclaim_dead_leases()
@@ -181,9 +200,6 @@ class Daemon:
                 "store.unencrypted",
                 detail="tokens are stored in clear; set store.encryption_keys to encrypt them at rest",
             )
-        self._platforms = build_platforms(self.settings, self.http, self.clock)
-        self.refresher.platforms = dict(self._platforms)
-        self.refresher.apply_settings(self.settings)
         await self.dispatcher.start()
         self._monitor = asyncio.create_task(self._store_monitor(), name="store-monitor")
         self.scheduler.configure(self.settings, _plugin_classes(self.settings, self._platforms))
@@ -194,7 +210,11 @@ class Daemon:
             for router in self.extra_routes:
                 app.include_router(router)
             self._server, self._server_task, self.port = await start_server(
-                app, self.settings.server.host, self.settings.server.port, access_log=self.settings.logging.access_log
+                app,
+                self.settings.server.host,
+                self.settings.server.port,
+                access_log=self.settings.logging.access_log,
+                sock=listener,
             )
         apps = ", ".join(sorted(self._platforms)) or "none"
         log.info(
@@ -309,7 +329,11 @@ class Daemon:
             return False
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path, credential_models=registry.credential_models())
+            new = load_config(
+                self.config_path,
+                credential_models=registry.credential_models(),
+                access_lifetimes=registry.access_lifetimes(),
+            )
             problem = reload_problem(self.settings, new)
             reason = f"{self.config_path}: {problem}" if problem else None
         except ConfigFileError as exc:

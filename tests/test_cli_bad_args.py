@@ -137,3 +137,65 @@ def test_bad_arguments_in_a_real_process(argv: list[str], fragment: str) -> None
     assert "Traceback" not in result.stderr
     assert result.returncode == 2, result.stderr
     assert fragment.lower() in result.stderr.lower()
+
+
+def _daemon_config(path: Path, store: Path, port: int) -> Path:
+    path.write_text(
+        f"store:\n  url: sqlite:///{store}\nserver:\n  port: {port}\napps:\n  shop-sg:\n"
+        f'    platform: shopee\n    partner_id: 1000001\n    partner_key: "{SECRET}"\n'
+        "    base_url: http://127.0.0.1:9\n    interval: 1s\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_second_daemon_on_a_busy_port_says_one_line_before_starting_anything(tmp_path: Path) -> None:
+    """Issue 12.11: the second ``refresher run`` used to start its sweeps, then fail at the bind with
+    150 lines and tracebacks. Now the port is taken first: one line, exit 2, its store not even opened."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    first_config = _daemon_config(tmp_path / "first.yaml", tmp_path / "first.db", port)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "refresher", "run", "-c", str(first_config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert first.poll() is None, "the first daemon exited"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the first daemon never answered"
+            time.sleep(0.2)
+        second_store = tmp_path / "second.db"
+        second_config = _daemon_config(tmp_path / "second.yaml", second_store, port)
+        second = subprocess.run(
+            [sys.executable, "-m", "refresher", "run", "-c", str(second_config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+            check=False,
+        )
+        output = (second.stdout + second.stderr).strip().splitlines()
+        assert second.returncode == 2, (second.returncode, output)
+        assert output == [
+            f"refresher: {second_config}: server.port: cannot listen on 127.0.0.1:{port}: Address already in "
+            "use (another refresher running? stop it or choose another server.port)"
+        ]
+        assert not second_store.exists()  # nothing ran before the bind failed
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        first.terminate()
+        first.wait(timeout=30)

@@ -28,13 +28,17 @@ from refresher.store.base import Account
 @friendly_errors
 def run(config_path: str | None) -> None:
     """Run the daemon: keep every account of every app fresh until SIGTERM (SIGHUP reloads the config)."""
-    from refresher.daemon import Daemon
+    from refresher.daemon import Daemon, PortUnavailable
     from refresher.logging import configure_logging
 
     settings = load_settings(config_path)
     configure_logging(settings.logging, secrets=settings.secrets())
     daemon = Daemon(settings, config_path=settings.source)
-    sys.exit(asyncio.run(daemon.run()))
+    try:
+        code = asyncio.run(daemon.run())
+    except PortUnavailable as exc:  # the port is checked before anything starts: one line, exit 2
+        fail(f"{settings.source}: {exc}")
+    sys.exit(code)
 
 
 def status_rows(accounts: Sequence[Account], now: dt.datetime) -> list[list[str]]:
@@ -45,6 +49,9 @@ def status_rows(accounts: Sequence[Account], now: dt.datetime) -> list[list[str]
             return "-"
         left = when - now
         return format_duration(left) if left.total_seconds() >= 0 else f"expired {format_duration(-left)} ago"
+
+    def ago(when: dt.datetime | None) -> str:
+        return "never" if when is None else f"{format_duration(max(now - when, dt.timedelta(0)))} ago"
 
     rows = []
     for account in accounts:
@@ -57,6 +64,7 @@ def status_rows(accounts: Sequence[Account], now: dt.datetime) -> list[list[str]
                 str(account.status),
                 until(account.access_expires_at),
                 until(account.refresh_expires_at),
+                ago(account.last_success_at),
                 str(account.consecutive_failures),
                 f"{error.error_class}: {error.code or ''} {error.message[:60]}".strip() if error else "",
             ]
@@ -71,6 +79,7 @@ STATUS_HEADERS = [
     "status",
     "access expires in",
     "refresh expires in",
+    "last refreshed",
     "failures",
     "last error",
 ]
@@ -85,12 +94,21 @@ def print_status(rows: list[list[str]], as_json: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs and CI: do not squeeze
-    table = Table(*STATUS_HEADERS, title=None, show_lines=False)
+    # Logs and CI: as wide as the table needs, never squeezed; a terminal wraps the longest lines itself.
+    console = Console() if sys.stdout.isatty() else Console(width=1000)
+    table = Table(title=None, show_lines=False)
+    for index, header in enumerate(STATUS_HEADERS):
+        if header in ("name", "last error"):
+            table.add_column(header, overflow="fold")
+        else:
+            # App and account are what an operator copies into the next command: never cut or wrapped
+            # (nor the short columns); the name and the last error give way instead.
+            widest = max((len(row[index]) for row in rows), default=0)
+            table.add_column(header, min_width=max(widest, 6))
     for row in rows:
         style = {"needs_reauth": "red", "disabled": "dim"}.get(row[3], "")
         table.add_row(*row, style=style)
-    console.print(table)
+    console.print(table, crop=False)
 
 
 @main.command("status")
@@ -115,14 +133,8 @@ def status(config_path: str | None, app: str | None, status_filter: str | None, 
     accounts = list(
         with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000, secrets=False))
     )
-    if as_json:
-        # The stable machine schema (snake_case, ISO-8601 times, numbers as numbers), as accounts list --json.
-        from refresher.cli.commands_accounts import account_record, echo_json
-
-        echo_json([account_record(a) for a in accounts])
-        return
-    print_status(status_rows(accounts, SystemClock().now()))
-    if not accounts:
+    print_status(status_rows(accounts, SystemClock().now()), as_json)
+    if not accounts and not as_json:
         click.echo("no accounts yet: onboard one with `refresher authorize APP`", err=True)
 
 

@@ -87,8 +87,14 @@ def sandbox_command(
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         click.echo(f"sandbox listening on {server.url} (admin: {server.url}/_sandbox/health)")
-        click.echo("# apps for your config:")
-        click.echo(yaml.safe_dump({"apps": sandbox_apps(server, "http://127.0.0.1:8765")}, sort_keys=False))
+        if credentials:
+            # The file's apps are registered with their own redirect URIs; printing the built-in block
+            # would register the built-in apps again with port 8765's and override those.
+            served = ", ".join(f"{platform} ({len(apps)})" for platform, apps in sorted(credentials.items()))
+            click.echo(f"serving the apps of {config_path}: {served}")
+        else:
+            click.echo("# apps for your config:")
+            click.echo(yaml.safe_dump({"apps": sandbox_apps(server, "http://127.0.0.1:8765")}, sort_keys=False))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,9 +125,29 @@ def _config_credentials(settings: Any, host: str, port: int) -> dict[str, list[d
 # ----------------------------------------------------------------------------------------------- demo
 
 
-def demo_config(sandbox: Any, directory: Path, port: int, interval: str, refresh_before: str) -> dict[str, Any]:
+DEMO_MARKER = "# written by `refresher demo`: the store beside it is emptied at each demo start\n"
+DEMO_STORE = "tokens.db"
+# What the sandbox's refresh tokens live in the demo: longer than alerts.reauth_warning (3 days), so the
+# demo's accounts do not ask to be re-authorized the moment they are onboarded.
+DEMO_REFRESH_TTL = "30d"
+
+
+def demo_timing(access: dt.timedelta) -> dict[str, Any]:
+    """Schedule, window and retries scaled to the demo's short tokens, so that ``check-config`` finds a
+    positive worst-case margin: refresh_before (half the life) > one tick + the whole retry budget."""
+    life = int(access.total_seconds())
+    timeout = min(max(life // 18, 1), 5)
     return {
-        "store": {"url": f"sqlite:///{directory / 'tokens.db'}"},
+        "interval": f"{max(life // 9, 2)}s",
+        "refresh_before": f"{life // 2}s",
+        "timeout": f"{timeout}s",
+        "retry": {"attempts": 2, "initial_delay": "1s", "max_delay": f"{max(timeout // 2, 1)}s"},
+    }
+
+
+def demo_config(sandbox: Any, directory: Path, port: int, timing: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "store": {"url": f"sqlite:///{directory / DEMO_STORE}"},
         "server": {
             "host": "127.0.0.1",
             "port": port,
@@ -129,10 +155,25 @@ def demo_config(sandbox: Any, directory: Path, port: int, interval: str, refresh
             "admin_token": secrets.token_urlsafe(24),
         },
         "logging": {"level": "info", "format": "console"},
-        "apps": sandbox_apps(
-            sandbox, f"http://127.0.0.1:{port}", interval=interval, refresh_before=refresh_before, timeout="5s"
-        ),
+        "apps": sandbox_apps(sandbox, f"http://127.0.0.1:{port}", **timing),
     }
+
+
+def start_clean(directory: Path) -> None:
+    """Empty the store of an earlier demo in ``directory``: the sandbox starts afresh each run, so the old
+    accounts' tokens mean nothing to it (every one failed and alarmed). A directory whose refresher.yaml
+    the demo did not write is left alone: it may be real."""
+    config = directory / "refresher.yaml"
+    if config.exists() and not config.read_text(encoding="utf-8", errors="replace").startswith(DEMO_MARKER):
+        fail(f"--dir {directory}: its refresher.yaml was not written by the demo; choose another --dir")
+    removed = False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        old = directory / f"{DEMO_STORE}{suffix}"
+        if old.exists():
+            old.unlink()
+            removed = True
+    if removed:
+        click.echo(f"refresher demo: emptied the previous demo's store in {directory} (the sandbox starts afresh)")
 
 
 DEMO_GRANTS: dict[str, dict[str, str]] = {
@@ -194,13 +235,15 @@ async def _demo(
     directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
     if port:
         _probe_port(port)
-    sandbox = SandboxServer(auto_approve=False, lifetimes=_lifetimes(f"{int(access.total_seconds())}s", "1h"))
+    start_clean(directory)
+    life = f"{int(access.total_seconds())}s"
+    sandbox = SandboxServer(auto_approve=False, lifetimes=_lifetimes(life, DEMO_REFRESH_TTL))
     await sandbox.start()
-    interval = f"{max(int(access.total_seconds() // 9), 2)}s"
-    refresh_before = f"{int(access.total_seconds() // 2)}s"
-    config = demo_config(sandbox, directory, port, interval, refresh_before)
+    timing = demo_timing(access)
+    refresh_before = timing["refresh_before"]
+    config = demo_config(sandbox, directory, port, timing)
     path = directory / "refresher.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    path.write_text(DEMO_MARKER + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     path.chmod(0o600)
     settings = parse_config(path.read_text(), file=str(path), credential_models=credential_models())
     configure_logging(settings.logging, secrets=settings.secrets())
@@ -233,13 +276,20 @@ async def _demo(
             loop.remove_signal_handler(sig)
         await daemon.stop()
         await sandbox.stop()
-    counters = dict(sandbox.state.counters)
-    click.echo(
-        f"demo finished: {counters.get('shopee.rotated', 0) + counters.get('tiktok_shop.rotated', 0)} "
-        f"+ {counters.get('lazada.rotated', 0) + counters.get('tiktok.rotated', 0)} rotations, "
-        f"{sum(v for k, v in counters.items() if k.endswith('.reuse'))} refresh-token reuses (must be 0)."
-    )
+    click.echo(demo_summary(dict(sandbox.state.counters)))
     return 0
+
+
+def demo_summary(counters: dict[str, int]) -> str:
+    """The closing line: what the sandbox saw, in words a newcomer can read."""
+    per_platform = {p: counters.get(f"{p}.rotated", 0) for p in PLATFORMS}
+    reuses = sum(v for k, v in counters.items() if k.endswith(".reuse"))
+    each = ", ".join(f"{p} {n}" for p, n in per_platform.items())
+    return (
+        f"demo finished: {sum(per_platform.values())} refreshes, each answered with a new refresh token "
+        f"({each}); {reuses} reuses of an already rotated refresh token (must be 0: a reuse means two "
+        "refreshes raced and one of them lost the account)."
+    )
 
 
 def _probe_port(port: int) -> None:

@@ -20,22 +20,35 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def start_server(
-    app: Any, host: str, port: int, *, access_log: bool = False
-) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
-    """Start serving ``app``; returns the server, its task and the bound port (``port=0`` picks one).
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's bound socket (``port=0`` picks one); ``OSError`` (e.g. ``EADDRINUSE``) if it is taken.
 
-    ``access_log=False`` makes uvicorn silence its access logger; with True it leaves the logger as
-    :func:`refresher.logging.configure_logging` set it (propagating, with secret query values redacted).
-    """
+    Separate from :func:`start_server` so the daemon can take its port before it starts anything else."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the socket says
     # it is TCP (proto 0 does not), and without it every response waited ~40 ms for Nagle + delayed ACK.
     # That delay sat between a platform rotating a token and our commit (issue 8's crash window).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
+    return sock
+
+
+async def start_server(
+    app: Any, host: str, port: int, *, access_log: bool = False, sock: socket.socket | None = None
+) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
+    """Start serving ``app``; returns the server, its task and the bound port (``port=0`` picks one).
+    ``sock``, from :func:`bind_listener`, is used instead of binding ``host:port`` here.
+
+    ``access_log=False`` makes uvicorn silence its access logger; with True it leaves the logger as
+    :func:`refresher.logging.configure_logging` set it (propagating, with secret query values redacted).
+    """
+    sock = sock or bind_listener(host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
