@@ -235,11 +235,16 @@ async def test_invite_prints_a_working_link(sandbox: SandboxServer, tmp_path: Pa
     assert code == 0, err
     url = out.strip()
     assert url.startswith("http://127.0.0.1:8123/connect/shopee?invite=")
-    token = url.split("invite=", 1)[1]
+    params = httpx.URL(url).params  # the invitation is stored (revocable): its id is signed with it
+    token, stored = params["invite"], params["id"]
+    assert f"id {stored}:" in err
     now = dt.datetime.now(dt.UTC)
-    check_invite(token, "shopee", secret=INVITE_SECRET, clock=FakeClock(now))
+    check_invite(token, "shopee", secret=INVITE_SECRET, clock=FakeClock(now), invitation=stored)
+    with pytest.raises(Exception, match="not valid"):
+        check_invite(token, "shopee", secret=INVITE_SECRET, clock=FakeClock(now))  # the id cannot be dropped
     with pytest.raises(Exception, match="expired"):
-        check_invite(token, "shopee", secret=INVITE_SECRET, clock=FakeClock(now + dt.timedelta(hours=2, minutes=1)))
+        later = FakeClock(now + dt.timedelta(hours=2, minutes=1))
+        check_invite(token, "shopee", secret=INVITE_SECRET, clock=later, invitation=stored)
     assert INVITE_SECRET not in out + err
     code, _, err = await (await start("invite", "shopee", "--ttl", "soon", config=config)).finish()
     assert code == 2 and "--ttl" in err

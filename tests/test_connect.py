@@ -6,6 +6,7 @@ which checks every signature) and a token-less HTTP client playing the seller's 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -146,9 +147,7 @@ async def test_connect_session_refusals(env: ApiEnv) -> None:
     assert json.dumps(session).count("invite=") == 1
 
 
-async def test_disabling_and_deleting_send_their_events_with_end_user_and_tags(
-    env: ApiEnv, receiver: Receiver
-) -> None:
+async def test_disabling_and_deleting_send_their_events_with_end_user_and_tags(env: ApiEnv, receiver: Receiver) -> None:
     session = await new_session(env)
     async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
         assert (await browse(browser, session["url"])).final.status_code == 200
@@ -161,3 +160,51 @@ async def test_disabling_and_deleting_send_their_events_with_end_user_and_tags(
     assert [e["type"] for e in sent] == ["account.connected", "account.disabled", "account.deleted"]
     assert all(e["end_user"] == END_USER and e["tags"]["plan"] == "pro" for e in sent)
     assert len({e["idempotency_key"] for e in sent}) == 3
+
+
+def _cli(env: ApiEnv, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    import yaml
+    from click.testing import CliRunner
+
+    from refresher.cli import main
+
+    config = tmp_path / "cli.yaml"
+    server = env.settings.server
+    assert server.invite_secret is not None
+    document = {
+        "store": {"url": env.settings.store.url},
+        "server": {"public_url": server.public_url, "invite_secret": server.invite_secret.get_secret_value()},
+        "apps": {APP: env.sandbox.app_config("shopee")},
+    }
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    result = CliRunner().invoke(main, [*args, "-c", str(config)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def test_cli_invitations_single_use_tagged_and_revocable(env: ApiEnv, receiver: Receiver, tmp_path: Path) -> None:
+    code, out, err = await asyncio.to_thread(
+        _cli, env, tmp_path, "invite", APP, "--single-use", "--end-user", "tenant-7", "--tag", "plan=basic"
+    )
+    assert code == 0, err
+    link = out.strip()
+    invitation_id = httpx.URL(link).params["id"]
+    assert f"id {invitation_id}" in err and "single use" in err
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
+        assert (await browse(browser, link)).final.status_code == 200
+        used = await browser.get(link)
+        assert used.status_code == 403 and "already used" in used.text
+    (account,) = await env.daemon.store.list(app=APP)
+    assert await env.daemon.store.connection(APP, account.key) == ({"id": "tenant-7"}, {"plan": "basic"})
+
+    code, out, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", APP)  # reusable until revoked
+    assert code == 0, err
+    second = out.strip()
+    second_id = httpx.URL(second).params["id"]
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
+        assert (await browser.get(second)).status_code == 200
+        code, out, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", "revoke", second_id)
+        assert (code, out.strip()) == (0, f"invitation {second_id} revoked"), err
+        revoked = await browser.get(second)
+        assert revoked.status_code == 403 and "withdrawn" in revoked.text
+    code, _, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", "revoke", second_id)
+    assert code == 1 and "revoked already" in err

@@ -3,9 +3,9 @@
 
 Each event goes to every webhook channel of ``alerts.channels`` and to the app's hooks (``on_success``
 and ``on_failure``, each URL once), signed like an alarm, through the delivery queue (retried
-``alerts.delivery_attempts`` times, counted with the channel's or the hook's deliveries). Delivery is at least once: a receiver deduplicates on
-``idempotency_key`` (also sent as the ``Idempotency-Key`` header), which is the same for every delivery
-of one event. No event carries a token.
+``alerts.delivery_attempts`` times, counted with the channel's or the hook's deliveries). Delivery is at
+least once: a receiver deduplicates on ``idempotency_key`` (also sent as the ``Idempotency-Key``
+header), which is the same for every delivery of one event. No event carries a token.
 """
 
 from __future__ import annotations

@@ -18,7 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from refresher.cli.common import config_option, fail, friendly_errors, load_settings, log_to_terminal, main
+from refresher.cli.common import (
+    config_option,
+    fail,
+    friendly_errors,
+    load_settings,
+    log_to_terminal,
+    main,
+    with_store,
+)
 from refresher.config import Settings, format_duration, parse_duration
 from refresher.domain import AuthorizationDenied, Clock, RefresherError, SystemClock
 from refresher.platforms.base import Platform
@@ -180,12 +188,34 @@ def exchange(
 @main.command("invite")
 @config_option
 @click.argument("app")
+@click.argument("invitation_id", required=False, metavar="[ID]")
 @click.option("--ttl", default="7d", show_default=True, help="How long the link works (e.g. 2h, 7d).")
+@click.option("--single-use", is_flag=True, help="The link starts one authorization only.")
+@click.option("--end-user", default=None, help="Your end user / tenant id, stored on the accounts it connects.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag for the accounts it connects.")
 @friendly_errors
-def invite(config_path: str | None, app: str, ttl: str) -> None:
-    """Print an invitation URL a seller can open to authorize APP without the admin token."""
-    from refresher.invites import MAX_TTL, invite_url, make_invite
+def invite(
+    config_path: str | None,
+    app: str,
+    invitation_id: str | None,
+    ttl: str,
+    single_use: bool,
+    end_user: str | None,
+    tags: tuple[str, ...],
+) -> None:
+    """Print an invitation URL a seller can open to authorize APP without the admin token.
 
+    Every invitation is stored, so it can be revoked alone: `refresher invite revoke ID` (the id is
+    printed with the link). An app named "revoke" cannot be invited this way.
+    """
+    from refresher.invites import MAX_TTL, invite_url, make_invite, new_invitation_id
+    from refresher.store.connection_types import Invitation
+
+    if app == "revoke":
+        _revoke(config_path, invitation_id)
+        return
+    if invitation_id is not None:
+        fail(f"unexpected argument {invitation_id!r} (did you mean: refresher invite revoke ID?)")
     settings = _settings_for(config_path, app)
     try:
         lifetime = parse_duration(ttl)
@@ -193,15 +223,47 @@ def invite(config_path: str | None, app: str, ttl: str) -> None:
         fail(f"--ttl: {exc if isinstance(exc, ValueError) else f'{ttl!r} is too long'}")
     if lifetime > MAX_TTL:
         fail(f"--ttl: {ttl!r} is too long; an invitation works for at most {MAX_TTL.days} days")
+    tag_map: dict[str, str] = {}
+    for item in tags:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--tag: {item!r} is not KEY=VALUE")
+        tag_map[name] = value
     server = settings.server
     if server.invite_secret is None:
         fail(f"{settings.source}: server.invite_secret is not set (invitations are signed with it)")
     if not server.public_url:
         fail(f"{settings.source}: server.public_url is not set (the link must point at this server)")
     clock = SystemClock()
-    token = make_invite(app, lifetime, secret=server.invite_secret.get_secret_value(), clock=clock)
-    say(invite_url(server.public_url, app, token))
-    click.echo(f"valid for {format_duration(lifetime)} (until {clock.now() + lifetime:%Y-%m-%d %H:%M} UTC)", err=True)
+    now = clock.now()
+    stored = Invitation(
+        id=new_invitation_id(),
+        kind="invite",
+        app=app,
+        created_at=now,
+        expires_at=now + lifetime,
+        single_use=single_use,
+        end_user={"id": end_user} if end_user else None,
+        tags=tag_map,
+    )
+    with_store(settings, lambda store: store.put_invitation(stored), create=True)
+    secret = server.invite_secret.get_secret_value()
+    token = make_invite(app, lifetime, secret=secret, clock=clock, invitation=stored.id)
+    say(invite_url(server.public_url, app, token, invitation=stored.id))
+    once = ", single use" if single_use else ""
+    click.echo(
+        f"id {stored.id}: valid for {format_duration(lifetime)} (until {now + lifetime:%Y-%m-%d %H:%M} UTC){once}",
+        err=True,
+    )
+
+
+def _revoke(config_path: str | None, invitation_id: str | None) -> None:
+    if not invitation_id:
+        fail("refresher invite revoke ID: give the invitation's id (printed with its link)")
+    settings, wanted = load_settings(config_path), invitation_id
+    if not with_store(settings, lambda store: store.revoke_invitation(wanted)):
+        fail(f"no invitation {invitation_id!r} that is not revoked already", 1)
+    say(f"invitation {invitation_id} revoked")
 
 
 # --------------------------------------------------------------------------------------- authorize
