@@ -49,6 +49,7 @@ SLOW_MODULES = frozenset(
         "test_console_browser",
         "test_crash_restart",
         "test_daemon_process",
+        "test_demo_cli",
         "test_deploy",
         "test_exchange_cli",
         "test_hostile_platform",
@@ -85,6 +86,9 @@ SLOW_TESTS = (
     "test_cron::test_generated_weekday_fields_match_croniter",
     "test_logging::test_full_process_output_has_no_secret",
 )
+# Fast modules that also hold a few process-starting tests, all of them listed in SLOW_TESTS.
+# tests/test_tiers.py fails for any other module that starts processes or servers and is not slow.
+MIXED_MODULES = frozenset({"test_config", "test_config_example", "test_logging"})
 FAST_TIER = "not slow"
 
 
