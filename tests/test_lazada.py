@@ -65,7 +65,7 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 def offline(**credentials: object) -> LazadaPlatform:
-    entry = {"platform": "lazada", "app_key": "123", "app_secret": "s3cret", "redirect_uri": "https://e.x/cb"}
+    entry = {"platform": "lazada", "app_key": "123", "app_secret": "s3cret", "redirect_uri": "https://e.x/callback/a"}
     text = yaml.safe_dump({"apps": {"a": {**entry, **credentials}}})
     return LazadaPlatform(parse_config(text, credential_models=platforms.credential_models()).apps["a"])
 
