@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from refresher.alerts.events import RefreshEvent
+    from refresher.refresh_events import RefreshEvent
 
 # Refresh calls take from tens of milliseconds to a whole retry budget (minutes).
 _REFRESH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

@@ -31,7 +31,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from refresher.alerts.events import RefreshEvent
 from refresher.config import AppSettings, Settings
 from refresher.domain import (
     AccountStatus,
@@ -48,6 +47,7 @@ from refresher.domain import (
 )
 from refresher.logging import register_secrets
 from refresher.platforms.base import Platform
+from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
 
 log = structlog.get_logger("refresher.refresh")

@@ -1,32 +1,28 @@
-"""What the refresh worker tells its listeners, and what alarm channels receive."""
+"""What alarm channels receive, and why an alarm is open. (:class:`RefreshEvent`, what the refresh worker
+tells its listeners, lives beside its producer in :mod:`refresher.refresh_events`; re-exported here.)"""
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from refresher.config import format_duration
-from refresher.domain import AccountStatus, ErrorInfo
+from refresher.refresh_events import RefreshEvent
+
+__all__ = ["AlarmCause", "AlarmMessage", "RefreshEvent"]
 
 
-@dataclass(frozen=True)
-class RefreshEvent:
-    """One settled refresh of one account (sent after its outcome committed). Never holds a token."""
+class AlarmCause(enum.StrEnum):
+    """Why an alarm is open (the ``cause`` of alarm messages and of the alarms table)."""
 
-    app: str
-    platform: str
-    account_key: str
-    account_name: str | None
-    outcome: str  # "success" | "failure" | "skipped"
-    error: ErrorInfo | None
-    consecutive_failures: int
-    status: AccountStatus
-    access_expires_at: dt.datetime | None
-    refresh_expires_at: dt.datetime | None
-    at: dt.datetime
-    attempts: int = 0
-    duration_ms: int = 0
+    FAILURES = "failures"
+    REAUTH_REQUIRED = "reauth_required"
+    CONFIG_ERROR = "config_error"
+    REFRESH_EXPIRING = "refresh_expiring"
+    EXPIRED_WHILE_LEASED = "expired_while_leased"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 _CAUSE_TEXT = {

@@ -14,10 +14,10 @@ import structlog
 
 from refresher.alerts.channels import post_signed, url_secrets
 from refresher.alerts.dispatcher import Dispatcher
-from refresher.alerts.events import RefreshEvent
 from refresher.config import AppSettings, HookSettings, Settings
 from refresher.domain import Clock, SystemClock, TokenSet
 from refresher.logging import register_secrets
+from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account
 
 log = structlog.get_logger("refresher.alerts")

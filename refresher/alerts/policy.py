@@ -17,21 +17,23 @@ import structlog
 
 from refresher.alerts.channels import Channel
 from refresher.alerts.dispatcher import Dispatcher
-from refresher.alerts.events import AlarmMessage, RefreshEvent
+from refresher.alerts.events import AlarmCause, AlarmMessage
 from refresher.alerts.lifecycle import EventType, LifecycleEvents
 from refresher.config import AlertSettings
 from refresher.domain import AccountStatus, Clock
 from refresher.logging import redact_text
+from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account, Alarm, AlertStore
 
 log = structlog.get_logger("refresher.alerts")
 
-FAILURES = "failures"
-REAUTH_REQUIRED = "reauth_required"
-CONFIG_ERROR = "config_error"
-REFRESH_EXPIRING = "refresh_expiring"
-EXPIRED_WHILE_LEASED = "expired_while_leased"  # a worker held the account while its access token died
-STORE_UNAVAILABLE = "store_unavailable"  # the store refused writes for longer than alerts.store_outage
+# The causes by their old names (AlarmCause members: equal to their strings).
+FAILURES = AlarmCause.FAILURES
+REAUTH_REQUIRED = AlarmCause.REAUTH_REQUIRED
+CONFIG_ERROR = AlarmCause.CONFIG_ERROR
+REFRESH_EXPIRING = AlarmCause.REFRESH_EXPIRING
+EXPIRED_WHILE_LEASED = AlarmCause.EXPIRED_WHILE_LEASED  # a worker held the account while its access token died
+STORE_UNAVAILABLE = AlarmCause.STORE_UNAVAILABLE  # the store refused writes for longer than alerts.store_outage
 # A successful refresh proves these wrong; an expiring refresh token is only fixed by re-authorization.
 _RESOLVED_BY_SUCCESS = (FAILURES, REAUTH_REQUIRED, CONFIG_ERROR, EXPIRED_WHILE_LEASED)
 
