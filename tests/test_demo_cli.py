@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from refresher import platforms
@@ -107,21 +108,20 @@ def test_status_rows_say_when_each_account_was_last_refreshed() -> None:
     assert [row[6] for row in rows] == ["12s ago", "never"]
 
 
-def test_a_100_column_terminal_shows_account_keys_whole(monkeypatch: object, capsys: object) -> None:
+def test_a_100_column_terminal_shows_account_keys_whole(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 12.14: the status table cut keys at 100 columns; the name and last error give way instead."""
-    import pytest
-
     from refresher.cli.commands_daemon import print_status
 
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     print_status(_rows())
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
     assert any(LONG_KEY in line for line in out.splitlines()), out
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     print_status(_rows())  # a log or CI: nothing squeezed
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
     assert "last refreshed" in out and "A seller with a rather long shop name" in out, out
 
 
