@@ -80,6 +80,8 @@ async def test_a_connect_session_stores_end_user_and_tags_and_fires_account_conn
 
     end_user, tags = await env.daemon.store.connection(APP, key)
     assert end_user == END_USER and tags == {"plan": "pro", "region": "sg"}
+    one = await env.call("GET", f"/v1/accounts/{APP}/{quote(key, safe='')}", "reader")
+    assert one.json()["end_user"] == END_USER and one.json()["tags"] == {"plan": "pro", "region": "sg"}
     listed = await env.call("GET", "/v1/accounts", "reader", params={"end_user_id": "tenant-42"})
     assert [a["key"] for a in listed.json()["items"]] == [key]
     tagged = await env.call("GET", "/v1/accounts", "reader", params={"tag": "plan:pro"})

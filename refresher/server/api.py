@@ -193,7 +193,9 @@ async def list_accounts(
 async def get_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:read"))]
 ) -> AccountOut:
-    return account_out(await _account(runtime, app, key))
+    account = await _account(runtime, app, key)
+    end_user, tags = await runtime.store.connection(app, account.key)
+    return account_out(account).model_copy(update={"end_user": end_user, "tags": tags})
 
 
 # One refresh-on-read coordinator per running refresher (a reload keeps the refresher, so its in-flight map).

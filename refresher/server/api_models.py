@@ -65,6 +65,10 @@ class AccountOut(BaseModel):
     version: int
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
+    end_user: dict[str, Any] | None = Field(
+        None, description="The integrator's end user it was connected for (GET of one account only)."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Its tags (GET of one account only).")
 
 
 class AccountPage(BaseModel):
