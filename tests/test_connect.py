@@ -101,6 +101,10 @@ async def test_a_connect_session_stores_end_user_and_tags_and_fires_account_conn
     stored = await env.daemon.store.get(APP, key)
     assert stored is not None and stored.tokens is not None
     assert stored.tokens.access_token not in body.decode() and stored.tokens.refresh_token not in body.decode()
+    # The session's signed token never reaches a log line (the id is public, the token opens the door).
+    invite_token = httpx.URL(session["url"]).params["invite"]
+    logged = json.dumps(env.read_logs())
+    assert invite_token not in logged and stored.tokens.access_token not in logged
 
 
 async def test_reauthorizing_through_a_session_keeps_the_account_and_says_reauthorized(
