@@ -1,5 +1,5 @@
 """Sweep throughput: N due Shopee accounts refreshed end to end, on SQLite and on PostgreSQL, next to a bare
-httpx loop making the same requests.
+httpx loop and the Node package ecommerce-auth making the same requests against the same sandbox.
 
     python benchmarks/bench_sweep.py [--accounts 10000] [--concurrency 16] [--engine sqlite|postgresql|both]
 
@@ -14,6 +14,11 @@ How it is measured:
 * Then a bare loop with the same ``httpx.AsyncClient`` settings and the same concurrency posts the very
   same signed refresh request for every account (with the tokens the sweep stored) and parses the JSON:
   no claim, no retry logic, no persistence. That is the transport's own limit on this machine.
+* And the Node peer: ``ecommerce-auth`` (superagent), installed with npm into a temp folder for this run,
+  its Shopee host pointed at the sandbox by a copy of its constants file written into that install; it
+  refreshes the other half of the accounts with the same concurrency (its process CPU by
+  ``process.cpuUsage``). Skipped, saying so, where ``node``/``npm`` are missing or the install fails.
+  The bare loop and the Node peer each take half of the shops, with the tokens the sweep stored.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +54,30 @@ from refresher.store.base import Account
 
 APP = "shopee"
 REFRESH_PATH = "/api/v2/auth/access_token/get"
+NODE_PACKAGE = "ecommerce-auth@1.0.6"
+# The peer's worker loop: the package's own refreshAccessToken, `concurrency` at a time, over the pairs.
+NODE_SCRIPT = """
+import { readFileSync } from 'node:fs'
+import { ShopeeAuth } from 'ecommerce-auth'
+const [pairsFile, partnerId, partnerKey, concurrency] = process.argv.slice(2)
+const queue = JSON.parse(readFileSync(pairsFile, 'utf8'))
+let ok = 0, failed = 0
+async function worker() {
+  while (queue.length) {
+    const [shopId, refreshToken] = queue.pop()
+    try {
+      const answer = await ShopeeAuth.refreshAccessToken({
+        partner_id: Number(partnerId), partner_key: partnerKey, refresh_token: refreshToken, shop_id: shopId,
+      })
+      if (answer.access_token) ok++; else failed++
+    } catch (e) { failed++ }
+  }
+}
+const cpu0 = process.cpuUsage(), t0 = performance.now()
+await Promise.all(Array.from({ length: Number(concurrency) }, worker))
+const wall = (performance.now() - t0) / 1000, cpu = process.cpuUsage(cpu0)
+console.log(JSON.stringify({ wall, cpu: (cpu.user + cpu.system) / 1e6, ok, failed }))
+"""
 
 
 def settings_for(sandbox: SandboxProcess, store_url: str, concurrency: int) -> Settings:
@@ -104,8 +135,78 @@ async def bare_loop(
         return time.perf_counter() - wall, cpu_seconds() - cpu, ok
 
 
+def install_node_peer(folder: Path, sandbox: SandboxProcess) -> str | None:
+    """Install ecommerce-auth into ``folder`` and point its Shopee host at the sandbox; None, or why not."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node/npm not found on PATH"
+    try:
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), NODE_PACKAGE],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"npm install {NODE_PACKAGE} failed ({type(exc).__name__})"
+    constants = folder / "node_modules" / "ecommerce-auth" / "constants" / "index.js"
+    text = constants.read_text(encoding="utf-8")
+    if "export const DOMAIN_SHOPEE = " not in text:
+        return f"{constants}: no DOMAIN_SHOPEE constant to point at the sandbox (package changed?)"
+    lines = [
+        f"export const DOMAIN_SHOPEE = '{sandbox.url}/shopee'"
+        if line.startswith("export const DOMAIN_SHOPEE")
+        else line
+        for line in text.splitlines()
+    ]
+    constants.write_text("\n".join(lines) + "\n", encoding="utf-8")  # this install's copy, for this run only
+    (folder / "peer.mjs").write_text(NODE_SCRIPT, encoding="utf-8")
+    return None
+
+
+def node_peer(folder: Path, pairs: list[tuple[int, str]], concurrency: int) -> tuple[float, float, int] | str:
+    """The Node package refreshing ``pairs``: (wall s, CPU s of the node process, successes), or why not."""
+    pairs_file = folder / "pairs.json"
+    pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
+    credentials = SANDBOX_CREDENTIALS["shopee"]
+    try:
+        done = subprocess.run(
+            ["node", str(folder / "peer.mjs"), str(pairs_file), str(credentials["partner_id"]),
+             str(credentials["partner_key"]), str(concurrency)],
+            check=True, capture_output=True, text=True, timeout=1800, cwd=folder,
+        )  # fmt: skip
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        return f"node peer failed ({type(exc).__name__})"
+    if result["failed"]:
+        print(f"node peer failures: {result['failed']}")
+    return float(result["wall"]), float(result["cpu"]), int(result["ok"])
+
+
+def side_by_side(
+    refresher: tuple[float, float, int], bare: tuple[float, float, int], node: tuple[float, float, int] | str
+) -> list[tuple[str, str]]:
+    """Three rows, CPU per call and calls/s, each with its ratio to the refresher's."""
+
+    def row(name: str, wall: float, cpu: float, ok: int) -> tuple[str, str]:
+        per, rate = cpu / max(ok, 1) * 1000, ok / wall
+        ref_per = refresher[1] / max(refresher[2], 1) * 1000
+        ref_rate = refresher[2] / refresher[0]
+        return name, (
+            f"{per:6.2f} ms CPU per call   {rate:7.0f} calls/s   "
+            f"refresher = {ref_per / per:4.1f}x its CPU per call, {ref_rate / rate:4.2f}x its throughput"
+        )
+
+    rows = [row("refresher sweep", *refresher), row("bare httpx loop", *bare)]
+    rows.append(
+        row("ecommerce-auth (Node)", *node)
+        if not isinstance(node, str)
+        else ("ecommerce-auth (Node)", f"skipped: {node}")
+    )
+    return rows
+
+
 async def run(
-    engine: str, store_url: str, sandbox: SandboxProcess, count: int, concurrency: int
+    engine: str, store_url: str, sandbox: SandboxProcess, count: int, concurrency: int, node: Path | None
 ) -> list[tuple[str, str]]:
     settings = settings_for(sandbox, store_url, concurrency)
     configure_logging(settings.logging)
@@ -131,9 +232,11 @@ async def run(
 
         stored = await daemon.store.list(app=APP, limit=count + 10)
         pairs = [(int(a.identity.platform_id), a.tokens.refresh_token) for a in stored if a.tokens is not None]
+        half = len(pairs) // 2
         sb_before = sandbox.cpu_seconds()
-        b_wall, b_cpu, b_ok = await bare_loop(sandbox, pairs, concurrency)
+        b_wall, b_cpu, b_ok = await bare_loop(sandbox, pairs[:half], concurrency)
         b_sb = sandbox.cpu_seconds() - sb_before
+        peer = node_peer(node, pairs[half:], concurrency) if node is not None else "see above"
     finally:
         await daemon.stop(grace=5)
     return [
@@ -145,8 +248,7 @@ async def run(
         ("bare httpx: requests", f"{b_ok:,} ok in {b_wall:.1f} s wall = {b_ok / b_wall:.0f}/s"),
         ("bare httpx: CPU", f"{b_cpu:.1f} s = {b_cpu / max(b_ok, 1) * 1000:.2f} ms per request"),
         ("bare httpx: sandbox CPU", f"{b_sb:.1f} s = {b_sb / max(b_ok, 1) * 1000:.2f} ms per request"),
-        ("refresher / bare", f"{(cpu / max(done, 1)) / (b_cpu / max(b_ok, 1)):.1f}x CPU per call, "
-         f"{(done / wall) / (b_ok / b_wall):.2f}x throughput"),
+        *side_by_side((wall, cpu, done), (b_wall, b_cpu, b_ok), peer),
     ]  # fmt: skip
 
 
@@ -161,17 +263,24 @@ async def main() -> None:
     sandbox = SandboxProcess(access_ttl="600s")
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            node_folder: Path | None = Path(tmp) / "node-peer"
+            why_not = install_node_peer(Path(tmp) / "node-peer", sandbox)
+            if why_not:
+                print(f"ecommerce-auth (Node) row skipped: {why_not}")
+                node_folder = None
             # The daemon's own log lines are part of its cost; keep them, but out of the figures.
             log = os.open(Path(tmp) / "daemon.log", os.O_WRONLY | os.O_CREAT)
             os.dup2(log, 2)
             if args.engine in ("sqlite", "both"):
                 rows = await run(
-                    "sqlite", f"sqlite:///{Path(tmp) / 'tokens.db'}", sandbox, args.accounts, args.concurrency
-                )
+                    "sqlite", f"sqlite:///{Path(tmp) / 'tokens.db'}", sandbox, args.accounts, args.concurrency,
+                    node_folder,
+                )  # fmt: skip
                 figures("sweep, SQLite", rows)
             if args.engine in ("postgresql", "both"):
                 with pg_database("bench_sweep") as url:
-                    figures("sweep, PostgreSQL", await run("postgresql", url, sandbox, args.accounts, args.concurrency))
+                    rows = await run("postgresql", url, sandbox, args.accounts, args.concurrency, node_folder)
+                    figures("sweep, PostgreSQL", rows)
     finally:
         sandbox.close()
 

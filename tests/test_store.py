@@ -321,6 +321,31 @@ async def test_save_tokens_commits_everything_at_once(store: SqlStore, clock: Fa
     ]
 
 
+async def test_settling_answers_what_was_stored(store: SqlStore, clock: FakeClock) -> None:
+    """save_tokens and record_failure build their answer from what they wrote instead of reading the row
+    again: it must be exactly what a read finds, and on disk when they return."""
+    url = store_url(store)
+    for i in range(3):
+        await store.upsert_grant(APP, "shopee", grant(f"shop:{i}"))
+    claimed = {a.key: a for a in await store.claim_due(APP, 2 * HOUR, 3, "w1", 10 * MINUTE)}
+    await store.mark_refresh_started(claimed["shop:0"].id, "w1")
+    clock.advance(MINUTE)
+    saved = await store.save_tokens(
+        claimed["shop:0"].id, "w1", tokens(5, tag="shop:0"), AuditEntry(T0, APP, "shop:0", "success", 9)
+    )
+    assert saved == await store.get(APP, "shop:0")
+    assert saved.version == 2 and saved.lease_owner is None and saved.refresh_started_at is None
+    assert saved.previous_refresh_token == "RT-shop:01-secret-refresh"
+    assert raw_rows(url, f"SELECT version FROM accounts WHERE id = {saved.id}") == [(2,)]
+    failed = await store.record_failure(
+        claimed["shop:1"].id, "w1", ErrorInfo("transient", "500", "boom"), T0 + HOUR, AccountStatus.NEEDS_REAUTH
+    )
+    assert failed == await store.get(APP, "shop:1")
+    assert failed.consecutive_failures == 1 and failed.status == AccountStatus.NEEDS_REAUTH
+    await store.release(claimed["shop:2"].id, "w1")
+    assert raw_rows(url, f"SELECT lease_owner FROM accounts WHERE id = {claimed['shop:2'].id}") == [(None,)]
+
+
 async def test_save_tokens_failure_leaves_old_tokens_and_lease(
     store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -328,11 +353,11 @@ async def test_save_tokens_failure_leaves_old_tokens_and_lease(
     await store.claim(APP, "shop:1", "w1", 10 * MINUTE)
     before = await store.get(APP, "shop:1")
 
-    async def broken_prune(conn: Any, account_id: int) -> None:
+    def broken_prune(conn: Any, account_id: int, pushed_version: int) -> None:
         # The last step of the transaction fails after history and account rows were written.
-        await conn.execute(text("SELECT * FROM no_such_table"))
+        conn.execute(text("SELECT * FROM no_such_table"))
 
-    monkeypatch.setattr(store, "_prune_history", broken_prune)
+    monkeypatch.setattr(store, "_prune_history_sync", broken_prune)
     new = tokens(2)
     with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as info:
         await store.save_tokens(a.id, "w1", new)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,25 +33,16 @@ class SqlAudit(StoreCore):
     async def _insert_audit(self, conn: AsyncConnection, entry: AuditEntry, secrets: frozenset[str]) -> None:
         """Add an audit row under a savepoint: a row the database refuses is logged and skipped, and the
         transaction around it (which may hold a rotated token) goes on."""
-        message = entry.message[:MESSAGE_LIMIT] if entry.message else entry.message
-        if message and secrets:
-            message = scrub(message, secrets)  # never a token in the audit table, whatever the caller wrote
-        values = {
-            "at": as_utc(entry.at),
-            "app": entry.app,
-            "account_key": entry.account_key,
-            "outcome": entry.outcome[:32],
-            "duration_ms": entry.duration_ms,
-            "attempts": entry.attempts,
-            # Cut to the columns' sizes: a platform's overlong error code must not fail the insert.
-            "error_class": entry.error_class[:64] if entry.error_class else None,
-            "error_code": entry.error_code[:128] if entry.error_code else None,
-            "request_id": entry.request_id[:255] if entry.request_id else None,
-            "message": message,
-        }
         try:
             async with conn.begin_nested():
-                await conn.execute(insert(audit_log).values(**values))
+                await conn.execute(insert(audit_log).values(**_audit_values(entry, secrets)))
+        except DBAPIError as exc:
+            _log.error("store.audit_failed", app=entry.app, account=entry.account_key, error=type(exc.orig).__name__)
+
+    def _insert_audit_sync(self, conn: Connection, entry: AuditEntry, secrets: frozenset[str]) -> None:
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(audit_log).values(**_audit_values(entry, secrets)))
         except DBAPIError as exc:
             _log.error("store.audit_failed", app=entry.app, account=entry.account_key, error=type(exc.orig).__name__)
 
@@ -89,3 +82,24 @@ class SqlAudit(StoreCore):
         async with self._tx(write=True) as conn:
             result = await conn.execute(stmt)
             return int(result.rowcount or 0)
+
+
+def _audit_values(entry: AuditEntry, secrets: frozenset[str]) -> dict[str, Any]:
+    """The audit row's columns: the message scrubbed of the account's tokens, every field cut to its column."""
+    message = entry.message[:MESSAGE_LIMIT] if entry.message else entry.message
+    if message and secrets:
+        message = scrub(message, secrets)  # never a token in the audit table, whatever the caller wrote
+    values = {
+        "at": as_utc(entry.at),
+        "app": entry.app,
+        "account_key": entry.account_key,
+        "outcome": entry.outcome[:32],
+        "duration_ms": entry.duration_ms,
+        "attempts": entry.attempts,
+        # Cut to the columns' sizes: a platform's overlong error code must not fail the insert.
+        "error_class": entry.error_class[:64] if entry.error_class else None,
+        "error_code": entry.error_code[:128] if entry.error_code else None,
+        "request_id": entry.request_id[:255] if entry.request_id else None,
+        "message": message,
+    }
+    return values

@@ -134,7 +134,9 @@ class RowCodec:
             refresh_started_at=row.refresh_started_at,
             version=row.version,
             previous_refresh_token=(
-                self.decrypt(row.previous_refresh_token, row.app, row.key, "previous_refresh_token") if secrets else None
+                self.decrypt(row.previous_refresh_token, row.app, row.key, "previous_refresh_token")
+                if secrets
+                else None
             ),
             access_expires_at=as_utc(row.access_expires_at) if row.access_expires_at else None,
             refresh_expires_at=as_utc(row.refresh_expires_at) if row.refresh_expires_at else None,

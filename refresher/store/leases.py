@@ -4,12 +4,12 @@ release, each in one transaction that only the lease owner may run (else :class:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from refresher.domain import AccountStatus, ErrorInfo, TokenSet, as_utc
 from refresher.store.audit import SqlAudit
@@ -74,24 +74,31 @@ class SqlLeases(SqlHistory, SqlAudit):
             )
             return await self._read(conn, row.id)
 
+    # Settling writes are plain functions of a synchronous connection, run with ``run_sync`` in their own
+    # transaction: no re-read of the row they wrote, the lease checked in the UPDATE itself where the row
+    # is not needed. (Group commit was tried: a save queued behind a group's transaction widened the
+    # window between a platform's rotation and our commit several times over; see benchmarks/RESULTS.md.)
+
     async def mark_refresh_started(self, account_id: int, owner: str) -> None:
         now = self.clock.now()
+
+        def mark(conn: Connection) -> None:
+            self._update_leased(conn, account_id, owner, refresh_started_at=now, last_attempt_at=now)
+
         async with self._tx(write=True) as conn:
-            await self._leased(conn, account_id, owner)
-            await conn.execute(
-                update(accounts).where(accounts.c.id == account_id).values(refresh_started_at=now, last_attempt_at=now)
-            )
+            await conn.run_sync(mark)
 
     async def save_tokens(
         self, account_id: int, owner: str, tokens: TokenSet, audit: AuditEntry | None = None
     ) -> Account:
         now = self.clock.now()
-        async with self._tx(write=True, priority=URGENT) as conn:  # a rotated token: commit it first
-            row = await self._leased(conn, account_id, owner)
+
+        def save(conn: Connection) -> Account:
+            row = self._leased_sync(conn, account_id, owner)
             if audit is not None:
                 # In this transaction, not one of its own: one durable commit per refresh instead of two.
-                await self._insert_audit(conn, audit, self._codec.row_secrets(row))
-            await self._push_history(conn, row, now)
+                self._insert_audit_sync(conn, audit, self._codec.row_secrets(row))
+            self._push_history_sync(conn, row, now)
             values: dict[str, Any] = {
                 **self._codec.token_values(row.app, row.key, tokens),
                 "status": str(AccountStatus.ACTIVE),
@@ -107,11 +114,15 @@ class SqlLeases(SqlHistory, SqlAudit):
                 "updated_at": now,
             }
             values.update(self._codec.previous_refresh(row, tokens))
-            await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
-            await self._prune_history(conn, account_id)
-            fresh = await self._read(conn, account_id)
-        # Only here has the transaction committed: the caller may now log, notify and alarm.
-        return fresh
+            conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            self._prune_history_sync(conn, account_id, row.version)
+            return self._after(row, values)
+
+        # Its own transaction, first in the writers' line: returned only after the commit, so the caller
+        # may then log, notify and alarm.
+        async with self._tx(write=True, priority=URGENT) as conn:
+            saved: Account = await conn.run_sync(save)
+        return saved
 
     async def record_failure(
         self,
@@ -123,10 +134,11 @@ class SqlLeases(SqlHistory, SqlAudit):
         audit: AuditEntry | None = None,
     ) -> Account:
         now = self.clock.now()
-        async with self._tx(write=True) as conn:
-            row = await self._leased(conn, account_id, owner)
+
+        def record(conn: Connection) -> Account:
+            row = self._leased_sync(conn, account_id, owner)
             if audit is not None:
-                await self._insert_audit(conn, audit, self._codec.row_secrets(row))
+                self._insert_audit_sync(conn, audit, self._codec.row_secrets(row))
             values: dict[str, Any] = {
                 "consecutive_failures": row.consecutive_failures + 1,
                 "last_error": scrub(error_json(error), self._codec.row_secrets(row)),
@@ -139,15 +151,41 @@ class SqlLeases(SqlHistory, SqlAudit):
             }
             if status is not None:
                 values["status"] = str(status)
-            await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
-            return await self._read(conn, account_id)
+            conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            return self._after(row, values)
+
+        async with self._tx(write=True) as conn:
+            failed: Account = await conn.run_sync(record)
+        return failed
 
     async def release(self, account_id: int, owner: str) -> None:
+        def release(conn: Connection) -> None:
+            self._update_leased(conn, account_id, owner, lease_owner=None, lease_expires_at=None)
+
         async with self._tx(write=True) as conn:
-            await self._leased(conn, account_id, owner)
-            await conn.execute(
-                update(accounts).where(accounts.c.id == account_id).values(lease_owner=None, lease_expires_at=None)
-            )
+            await conn.run_sync(release)
+
+    def _after(self, row: Any, values: Mapping[str, Any]) -> Account:
+        """The account as ``values`` leave the row, without reading it again."""
+        return self._codec.account(cast(Any, SimpleNamespace(**{**row._mapping, **values})))
+
+    def _update_leased(self, conn: Connection, account_id: int, owner: str, **values: Any) -> None:
+        """``values`` written if ``owner`` holds the lease, in one statement (it takes the row lock itself)."""
+        c = accounts.c
+        done = conn.execute(update(accounts).where(c.id == account_id, c.lease_owner == owner).values(**values))
+        if not done.rowcount:
+            self._leased_sync(conn, account_id, owner)  # raises and says why
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _leased_sync(self, conn: Connection, account_id: int, owner: str) -> Any:
+        """The account row, locked, if ``owner`` still holds its lease; else :class:`LeaseLost`.
+
+        A lease past its expiry that nobody has taken over is still honoured: the platform may already
+        have rotated the token, and storing the new one beats losing it.
+        """
+        row = conn.execute(self._for_update(select(accounts).where(accounts.c.id == account_id))).first()
+        _check_lease(row, account_id, owner)
+        return row
 
     async def lease_holders(self) -> Sequence[str]:
         c = accounts.c
@@ -180,17 +218,10 @@ class SqlLeases(SqlHistory, SqlAudit):
         async with self._tx() as conn:
             return [self._codec.account(row) for row in await conn.execute(query)]
 
-    async def _leased(self, conn: AsyncConnection, account_id: int, owner: str) -> Row[Any]:
-        """The account row, locked, if ``owner`` still holds its lease; else :class:`LeaseLost`.
 
-        A lease past its expiry that nobody has taken over is still honoured: the platform may already
-        have rotated the token, and storing the new one beats losing it.
-        """
-        stmt = self._for_update(select(accounts).where(accounts.c.id == account_id))
-        row = (await conn.execute(stmt)).first()
-        if row is None:
-            raise AccountNotFound(f"no account with id {account_id}")
-        if row.lease_owner != owner:
-            holder = "nobody" if row.lease_owner is None else "another worker"
-            raise LeaseLost(f"lease on account {row.app}/{row.key} lost: it is held by {holder}")
-        return row
+def _check_lease(row: Any, account_id: int, owner: str) -> None:
+    if row is None:
+        raise AccountNotFound(f"no account with id {account_id}")
+    if row.lease_owner != owner:
+        holder = "nobody" if row.lease_owner is None else "another worker"
+        raise LeaseLost(f"lease on account {row.app}/{row.key} lost: it is held by {holder}")
