@@ -157,9 +157,18 @@ class TokenSource:
         self._sync_http: httpx.Client | None = None
 
     @classmethod
-    def from_api(cls, url: str, api_token: str, *, clock: Clock | None = None, timeout: float = 10.0) -> TokenSource:
-        """Read tokens from a running daemon's token API (``GET /v1/accounts/{app}/{key}/token``)."""
-        return cls(url=url, api_token=api_token, clock=clock, timeout=timeout)
+    def from_api(
+        cls,
+        url: str,
+        api_token: str,
+        *,
+        clock: Clock | None = None,
+        timeout: float = 10.0,
+        cache_size: int = CACHE_SIZE,
+    ) -> TokenSource:
+        """Read tokens from a running daemon's token API (``GET /v1/accounts/{app}/{key}/token``); at most
+        ``cache_size`` accounts' tokens are cached (least recently used go first)."""
+        return cls(url=url, api_token=api_token, clock=clock, timeout=timeout, cache_size=cache_size)
 
     @classmethod
     def from_store(

@@ -256,3 +256,31 @@ async def test_reauth_link_on_demand_and_the_audit_log_over_the_api(env: ApiEnv)
     assert [i["outcome"] for i in items] == ["success", "success"]
     assert items[1]["attempts"] == 2 and isinstance(items[0]["duration_ms"], int)
     assert (await env.call("GET", f"/v1/accounts/{APP}/shop:1/events", "reader")).status_code == 404
+
+
+def api_token_reads(env: ApiEnv) -> int:
+    return sum(
+        1
+        for line in env.read_logs()
+        if line.get("event") == "api.call" and str(line.get("path", "")).endswith("/token")
+    )
+
+
+async def test_client_cache_is_single_flight_and_bounded(env: ApiEnv) -> None:
+    first, second, *_ = await env.onboard(**{"as": "main", "shops": "2"})
+    source = TokenSource.from_api(env.base, READER, clock=env.clock, cache_size=1)
+    try:
+        before = api_token_reads(env)
+        tokens = await asyncio.gather(*(source.get_token(APP, first.key) for _ in range(10)))
+        assert len({t.token for t in tokens}) == 1
+        assert api_token_reads(env) - before == 1  # ten concurrent readers, one API read
+
+        await source.get_token(APP, second.key)  # evicts the first (cache_size=1)
+        await source.get_token(APP, first.key)
+        assert api_token_reads(env) - before == 3
+        await source.get_token(APP, first.key)  # cached
+        assert api_token_reads(env) - before == 3
+    finally:
+        await source.aclose()
+    with pytest.raises(ValueError, match="cache_size"):
+        TokenSource(store=env.daemon.store, cache_size=0)
