@@ -43,6 +43,7 @@ SLOW_MODULES = frozenset(
         "test_bad_config_corpus",
         "test_cli_bad_args",
         "test_client",
+        "test_connect",
         "test_conformance",
         "test_console",
         "test_console_browse",
