@@ -54,7 +54,7 @@ async def test_the_session_cookie_is_httponly_strict_and_expires(daemon: Daemon)
     async with logged_in(daemon) as client:
         cookie = next(c for c in client.cookies.jar if c.name == "refresher_console")
         assert cookie.expires is not None and cookie.has_nonstandard_attr("HttpOnly")
-        assert ADMIN_TOKEN not in cookie.value
+        assert cookie.value is not None and ADMIN_TOKEN not in cookie.value
         raw = (await client.get("/ui/login")).headers  # already logged in: redirect, no new cookie
         assert "set-cookie" not in raw
     async with httpx.AsyncClient(base_url=base(daemon), timeout=10) as fresh:

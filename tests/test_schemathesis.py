@@ -193,7 +193,7 @@ def run_operation(api_schema: Any, method: str, path: str, examples: int, exclud
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    def check(case: schemathesis.Case) -> None:
+    def check(case: schemathesis.Case) -> None:  # type: ignore[type-arg]
         case.call_and_validate(headers=AUTH, excluded_checks=excluded)
 
     check()
