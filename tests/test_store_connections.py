@@ -1,0 +1,56 @@
+"""The connection role of the store (migration 0006) on SQLite and PostgreSQL: end users and tags,
+flow context and connected keys on a state, invitations single-use and revocable."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from refresher.domain import FakeClock, Grant, Identity, TokenSet
+from refresher.store import SqlStore
+from refresher.store.base import OAuthState
+from refresher.store.connection_types import Invitation
+
+
+async def test_end_users_tags_states_and_invitations(store: SqlStore, clock: FakeClock) -> None:
+    now = clock.now()
+    tokens = TokenSet("at-conn-0123456789", "rt-conn-0123456789", now + dt.timedelta(hours=4), None)
+    for n in (1, 2):
+        await store.upsert_grant("app", "shopee", Grant(Identity(f"shop:{n}", "shop", str(n)), tokens))
+    await store.set_connection("app", "shop:1", {"id": "t-1", "email": "a@b.example"}, {"plan": "pro"})
+    await store.set_connection("app", "shop:1", None, {"region": "sg"})  # merges tags, keeps the end user
+    assert await store.connection("app", "shop:1") == (
+        {"id": "t-1", "email": "a@b.example"},
+        {"plan": "pro", "region": "sg"},
+    )
+    assert await store.connection("app", "shop:2") == (None, {})
+    assert await store.keys_matching("app", "t-1", None) == {("app", "shop:1")}
+    assert await store.keys_matching(None, None, ("plan", "pro")) == {("app", "shop:1")}
+    assert await store.keys_matching("app", None, ("plan", "free")) == set()
+
+    await store.put_state(OAuthState("st-1", "app", now, now + dt.timedelta(minutes=15)))
+    await store.set_state_context("st-1", {"invitation": "inv_1", "tags": {"a": "b"}})
+    assert await store.state_context("st-1") == {"invitation": "inv_1", "tags": {"a": "b"}}
+    assert await store.connected_keys("st-1") is None
+    await store.mark_connected("st-1", ["shop:1", "shop:2"])
+    assert await store.connected_keys("st-1") == ["shop:1", "shop:2"]
+
+    once = Invitation("inv_once", "invite", "app", now, now + dt.timedelta(hours=1), single_use=True)
+    await store.put_invitation(once)
+    # Two racing sellers with one single-use link: exactly one wins.
+    assert sorted(await asyncio.gather(store.use_invitation("inv_once"), store.use_invitation("inv_once"))) == [
+        False,
+        True,
+    ]
+    many = Invitation("inv_many", "invite", "app", now, now + dt.timedelta(hours=1), tags={"k": "v"})
+    await store.put_invitation(many)
+    assert await store.use_invitation("inv_many") and await store.use_invitation("inv_many")
+    assert await store.revoke_invitation("inv_many") and not await store.revoke_invitation("inv_many")
+    assert not await store.use_invitation("inv_many")
+    found = await store.get_invitation("inv_many")
+    assert found is not None and found.revoked_at == now and found.tags == {"k": "v"}
+    assert {i.id for i in await store.list_invitations("app")} == {"inv_once", "inv_many"}
+    clock.advance(dt.timedelta(hours=2))
+    await store.put_invitation(Invitation("inv_late", "session", "app", now, now + dt.timedelta(hours=1)))
+    assert not await store.use_invitation("inv_late")  # expired
+    assert not await store.use_invitation("inv_none")
