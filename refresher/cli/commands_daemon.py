@@ -85,12 +85,8 @@ STATUS_HEADERS = [
 ]
 
 
-def print_status(rows: list[list[str]], as_json: bool = False) -> None:
-    if as_json:
-        import json
-
-        click.echo(json.dumps([dict(zip(STATUS_HEADERS, row, strict=True)) for row in rows], indent=2))
-        return
+def print_status(rows: list[list[str]]) -> None:
+    """The status table for people; ``--json`` has its own stable schema (commands_accounts)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -133,8 +129,14 @@ def status(config_path: str | None, app: str | None, status_filter: str | None, 
     accounts = list(
         with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000, secrets=False))
     )
-    print_status(status_rows(accounts, SystemClock().now()), as_json)
-    if not accounts and not as_json:
+    if as_json:
+        # The stable machine schema (snake_case, ISO-8601 times, numbers as numbers), as accounts list --json.
+        from refresher.cli.commands_accounts import account_record, echo_json
+
+        echo_json([account_record(a) for a in accounts])
+        return
+    print_status(status_rows(accounts, SystemClock().now()))
+    if not accounts:
         click.echo("no accounts yet: onboard one with `refresher authorize APP`", err=True)
 
 

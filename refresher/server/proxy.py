@@ -201,7 +201,7 @@ async def proxy(
                 result = await runtime.refresher.refresh_now(app, account)
                 # A success carries the account as just stored (or as another worker just stored it).
                 outcome, fresh = result.outcome, result.account
-            except (UnknownApp, AccountNotFound):  # the app has no refresh policy (disabled) or the account just vanished
+            except (UnknownApp, AccountNotFound):  # no refresh policy (app disabled), or the account just vanished
                 outcome = "skipped"
             if outcome == "success" and fresh is not None and fresh.tokens is not None:
                 retried = True
