@@ -66,9 +66,7 @@ def default_owner() -> str:
     return new_owner()
 
 
-def build_platforms(
-    settings: Settings, http: httpx.AsyncClient, clock: Clock
-) -> dict[str, Platform]:
+def build_platforms(settings: Settings, http: httpx.AsyncClient, clock: Clock) -> dict[str, Platform]:
     """One plugin instance per configured app."""
     built = {}
     for name, app in settings.apps.items():

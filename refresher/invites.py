@@ -118,9 +118,7 @@ def check_invite(
     return expires_at
 
 
-def invite_url(
-    public_url: str, app: str, token: str, account: str | None = None, invitation: str | None = None
-) -> str:
+def invite_url(public_url: str, app: str, token: str, account: str | None = None, invitation: str | None = None) -> str:
     """The link a seller opens: the daemon's connect page with the invitation (its account, its stored
     row's id) attached."""
     url = f"{public_url.rstrip('/')}/connect/{quote(app, safe='')}?invite={token}"

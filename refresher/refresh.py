@@ -192,9 +192,7 @@ class Refresher:
         seen: set[int] = set()
         await self._release_stranded(app)
         while not self.stopping:
-            claimed = await self.store.claim_due(
-                app, policy.refresh_before, batch, self.owner, policy.lease_ttl
-            )
+            claimed = await self.store.claim_due(app, policy.refresh_before, batch, self.owner, policy.lease_ttl)
             # An account claimed twice in one sweep is one whose fresh token is already inside the window
             # (a platform lifetime shorter than refresh_before): refreshing it again now would loop.
             again = [a for a in claimed if a.id in seen]
@@ -419,9 +417,7 @@ class Refresher:
             stop=stop_after_attempt(policy.attempts),
             wait=_wait_honouring_retry_after(policy),
             # Never retry over a salvaged pair: the old refresh token is spent already.
-            retry=retry_if_exception(
-                lambda e: isinstance(e, TransientError) and getattr(e, "salvaged", None) is None
-            ),
+            retry=retry_if_exception(lambda e: isinstance(e, TransientError) and getattr(e, "salvaged", None) is None),
             sleep=self._sleep,
             reraise=True,
         )

@@ -35,16 +35,12 @@ def schedule_of(app: AppSettings, platform: type[Platform]) -> str:
     return app.schedule or platform.default_schedule
 
 
-def build_trigger(
-    app: AppSettings, platform: type[Platform], start: dt.datetime | None = None
-) -> BaseTrigger:
+def build_trigger(app: AppSettings, platform: type[Platform], start: dt.datetime | None = None) -> BaseTrigger:
     """The app's trigger; ``start`` anchors an interval (simulated time starts where its clock does).
     A cron schedule is translated by :func:`refresher.config.cron_trigger_from` (cron's weekday numbers
     and either-day rule, which APScheduler's own ``from_crontab`` does not follow)."""
     if app.interval is not None:
-        return IntervalTrigger(
-            seconds=max(app.interval.total_seconds(), 0.1), timezone=app.timezone, start_date=start
-        )
+        return IntervalTrigger(seconds=max(app.interval.total_seconds(), 0.1), timezone=app.timezone, start_date=start)
     return cron_trigger_from(app.schedule or platform.default_schedule, app.timezone)
 
 
@@ -137,9 +133,7 @@ class Scheduler:
 
     def configure(self, settings: Settings, platforms: Mapping[str, type[Platform]]) -> None:
         """Add, change or remove jobs to match ``settings`` (start and SIGHUP reload)."""
-        wanted = {
-            name: app for name, app in settings.apps.items() if app.enabled and app.platform in platforms
-        }
+        wanted = {name: app for name, app in settings.apps.items() if app.enabled and app.platform in platforms}
         for name in list(self._apps):
             if name not in wanted:
                 self._scheduler.remove_job(name)

@@ -67,6 +67,7 @@ def pg_database(prefix: str = "refresher_db") -> Iterator[str]:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+
 # One business-API call per platform that the sandbox answers only with a valid signature and token.
 ECHO_CALLS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "shopee": ("/api/v2/shop/get_shop_info", []),

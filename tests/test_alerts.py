@@ -620,6 +620,7 @@ def test_alarm_message_text_and_json() -> None:
 
 # ------------------------------------------------------------------------------------- replicas
 
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A store URL on the real PostgreSQL, its tables in a throwaway schema."""

@@ -202,9 +202,7 @@ async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: Wo
     url = httpx.URL(alarm["reauth_url"])
     assert str(url).startswith(f"{PUBLIC}/connect/shopee?invite=")
     assert url.params["account"] == world.key
-    check_invite(
-        url.params["invite"], "shopee", secret=INVITE_SECRET, clock=world.daemon.clock, account=world.key
-    )
+    check_invite(url.params["invite"], "shopee", secret=INVITE_SECRET, clock=world.daemon.clock, account=world.key)
     assert alarm["consecutive_failures"] == 1
     [event] = world.events()
     assert event["type"] == "account.needs_reauth" and event["status"] == "needs_reauth"

@@ -53,7 +53,9 @@ class Rig:
 
     def clean(self, error: BaseException) -> None:
         assert_no_secret(
-            error_texts(error), self.secrets | {CREDS["client_secret"], str(DESKTOP["client_secret"])}, type(error).__name__
+            error_texts(error),
+            self.secrets | {CREDS["client_secret"], str(DESKTOP["client_secret"])},
+            type(error).__name__,
         )
 
 

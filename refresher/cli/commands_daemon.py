@@ -126,9 +126,7 @@ def status(config_path: str | None, app: str | None, status_filter: str | None, 
         settings.app(app)  # unknown app → one line naming the configured ones
     wanted = AccountStatus(status_filter) if status_filter else None
     # No token is shown, so none is decrypted: status works even with a wrong store.encryption_keys.
-    accounts = list(
-        with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000, secrets=False))
-    )
+    accounts = list(with_store(settings, lambda store: store.list(app=app, status=wanted, limit=10_000, secrets=False)))
     if as_json:
         # The stable machine schema (snake_case, ISO-8601 times, numbers as numbers), as accounts list --json.
         from refresher.cli.commands_accounts import account_record, echo_json

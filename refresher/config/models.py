@@ -49,9 +49,7 @@ class StoreSettings(_Strict):
         return value
 
 
-Scope = Literal[
-    "tokens:read", "tokens:read_refresh", "accounts:read", "accounts:write", "refresh", "proxy", "connect"
-]
+Scope = Literal["tokens:read", "tokens:read_refresh", "accounts:read", "accounts:write", "refresh", "proxy", "connect"]
 
 
 # The shortest secret a caller may present or sign with: API tokens, the admin token, the invite secret.

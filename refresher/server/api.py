@@ -175,9 +175,7 @@ async def list_accounts(
         name, _, value = (tag or "").partition(":")
         wanted = await runtime.store.keys_matching(app, end_user_id, (name, value) if tag else None)
         rows = [
-            a
-            for a in await runtime.store.list(app=app, status=status, limit=MAX_MATCHING)
-            if (a.app, a.key) in wanted
+            a for a in await runtime.store.list(app=app, status=status, limit=MAX_MATCHING) if (a.app, a.key) in wanted
         ][offset : offset + limit + 1]
     else:
         # One extra row tells whether a next page exists without a second COUNT query.
@@ -397,9 +395,7 @@ async def reauth_link(
         raise HTTPException(
             status_code=409, detail="re-authorization links need server.public_url and server.invite_secret"
         )
-    return ReauthLinkOut(
-        app=app, account=account.key, url=url, expires_at=runtime.clock.now() + server.reauth_link_ttl
-    )
+    return ReauthLinkOut(app=app, account=account.key, url=url, expires_at=runtime.clock.now() + server.reauth_link_ttl)
 
 
 @router.get(
