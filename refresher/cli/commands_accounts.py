@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
+from refresher.config import Settings
 from refresher.domain import AccountStatus
 from refresher.store.base import Account, AuditEntry, HistoryEntry, Store
 
@@ -57,9 +58,10 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _known(settings_app: str, config_path: str | None) -> Any:
+def _known(app: str, config_path: str | None) -> Settings:
+    """The settings, once APP is known to be one of them."""
     settings = load_settings(config_path)
-    settings.app(settings_app)  # unknown app → one line naming the configured ones (exit 2)
+    settings.app(app)  # unknown app → one line naming the configured ones (exit 2)
     return settings
 
 
