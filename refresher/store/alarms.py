@@ -16,20 +16,21 @@ from refresher.store.core import StoreCore
 from refresher.store.schema import alarms
 
 
-class SqlAlarms(StoreCore):
-    @staticmethod
-    def _alarm(row: Row[Any]) -> Alarm:
-        return Alarm(
-            app=row.app,
-            account_key=row.account_key,
-            cause=row.cause,
-            opened_at=row.opened_at,
-            last_sent_at=row.last_sent_at,
-            resolved_at=row.resolved_at,
-            details=dict(row.details or {}),
-            delivered_at=row.delivered_at,
-        )
+def alarm_from_row(row: Row[Any]) -> Alarm:
+    """An ``alarms`` row as the domain value (also read by the console's queries)."""
+    return Alarm(
+        app=row.app,
+        account_key=row.account_key,
+        cause=row.cause,
+        opened_at=row.opened_at,
+        last_sent_at=row.last_sent_at,
+        resolved_at=row.resolved_at,
+        details=dict(row.details or {}),
+        delivered_at=row.delivered_at,
+    )
 
+
+class SqlAlarms(StoreCore):
     async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]:
         stmt = select(alarms).where(alarms.c.resolved_at.is_(None))
         if app is not None:
@@ -38,13 +39,13 @@ class SqlAlarms(StoreCore):
             stmt = stmt.where(alarms.c.account_key == account_key)
         async with self._tx() as conn:
             rows = await conn.execute(stmt.order_by(alarms.c.opened_at, alarms.c.app, alarms.c.account_key))
-            return [self._alarm(row) for row in rows]
+            return [alarm_from_row(row) for row in rows]
 
     async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None:
         stmt = select(alarms).where(alarms.c.app == app, alarms.c.account_key == account_key, alarms.c.cause == cause)
         async with self._tx() as conn:
             row = (await conn.execute(stmt)).first()
-            return None if row is None else self._alarm(row)
+            return None if row is None else alarm_from_row(row)
 
     async def put_alarm(self, alarm: Alarm) -> None:
         values = {

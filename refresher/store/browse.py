@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refresher.domain import AccountStatus, as_utc
+from refresher.store.alarms import alarm_from_row
 from refresher.store.base import Account, Alarm
 from refresher.store.core import StoreCore
 from refresher.store.schema import UTCDateTime, accounts, alarms, audit_log, token_history
@@ -95,19 +96,6 @@ def _decode_cursor(cursor: str | None, column: Any) -> tuple[int, dt.datetime | 
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _alarm(row: Any) -> Alarm:
-    return Alarm(
-        app=row.app,
-        account_key=row.account_key,
-        cause=row.cause,
-        opened_at=row.opened_at,
-        last_sent_at=row.last_sent_at,
-        resolved_at=row.resolved_at,
-        details=dict(row.details or {}),
-        delivered_at=row.delivered_at,
-    )
 
 
 class SqlBrowse(StoreCore):
@@ -269,7 +257,7 @@ class SqlBrowse(StoreCore):
         is_resolved = case((alarms.c.resolved_at.is_(None), 0), else_=1)
         stmt = stmt.order_by(is_resolved, alarms.c.opened_at.desc()).limit(limit)
         async with self._tx() as conn:
-            return [_alarm(row) for row in await conn.execute(stmt)]
+            return [alarm_from_row(row) for row in await conn.execute(stmt)]
 
     async def next_due(self, app: str, horizon: dt.timedelta) -> dt.datetime | None:
         """When the app's next refresh is due: the earliest active expiry minus its refresh window, or an
