@@ -810,3 +810,19 @@ async def test_replicas_starting_together_migrate_once(make_store: StoreFactory)
     results = await asyncio.gather(*(s.upsert_grant(APP, "shopee", grant("shop:1", n)) for n, s in enumerate(stores)))
     assert len({r.id for r in results}) == 1
     assert await stores[0].count() == 1
+
+
+async def test_stores_opening_a_new_sqlite_file_together_all_open(tmp_path: Path, clock: FakeClock) -> None:
+    # A new file opened by several stores at once: SQLite refused the WAL switch at once ("database is
+    # locked", no busy wait) and alembic's module-global context mixed interleaved migrations up. Each
+    # round failed about half the time before; eight rounds leave that no chance to hide.
+    for round_ in range(8):
+        stores = [SqlStore(f"sqlite:///{tmp_path}/{round_}/tokens.db", clock=clock) for _ in range(3)]
+        try:
+            await asyncio.gather(*(s.open() for s in stores))
+            assert {await s.current_revision() for s in stores} == {head_revision()}
+        finally:
+            for s in stores:
+                await s.close()
+        with sqlite3.connect(tmp_path / str(round_) / "tokens.db") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

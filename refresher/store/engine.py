@@ -11,8 +11,12 @@ Concurrency model:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +39,19 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same for every replica migrating the same database.
 _PG_MIGRATION_LOCK = 0x7265667265736872
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``): two
+# migrations interleaving on one event loop (several stores opened together in one process) would run
+# each other's operations. One at a time per loop; replicas in other processes are serialized by the
+# database (BEGIN IMMEDIATE, pg_advisory_xact_lock).
+_MIGRATION_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _migration_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _MIGRATION_LOCKS.get(loop)
+    if lock is None:
+        lock = _MIGRATION_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 class _DropDriverDebug(logging.Filter):
@@ -118,7 +135,7 @@ class SqlDatabase:
         """Connect (once) and apply pending migrations; returns the revisions before and after."""
         self._connect()
         try:
-            async with self._tx(write=True) as conn:
+            async with _migration_lock(), self._tx(write=True) as conn:
                 if self._backend == "postgresql":
                     # Replicas starting together must not both create the tables.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
@@ -212,6 +229,7 @@ class SqlDatabase:
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise StoreError(f"store.url: directory {directory} is not writable ({reason})") from None
+        _switch_to_wal(self._path)
         self._tighten_file_modes()
 
     def _tighten_file_modes(self) -> None:
@@ -274,13 +292,38 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first: switching to WAL needs a lock that another process may hold right now.
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # No journal_mode here: WAL is a property of the file, set once by _switch_to_wal before the
+        # first connection. Setting it on every new pooled connection could fail with "database is
+        # locked" while another process holds the file.
         cursor.execute("PRAGMA synchronous = FULL")  # a committed token survives a power cut
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(path: Path) -> None:
+    """Put the SQLite file in WAL mode (it stays so); retried while another process holds the file.
+
+    SQLite answers "database is locked" to a journal-mode change at once, without waiting out the busy
+    timeout, when waiting could deadlock: several replicas or commands opening a new store together.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.01
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_MS / 1000)) as db:
+                mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    db.execute("PRAGMA journal_mode = WAL")
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise StoreError(f"store: cannot open the SQLite file {path} ({exc})") from None
+            if time.monotonic() >= deadline:
+                raise StoreError(f"store: the SQLite file {path} stayed locked for 30 s ({exc})") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
