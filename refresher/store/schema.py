@@ -185,3 +185,47 @@ invitations = Table(
     Column("revoked_at", UTCDateTime()),
     Index(None, "expires_at"),
 )
+
+# Lifecycle events from the moment their cause is stored until every receiver took them (0007).
+event_outbox = Table(
+    "event_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(64), nullable=False, unique=True),
+    Column("kind", String(64), nullable=False),
+    Column("app", String(128), nullable=False),
+    Column("account_key", String(255), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(255)),  # the replica delivering it now
+    Column("lease_expires_at", UTCDateTime()),
+    Column("delivered_at", UTCDateTime()),  # every receiver took it, or its attempts ran out
+    Column("last_error", String(512)),
+    Index(None, "delivered_at", "next_attempt_at"),
+)
+
+# How the last message of each alarm went, per channel: the console's alarms page (0007).
+alarm_deliveries = Table(
+    "alarm_deliveries",
+    metadata,
+    Column("app", String(128), primary_key=True),
+    Column("account_key", String(255), primary_key=True),
+    Column("cause", String(64), primary_key=True),
+    Column("channel", String(128), primary_key=True),
+    Column("state", String(16), nullable=False),  # "sending" | "delivered" | "failed"
+    Column("attempts", Integer, nullable=False),
+    Column("last_attempt_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    Column("last_error", String(512)),
+)
+
+# Logged-out console sessions until their cookie would have expired anyway: every replica refuses them (0007).
+console_logouts = Table(
+    "console_logouts",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index(None, "expires_at"),
+)
