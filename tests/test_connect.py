@@ -50,7 +50,7 @@ async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str], receiver: Rece
 
 
 async def events(env: ApiEnv, receiver: Receiver) -> list[dict[str, Any]]:
-    assert await env.daemon.dispatcher.drain(10)
+    assert await env.daemon.deliverer.drain(10)
     return [m for m in receiver.messages() if str(m.get("type", "")).startswith("account.")]
 
 

@@ -7,6 +7,7 @@ never carry a token except ``GET …/token`` (``tokens:read``; the refresh token
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from typing import Annotated, Any
 
@@ -300,13 +301,17 @@ async def refresh_account(
 
 async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
     before = await _account(runtime, app, key)
+    event = None
+    if status == AccountStatus.DISABLED:  # stored with the change, in its transaction (none if no change)
+        end_user, tags = await runtime.store.connection(app, before.key)
+        marker = f"disabled:{runtime.clock.now().isoformat()}"
+        disabled = dataclasses.replace(before, status=AccountStatus.DISABLED)
+        event = runtime.lifecycle.build(EventType.DISABLED, disabled, marker=marker, end_user=end_user, tags=tags)
     try:
-        saved = await runtime.store.set_status(app, key, status)
+        saved = await runtime.store.set_status(app, key, status, event=event)
     except AccountNotFound:
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
-    if status == AccountStatus.DISABLED and before.status != AccountStatus.DISABLED:
-        marker = f"disabled:{runtime.clock.now().isoformat()}"
-        await runtime.lifecycle.notify(EventType.DISABLED, app, saved.key, marker=marker)
+    runtime.lifecycle.wake()
     return account_out(saved)
 
 
@@ -338,10 +343,11 @@ async def delete_account(
 ) -> Response:
     account = await _account(runtime, app, key)
     end_user, tags = await runtime.store.connection(app, account.key)  # read before the row goes
-    if not await runtime.store.delete(app, key):
-        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
     marker = f"deleted:{runtime.clock.now().isoformat()}"
-    runtime.lifecycle.emit(EventType.DELETED, account, marker=marker, end_user=end_user, tags=tags)
+    event = runtime.lifecycle.build(EventType.DELETED, account, marker=marker, end_user=end_user, tags=tags)
+    if not await runtime.store.delete(app, key, event=event):  # the event commits with the deletion
+        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
+    runtime.lifecycle.wake()
     return Response(status_code=204)
 
 

@@ -184,7 +184,7 @@ async def after_callback(runtime: Runtime, app: str, done: Completed) -> str | N
         stored_user, stored_tags = await runtime.store.connection(app, account.key)
         # A grant creates an account at version 1; re-authorizing an existing one bumps its version.
         kind = EventType.CONNECTED if account.version == 1 else EventType.REAUTHORIZED
-        runtime.lifecycle.emit(
+        await runtime.lifecycle.emit(
             kind,
             account,
             marker=f"{account.version}:{state}",
