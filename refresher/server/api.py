@@ -42,7 +42,6 @@ from refresher.store.base import Account, AccountNotFound
 from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
 
 MAX_PAGE = 500
-MAX_MATCHING = 100_000  # accounts scanned for an end_user_id / tag filter (matched by key, then paged)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -172,15 +171,16 @@ async def list_accounts(
     if app is not None:
         _check_app(runtime, app)
     offset = _decode_cursor(cursor) if cursor else 0
-    if end_user_id is not None or tag is not None:
-        name, _, value = (tag or "").partition(":")
-        wanted = await runtime.store.keys_matching(app, end_user_id, (name, value) if tag else None)
-        rows = [
-            a for a in await runtime.store.list(app=app, status=status, limit=MAX_MATCHING) if (a.app, a.key) in wanted
-        ][offset : offset + limit + 1]
-    else:
-        # One extra row tells whether a next page exists without a second COUNT query.
-        rows = list(await runtime.store.list(app=app, status=status, limit=limit + 1, offset=offset))
+    name, _, value = (tag or "").partition(":")
+    # One extra row tells whether a next page exists without a second COUNT query.
+    rows = await runtime.store.list(
+        app=app,
+        status=status,
+        limit=limit + 1,
+        offset=offset,
+        end_user_id=end_user_id,
+        tag=(name, value) if tag is not None else None,
+    )
     more = len(rows) > limit
     return AccountPage(
         items=[account_out(a) for a in rows[:limit]],

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from refresher.domain import AccountStatus, Grant, Identity, TokenSet, as_utc
 from refresher.store.base import Account, OutboxEvent, StoreError
 from refresher.store.codec import jsonable, scrub
+from refresher.store.connections import connection_filters
 from refresher.store.history import SqlHistory
 from refresher.store.outbox import SqlOutbox
 from refresher.store.schema import accounts, token_history
@@ -124,10 +125,12 @@ class SqlAccounts(SqlHistory, SqlOutbox):
         offset: int = 0,
         *,
         secrets: bool = True,
+        end_user_id: str | None = None,
+        tag: tuple[str, str] | None = None,
     ) -> Sequence[Account]:
         stmt = (
             select(accounts)
-            .where(*self._filters(app, status))
+            .where(*self._filters(app, status), *connection_filters(self.backend, end_user_id, tag))
             .order_by(accounts.c.app, accounts.c.key)
             .limit(limit)
             .offset(offset)

@@ -162,9 +162,12 @@ class AccountReader(AccountLookup, Protocol):
         offset: int = 0,
         *,
         secrets: bool = True,
+        end_user_id: str | None = None,
+        tag: tuple[str, str] | None = None,
     ) -> Sequence[Account]:
         """Accounts by app and key; ``secrets=False`` reads no token (``tokens`` None), only what a listing
-        shows, so it works whatever ``store.encryption_keys`` says."""
+        shows, so it works whatever ``store.encryption_keys`` says. ``end_user_id`` and ``tag`` (name,
+        value) filter in the database, so a page of matches is a full page."""
 
     async def count(self, app: str | None = None, status: AccountStatus | None = None) -> int: ...
 
