@@ -389,19 +389,30 @@ async def account_history(
         **_NOT_FOUND,
         409: {"model": Problem, "description": "server.public_url or server.invite_secret is not set."},
     },
-    summary="A signed, expiring re-authorization link for this account",
+    summary="A signed, expiring re-authorization link for this account, stored so it can be revoked alone",
 )
 async def reauth_link(
-    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
+    runtime: RuntimeDep,
+    app: AppPath,
+    key: KeyPath,
+    _caller: Annotated[str, Depends(require("accounts:write"))],
+    single_use: Annotated[bool, Query(description="The link re-authorizes once, then is refused.")] = False,
 ) -> ReauthLinkOut:
     account = await _account(runtime, app, key)
     server = runtime.settings.server
-    url = runtime.reauth_link(app, account.key) if server.invite_secret else None
-    if url is None:
+    if not server.public_url or server.invite_secret is None:
         raise HTTPException(
             status_code=409, detail="re-authorization links need server.public_url and server.invite_secret"
         )
-    return ReauthLinkOut(app=app, account=account.key, url=url, expires_at=runtime.clock.now() + server.reauth_link_ttl)
+    invitation, url = await connections.stored_reauth_link(runtime, app, account.key, single_use=single_use)
+    return ReauthLinkOut(
+        app=app,
+        account=account.key,
+        url=url,
+        expires_at=invitation.expires_at,
+        id=invitation.id,
+        single_use=single_use,
+    )
 
 
 @router.get(
