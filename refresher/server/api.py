@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from refresher.alerts.lifecycle import EventType
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
+from refresher.refresh_events import Outcome
 from refresher.server import connections
 from refresher.server.api_models import (
     AccountOut,
@@ -286,12 +287,12 @@ async def refresh_account(
         # The app has no plugin loaded (disabled) or the account vanished meanwhile.
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
     response.headers.update(NO_STORE)
-    if result.outcome in ("busy", "skipped"):
+    if result.outcome in (Outcome.BUSY, Outcome.SKIPPED):
         response.status_code = 409
-    elif result.outcome != "success":
+    elif result.outcome != Outcome.SUCCESS:
         response.status_code = 502
     return RefreshOut(
-        outcome=result.outcome,
+        outcome=result.outcome.value,
         attempts=result.attempts,
         duration_ms=result.duration_ms,
         error=_error_out(result.error.info()) if result.error else None,
