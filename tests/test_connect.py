@@ -7,6 +7,7 @@ which checks every signature) and a token-less HTTP client playing the seller's 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -250,3 +251,21 @@ async def test_an_on_demand_reauth_link_is_stored_revocable_and_single_use(
     assert (await env.daemon.store.get_invitation(link.params["id"])) is not None
     code, _, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", APP, "--account", "shop:404")
     assert code == 1 and "no account 'shop:404'" in err
+
+
+async def test_disable_and_delete_from_the_cli_send_their_events_through_the_daemon(
+    env: ApiEnv, receiver: Receiver, tmp_path: Path
+) -> None:
+    session = await new_session(env)
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
+        assert (await browse(browser, session["url"])).final.status_code == 200
+    (account,) = await env.daemon.store.list(app=APP)
+    for args in (("disable", APP, account.key), ("disable", APP, account.key), ("delete", APP, account.key, "--yes")):
+        code, _, err = await asyncio.to_thread(_cli, env, tmp_path, *args)
+        assert code == 0, err
+    # The CLI only stored them (on the wall clock: the daemon's simulated one catches up); the running
+    # daemon's deliverer sent them, signed, with the end user.
+    env.clock.advance(dt.timedelta(minutes=1))
+    sent = await events(env, receiver)
+    assert [e["type"] for e in sent] == ["account.connected", "account.disabled", "account.deleted"]
+    assert sent[1]["status"] == "disabled" and all(e["end_user"] == END_USER for e in sent)

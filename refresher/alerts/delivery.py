@@ -123,13 +123,19 @@ class EventDeliverer:
             return len(events)
 
     async def _loop(self) -> None:
+        failing = False
         while True:
             try:
                 await self.deliver_due()
+                if failing:
+                    log.info("event.outbox_available")
+                failing = False
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the store is down: the rows wait, the loop goes on
-                log.warning("event.outbox_unavailable", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - the store is down: the rows wait, the loop goes on
+                if not failing:  # said once per outage, not every poll (the store outage alarm says the rest)
+                    log.warning("event.outbox_unavailable", error_class=type(exc).__name__, error=str(exc)[:200])
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_EVERY)
             self._wake.clear()

@@ -11,6 +11,7 @@ one event. No event carries a token.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from refresher.domain import Clock
+from refresher.domain import AccountStatus, Clock
 from refresher.store.base import Account, EventOutbox, OutboxEvent
 
 PAYLOAD_VERSION = 1
@@ -126,6 +127,27 @@ class LifecycleEvents:
             account_key=account.key,
             payload=payload,
         )
+
+    async def disabled_event(self, app: str, key: str) -> OutboxEvent | None:
+        """``account.disabled`` for ``set_status(app, key, DISABLED, event=...)`` (the store keeps it only
+        if the status changes); None for an unknown account."""
+        return await self._event_of(EventType.DISABLED, app, key, AccountStatus.DISABLED)
+
+    async def deleted_event(self, app: str, key: str) -> OutboxEvent | None:
+        """``account.deleted`` with the account's last state, end user and tags, for ``delete(..., event=)``."""
+        return await self._event_of(EventType.DELETED, app, key, None)
+
+    async def _event_of(self, kind: EventType, app: str, key: str, status: AccountStatus | None) -> OutboxEvent | None:
+        if self.store is None:
+            return None
+        account = await self.store.get(app, key)
+        if account is None:
+            return None
+        end_user, tags = await self.store.connection(app, account.key)
+        if status is not None:
+            account = dataclasses.replace(account, status=status)
+        marker = f"{kind.name.lower()}:{self.clock.now().isoformat()}"
+        return self.build(kind, account, marker=marker, end_user=end_user, tags=tags)
 
     async def emit(
         self,

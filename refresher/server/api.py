@@ -7,7 +7,6 @@ never carry a token except ``GET …/token`` (``tokens:read``; the refresh token
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from typing import Annotated, Any
 
@@ -15,7 +14,6 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from refresher.alerts.lifecycle import EventType
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
 from refresher.refresh_events import Outcome
@@ -302,12 +300,8 @@ async def refresh_account(
 
 async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
     before = await _account(runtime, app, key)
-    event = None
-    if status == AccountStatus.DISABLED:  # stored with the change, in its transaction (none if no change)
-        end_user, tags = await runtime.store.connection(app, before.key)
-        marker = f"disabled:{runtime.clock.now().isoformat()}"
-        disabled = dataclasses.replace(before, status=AccountStatus.DISABLED)
-        event = runtime.lifecycle.build(EventType.DISABLED, disabled, marker=marker, end_user=end_user, tags=tags)
+    # account.disabled is stored with the change, in its transaction (none if the status did not change).
+    event = await runtime.lifecycle.disabled_event(app, before.key) if status == AccountStatus.DISABLED else None
     try:
         saved = await runtime.store.set_status(app, key, status, event=event)
     except AccountNotFound:
@@ -343,9 +337,7 @@ async def delete_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
 ) -> Response:
     account = await _account(runtime, app, key)
-    end_user, tags = await runtime.store.connection(app, account.key)  # read before the row goes
-    marker = f"deleted:{runtime.clock.now().isoformat()}"
-    event = runtime.lifecycle.build(EventType.DELETED, account, marker=marker, end_user=end_user, tags=tags)
+    event = await runtime.lifecycle.deleted_event(app, account.key)  # read before the row goes
     if not await runtime.store.delete(app, key, event=event):  # the event commits with the deletion
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
     runtime.lifecycle.wake()
