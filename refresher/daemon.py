@@ -417,6 +417,10 @@ class Daemon:
                 count = await self.store.release_owner(holder)
                 reclaimed += count
                 log.warning("leases.reclaimed", dead_owner=holder, accounts=count)
+        for holder in await self.store.event_lease_holders():  # its undelivered lifecycle events too
+            if is_dead_predecessor(holder, self.owner):
+                count = await self.store.release_event_leases(holder)
+                log.warning("leases.reclaimed", dead_owner=holder, events=count)
         return reclaimed
 
     def _store_report(self, error: BaseException | None) -> None:

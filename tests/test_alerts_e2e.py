@@ -39,12 +39,13 @@ class _Server(ThreadingHTTPServer):
 class Receiver:
     def __init__(self, port: int = 0, delay: float = 0.0) -> None:
         self.bodies: list[tuple[dict[str, str], bytes]] = []
+        self.delay = delay
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                time.sleep(delay)  # a slow receiver keeps a delivery in flight
+                time.sleep(outer.delay)  # a slow receiver keeps a delivery in flight
                 outer.bodies.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(200)
                 self.end_headers()

@@ -136,15 +136,20 @@ async def _make_due(store: SqlStore) -> None:
         )
 
 
-async def test_an_event_stored_before_a_kill_9_is_delivered_by_the_next_daemon(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["before sending", "while sending"])
+async def test_an_event_stored_before_a_kill_9_is_delivered_by_the_next_daemon(tmp_path: Path, when: str) -> None:
+    """Killed before sending (the receiver is down: the row waits for its retry) or while sending (the
+    receiver holds the POST: the dead daemon's lease is given back by its successor at once, not after
+    the lease's 60 s)."""
     run = Run(tmp_path)
-    port = free_port()  # the receiver is down while the first daemon runs
+    port = free_port()
     run.document["alerts"] = {
         "delivery_attempts": 50,
         "channels": [{"type": "webhook", "name": "events", "url": f"http://127.0.0.1:{port}/events", "secret": SECRET}],
     }
     run.write()
-    receiver: Receiver | None = None
+    # Before sending: nobody listens while the first daemon runs. While sending: the receiver holds it.
+    receiver: Receiver | None = Receiver(port=port, delay=120) if when == "while sending" else None
     try:
         await run.start_sandbox()
         await run.onboard()
@@ -159,18 +164,28 @@ async def test_an_event_stored_before_a_kill_9_is_delivered_by_the_next_daemon(t
             async with httpx.AsyncClient(trust_env=False) as client:
                 answer = await client.post(url, headers={"Authorization": f"Bearer {run.admin_token}"})
             assert answer.status_code == 200, answer.text
-            await run.wait_event("event.attempt_failed")
+            if receiver is None:
+                await run.wait_event("event.attempt_failed")
+            else:
+                for _ in range(200):  # the POST is in, held by the receiver
+                    if await store.event_lease_holders():
+                        break
+                    await asyncio.sleep(0.05)
             assert run.proc is not None
             run.proc.send_signal(signal.SIGKILL)
             await run.proc.wait()
             (stored,) = await store.events()
-            assert stored.kind == "account.disabled" and stored.delivered_at is None and stored.attempts >= 1
-
-            receiver = Receiver(port=port)
+            assert stored.kind == "account.disabled" and stored.delivered_at is None
+            if receiver is None:
+                assert stored.attempts >= 1
+                receiver = Receiver(port=port)
+            else:
+                assert stored.attempts == 0 and await store.event_lease_holders()  # leased by the dead daemon
+                receiver.delay = 0
             mark = len(run.stderr)
             await run.start()
             await run.wait_event("event.delivered", after=mark)
-            (message,) = receiver.messages()  # signed with the channel's secret, checked
+            (message,) = receiver.messages()  # signed with the channel's secret, checked (the held POST is not in)
             assert message["type"] == "account.disabled" and message["account_key"] == account.key
             assert message["idempotency_key"] == stored.idempotency_key
             assert receiver.bodies[0][0]["idempotency-key"] == stored.idempotency_key

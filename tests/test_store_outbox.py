@@ -80,6 +80,10 @@ async def test_a_leased_row_is_not_claimed_again_until_its_lease_expires(outbox:
     assert not await outbox.settle_event(first[0].id, "a")
     assert await outbox.settle_event(first[0].id, "b")
     assert not await outbox.settle_event(first[0].id, "b")  # settled once
+    assert await outbox.event_lease_holders() == ["b"]
+    assert await outbox.release_event_leases("b") == 2  # a dead owner's leases given back at once
+    assert await outbox.event_lease_holders() == []
+    assert len(await outbox.claim_events("c", LEASE)) == 2
 
 
 async def test_retry_then_give_up_then_prune(outbox: EventOutbox, clock: FakeClock) -> None:

@@ -350,6 +350,12 @@ class EventOutbox(Protocol):
     async def prune_events(self, older_than: dt.datetime, limit: int = 500) -> int:
         """Delete events settled before ``older_than`` (at most ``limit``); returns how many."""
 
+    async def event_lease_holders(self) -> Sequence[str]:
+        """The distinct owners leasing an undelivered event (expired leases included)."""
+
+    async def release_event_leases(self, owner: str) -> int:
+        """Give back the leases ``owner`` (a dead process) holds on events; returns how many."""
+
 
 class KeyAdmin(Protocol):
     async def rotate_keys(self) -> int:

@@ -182,6 +182,16 @@ class MemoryOutbox:
             del self._events[event_id]
         return len(old[:limit])
 
+    async def event_lease_holders(self) -> Sequence[str]:
+        live = {i for i, e in self._events.items() if e.delivered_at is None}
+        return sorted({owner for i, (owner, _) in self._leases.items() if i in live})
+
+    async def release_event_leases(self, owner: str) -> int:
+        mine = [i for i, (o, _) in self._leases.items() if o == owner and self._events[i].delivered_at is None]
+        for event_id in mine:
+            del self._leases[event_id]
+        return len(mine)
+
 
 class MemoryAlertStore(MemoryAccounts, MemoryAlarms):
     """:class:`~refresher.store.base.AlertStore`: what the alert policy needs, in memory."""

@@ -116,6 +116,19 @@ class SqlOutbox(StoreCore):
             result = await conn.execute(delete(event_outbox).where(c.id.in_(oldest.scalar_subquery())))
             return int(result.rowcount or 0)
 
+    async def event_lease_holders(self) -> Sequence[str]:
+        c = event_outbox.c
+        stmt = select(c.lease_owner).where(c.lease_owner.is_not(None), c.delivered_at.is_(None)).distinct()
+        async with self._tx() as conn:
+            return [str(owner) for owner in (await conn.execute(stmt)).scalars()]
+
+    async def release_event_leases(self, owner: str) -> int:
+        c = event_outbox.c
+        stmt = update(event_outbox).where(c.lease_owner == owner, c.delivered_at.is_(None))
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(stmt.values(lease_owner=None, lease_expires_at=None))
+            return int(result.rowcount or 0)
+
     async def events(self, app: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
         """The newest events, delivered or not (for tests and operators' inspection)."""
         stmt = select(event_outbox).order_by(event_outbox.c.id.desc()).limit(limit)
