@@ -277,22 +277,22 @@ class Daemon:
             return 0
         self._audit_pruning = True
         cutoff = now - self.settings.store.audit_retention
-        removed = 0
+        removed = events = 0
         try:
             for _ in range(AUDIT_PRUNE_BATCHES_PER_PASS):
                 count = await self.store.prune_audit(cutoff, limit=AUDIT_PRUNE_BATCH)
                 # Delivered lifecycle events are kept as long as the audit rows (what was said, and when).
-                count = max(count, await self.store.prune_events(cutoff, limit=AUDIT_PRUNE_BATCH))
-                removed += count
-                if count < AUDIT_PRUNE_BATCH:
+                settled = await self.store.prune_events(cutoff, limit=AUDIT_PRUNE_BATCH)
+                removed, events = removed + count, events + settled
+                if max(count, settled) < AUDIT_PRUNE_BATCH:
                     self._audit_pruned_at = now  # caught up; until then every sweep takes another pass
                     break
         except StoreError as exc:
             log.warning("audit.prune_failed", error=str(exc))
         finally:
             self._audit_pruning = False
-        if removed:
-            log.info("audit.pruned", removed=removed, older_than=cutoff.isoformat())
+        if removed or events:
+            log.info("audit.pruned", removed=removed, events=events, older_than=cutoff.isoformat())
         return removed
 
     async def _on_refresh(self, event: RefreshEvent, account: Account, tokens: TokenSet | None) -> None:

@@ -19,6 +19,7 @@ from refresher.daemon import Daemon
 from refresher.domain import FakeClock
 from refresher.sandbox import SandboxServer
 from refresher.store import AuditEntry, SqlStore
+from refresher.store.base import OutboxEvent
 from refresher.store.schema import audit_log
 
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -92,5 +93,28 @@ async def test_sweeps_prune_the_audit_table_in_batches(tmp_path: Path, monkeypat
             clock.advance(dt.timedelta(minutes=31))
             await daemon.tick("shopee")
             assert await rows(store) == 0
+        finally:
+            await daemon.stop()
+
+
+async def test_sweeps_prune_delivered_lifecycle_events_after_the_audit_retention(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    async with SandboxServer(clock=clock, seed=3) as sandbox:
+        daemon = Daemon(settings_for(sandbox, tmp_path / "tokens.db"), clock=clock)
+        await daemon.start(schedule=False)
+        try:
+            store = daemon.store
+            assert isinstance(store, SqlStore)
+
+            def event(key: str) -> OutboxEvent:
+                return OutboxEvent(key, "account.disabled", "shopee", "shop:1", {"idempotency_key": key})
+
+            await store.add_event(event("evt_sent"))
+            assert await daemon.deliverer.drain(10)  # no receiver configured: delivered at once
+            await store.add_event(event("evt_pending"))
+            (pending,) = await store.claim_events("another-replica", 30 * DAY)  # still being sent elsewhere
+            clock.advance(8 * DAY)  # past the 7 days kept
+            await daemon.tick("shopee")
+            assert [e.idempotency_key for e in await store.events()] == [pending.idempotency_key]
         finally:
             await daemon.stop()
