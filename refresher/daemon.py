@@ -29,10 +29,11 @@ from refresher.config import ConfigFileError, Settings, load_config
 from refresher.domain import Clock, ConfigError, SystemClock, TokenSet
 from refresher.health import StoreHealth
 from refresher.invites import reauth_url
-from refresher.logging import configure_logging, register_secrets
+from refresher.logging import configure_logging
 from refresher.metrics import Metrics
 from refresher.owners import is_dead_predecessor, new_owner
 from refresher.platforms.base import Platform, make_http_client
+from refresher.redaction import register_secrets
 from refresher.refresh import Refresher
 from refresher.scheduler import Scheduler
 from refresher.server.app import create_app

@@ -45,8 +45,8 @@ from refresher.domain import (
     TransientError,
     UnknownApp,
 )
-from refresher.logging import register_secrets
 from refresher.platforms.base import Platform
+from refresher.redaction import register_secrets
 from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
 

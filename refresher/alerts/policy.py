@@ -21,7 +21,7 @@ from refresher.alerts.events import AlarmCause, AlarmMessage
 from refresher.alerts.lifecycle import EventType, LifecycleEvents
 from refresher.config import AlertSettings
 from refresher.domain import AccountStatus, Clock
-from refresher.logging import redact_text
+from refresher.redaction import redact_text
 from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account, Alarm, AlertStore
 
