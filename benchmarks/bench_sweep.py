@@ -49,7 +49,7 @@ from refresher.daemon import Daemon
 from refresher.domain import SystemClock, TokenSet
 from refresher.logging import configure_logging
 from refresher.platforms.base import make_http_client
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from refresher.store.base import Account
 
 APP = "shopee"

@@ -21,7 +21,7 @@ that one class (or a branch of it). No message carries a secret. The tree, with 
     │   ├── UnknownApp              domain             no app of that name in the settings
     │   ├── UnknownPlatform         platforms          no plugin of that name installed, or it failed to load
     │   ├── ConfigFileError         config.errors      a settings file that cannot be used (.problems)
-    │   ├── FaultSpecError          sandbox.core       a sandbox fault spec that cannot be read
+    │   ├── FaultSpecError          sandbox.faults     a sandbox fault spec that cannot be read
     │   └── PortUnavailable         daemon             server.host:port cannot be bound
     ├── AccessTokenInvalid          domain             an API call said the access token is invalid
     ├── StoreError                  store.base         the store cannot do what was asked

@@ -46,7 +46,7 @@ from refresher.domain import FakeClock, SystemClock, TokenSet
 from refresher.logging import configure_logging
 from refresher.platforms.base import make_http_client
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifetimes, secret_of
+from refresher.sandbox.apps import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifetimes, secret_of
 from refresher.scheduler import simulate
 from refresher.store import open_store
 from refresher.store.base import Account
