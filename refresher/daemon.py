@@ -23,6 +23,7 @@ import structlog
 
 from refresher import platforms as registry
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
+from refresher.alerts.delivery import EventDeliverer
 from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import ConfigFileError, Settings, load_config
@@ -109,10 +110,12 @@ class Daemon:
             reauth_link=self.reauth_link,
             dispatcher=self.dispatcher,
         )
-        # Account lifecycle events for integrators (docs/events.md), through the same webhook channels.
-        self.lifecycle = LifecycleEvents(
-            settings, channels, dispatcher=self.dispatcher, clock=self.clock, store=self.store
+        # Account lifecycle events for integrators (docs/events.md): stored in the outbox, delivered by
+        # this process (or another replica) through the same webhook channels, and the app's hooks.
+        self.deliverer = EventDeliverer(
+            self.store, settings, channels, clock=self.clock, owner=self.owner, metrics=self.metrics
         )
+        self.lifecycle = LifecycleEvents(clock=self.clock, store=self.store, wake=self.deliverer.wake)
         self.alerts.lifecycle = self.lifecycle  # needs_reauth, refresh_failed and resolved follow the alarms
         self.hooks = HookDispatcher(settings, dispatcher=self.dispatcher)
         self.refresher = Refresher(
@@ -200,6 +203,7 @@ class Daemon:
                 detail="tokens are stored in clear; set store.encryption_keys to encrypt them at rest",
             )
         await self.dispatcher.start()
+        await self.deliverer.start()  # also what a predecessor stored and did not deliver
         self._monitor = asyncio.create_task(self._store_monitor(), name="store-monitor")
         self.scheduler.configure(self.settings, _plugin_classes(self.settings, self._platforms))
         if schedule:
@@ -278,6 +282,8 @@ class Daemon:
         try:
             for _ in range(AUDIT_PRUNE_BATCHES_PER_PASS):
                 count = await self.store.prune_audit(cutoff, limit=AUDIT_PRUNE_BATCH)
+                # Delivered lifecycle events are kept as long as the audit rows (what was said, and when).
+                count = max(count, await self.store.prune_events(cutoff, limit=AUDIT_PRUNE_BATCH))
                 removed += count
                 if count < AUDIT_PRUNE_BATCH:
                     self._audit_pruned_at = now  # caught up; until then every sweep takes another pass
@@ -349,7 +355,7 @@ class Daemon:
         self.scheduler.configure(new, _plugin_classes(new, self._platforms))
         channels = build_channels(new.alerts)
         self.alerts.apply_settings(new.alerts, channels)
-        self.lifecycle.apply_settings(new, channels)
+        self.deliverer.apply_settings(new, channels)
         self.store_health.alarm_after = new.alerts.store_outage.total_seconds()
         self.hooks.apply_settings(new)
         configure_logging(new.logging)
@@ -374,6 +380,7 @@ class Daemon:
         if self._server is not None and self._server_task is not None:
             await stop_server(self._server, self._server_task)
         await self.dispatcher.aclose(grace=5)
+        await self.deliverer.aclose(grace=5)
         await self.http.aclose()
         await self.store.close()
         log.info("daemon.stopped")

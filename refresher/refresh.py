@@ -47,7 +47,7 @@ from refresher.domain import (
 )
 from refresher.platforms.base import Platform
 from refresher.redaction import register_secrets
-from refresher.refresh_events import RefreshEvent
+from refresher.refresh_events import Outcome, RefreshEvent
 from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
 
 log = structlog.get_logger("refresher.refresh")
@@ -108,7 +108,7 @@ class AppPolicy:
 @dataclass(frozen=True)
 class RefreshResult:
     account: Account
-    outcome: str  # "success" | "failure" | "skipped" | "busy"
+    outcome: Outcome  # a StrEnum: JSON, logs and the audit log show its value ("success" …)
     error: RefresherError | None = None
     attempts: int = 0
     duration_ms: int = 0
@@ -206,9 +206,9 @@ class Refresher:
             outcomes = await self._run_bounded(claimed, policy.concurrency)
             for outcome in outcomes:
                 result.results.append(outcome)
-                if outcome.outcome == "success":
+                if outcome.outcome == Outcome.SUCCESS:
                     result.succeeded += 1
-                elif outcome.outcome == "failure":
+                elif outcome.outcome == Outcome.FAILURE:
                     result.failed += 1
                 else:
                     result.skipped += 1
@@ -224,7 +224,7 @@ class Refresher:
                 async with semaphore:
                     if self.stopping:
                         await self._release(account)
-                        return RefreshResult(account, "skipped")
+                        return RefreshResult(account, Outcome.SKIPPED)
                     return await self.refresh_leased(account)
             except StoreError as exc:
                 # Whatever step the store refused (a settle, a release, a re-read), this claimed account is
@@ -232,7 +232,7 @@ class Refresher:
                 log.error("refresh.store_failed", app=account.app, account=account.key, error=str(exc))
                 self._store_trouble(exc)
                 await self._release_hard(account)
-                return RefreshResult(account, "failure")
+                return RefreshResult(account, Outcome.FAILURE)
 
         return list(await asyncio.gather(*(one(a) for a in accounts)))
 
@@ -252,12 +252,12 @@ class Refresher:
                 return await self.refresh_leased(claimed)
             if time.monotonic() >= deadline:
                 current = await self.store.get(app, key)
-                return RefreshResult(current or account, "busy")
+                return RefreshResult(current or account, Outcome.BUSY)
             await asyncio.sleep(0.2)
             current = await self.store.get(app, key)
             if current is not None and current.version != account.version and current.lease_owner is None:
                 # Another worker refreshed it while we waited: that is the refresh the caller wanted.
-                return RefreshResult(current, "success")
+                return RefreshResult(current, Outcome.SUCCESS)
 
     # -- one account -----------------------------------------------------------------------------------
 
@@ -267,10 +267,10 @@ class Refresher:
         platform = self.platforms.get(account.app)
         if policy is None or platform is None or account.tokens is None:
             await self._release(account)
-            return RefreshResult(account, "skipped")
+            return RefreshResult(account, Outcome.SKIPPED)
         if account.status != AccountStatus.ACTIVE:
             await self._release(account)
-            return RefreshResult(account, "skipped")
+            return RefreshResult(account, Outcome.SKIPPED)
 
         unsettled = account.refresh_started_at is not None
         if unsettled:
@@ -289,14 +289,14 @@ class Refresher:
         try:
             await self.store.mark_refresh_started(account.id, self.owner)
         except LeaseLost:
-            return RefreshResult(account, "skipped")
+            return RefreshResult(account, Outcome.SKIPPED)
         except StoreError as exc:
             # Nothing went to the platform yet, so giving the lease back loses nothing: the next sweep
             # claims the account again (a lease kept until it expired let the token expire unnoticed).
             log.error("refresh.not_started", app=account.app, account=account.key, error=str(exc))
             self._store_trouble(exc)
             await self._release_hard(account)
-            return RefreshResult(account, "failure", None, 0, _ms(started))
+            return RefreshResult(account, Outcome.FAILURE, None, 0, _ms(started))
         self._store_trouble(None)
 
         tally = [0]  # attempts made so far, still readable when the call raises (audit, logs, alarms)
@@ -331,13 +331,13 @@ class Refresher:
             )
         except AccountNotFound:
             log.warning("refresh.account_deleted_during_refresh", app=account.app, account=account.key)
-            return RefreshResult(account, "skipped", None, attempts, _ms(started))
+            return RefreshResult(account, Outcome.SKIPPED, None, attempts, _ms(started))
         except LeaseLost:
             # Our lease expired during the call and someone else holds the account now. The new token
             # is the only valid one if the platform rotated: try once to commit it over theirs would race,
             # so log loudly; the other worker's refresh will be rejected and settle via the re-read path.
             log.error("refresh.lease_lost_after_success", app=account.app, account=account.key)
-            return RefreshResult(account, "failure", None, attempts, _ms(started))
+            return RefreshResult(account, Outcome.FAILURE, None, attempts, _ms(started))
         log.info(
             "refresh",
             app=saved.app,
@@ -350,7 +350,7 @@ class Refresher:
         )
         saved = await self._keep_identity_current(platform, saved, tokens)
         await self._notify(saved, "success", None, attempts, duration, tokens)
-        return RefreshResult(saved, "success", None, attempts, duration)
+        return RefreshResult(saved, Outcome.SUCCESS, None, attempts, duration)
 
     async def _keep_identity_current(self, platform: Platform, account: Account, tokens: TokenSet) -> Account:
         """After the new tokens are committed, store what the platform now says about the account
@@ -452,7 +452,7 @@ class Refresher:
             if current is not None and current.version != account.version:
                 log.info("refresh.superseded", app=account.app, account=account.key)
                 await self._release(account)
-                return RefreshResult(current, "skipped", None, attempts, _ms(started))
+                return RefreshResult(current, Outcome.SKIPPED, None, attempts, _ms(started))
             if unsettled:
                 error = RefreshTokenRejected(
                     "refresh token rejected after an unsettled earlier attempt: the platform most likely "
@@ -479,7 +479,7 @@ class Refresher:
             saved = await self.store.record_failure(account.id, self.owner, error.info(), next_attempt, status, audit)
         except LeaseLost:
             log.warning("refresh.lease_lost_on_failure", app=account.app, account=account.key)
-            return RefreshResult(account, "failure", error, attempts, _ms(started))
+            return RefreshResult(account, Outcome.FAILURE, error, attempts, _ms(started))
         log.warning(
             "refresh",
             app=saved.app,
@@ -497,7 +497,7 @@ class Refresher:
             status=str(saved.status),
         )
         await self._notify(saved, "failure", error, attempts, duration, None)
-        return RefreshResult(saved, "failure", error, attempts, duration)
+        return RefreshResult(saved, Outcome.FAILURE, error, attempts, duration)
 
     async def _release(self, account: Account) -> None:
         with contextlib.suppress(LeaseLost):  # someone else's now: nothing of ours to release

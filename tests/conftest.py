@@ -51,6 +51,7 @@ SLOW_MODULES = frozenset(
         "test_crash_restart",
         "test_daemon_process",
         "test_demo_cli",
+        "test_event_delivery",
         "test_deploy",
         "test_exchange_cli",
         "test_hostile_platform",

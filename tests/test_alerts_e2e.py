@@ -33,14 +33,19 @@ PUBLIC = "https://tokens.example.com"
 INVITE_SECRET = "invite-secret-for-e2e-0123456789"
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the event deliverer sends a batch of events at once
+
+
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, delay: float = 0.0) -> None:
         self.bodies: list[tuple[dict[str, str], bytes]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                time.sleep(delay)  # a slow receiver keeps a delivery in flight
                 outer.bodies.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(200)
                 self.end_headers()
@@ -48,7 +53,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alarms"
@@ -77,6 +82,7 @@ class World:
         self.clock.advance(dt.timedelta(minutes=minutes))
         await self.daemon.tick("shopee")
         assert await self.daemon.dispatcher.drain(10)
+        assert await self.daemon.deliverer.drain(10)
         account = await self.daemon.store.get("shopee", self.key)
         assert account is not None
         return str(account.status)

@@ -7,6 +7,7 @@ which checks every signature) and a token-less HTTP client playing the seller's 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -50,7 +51,7 @@ async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str], receiver: Rece
 
 
 async def events(env: ApiEnv, receiver: Receiver) -> list[dict[str, Any]]:
-    assert await env.daemon.dispatcher.drain(10)
+    assert await env.daemon.deliverer.drain(10)
     return [m for m in receiver.messages() if str(m.get("type", "")).startswith("account.")]
 
 
@@ -214,3 +215,57 @@ async def test_cli_invitations_single_use_tagged_and_revocable(env: ApiEnv, rece
         assert revoked.status_code == 403 and "withdrawn" in revoked.text
     code, _, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", "revoke", second_id)
     assert code == 1 and "revoked already" in err
+
+
+async def test_an_on_demand_reauth_link_is_stored_revocable_and_single_use(
+    env: ApiEnv, receiver: Receiver, tmp_path: Path
+) -> None:
+    (account,) = await env.onboard()
+    path = f"/v1/accounts/{APP}/{quote(account.key, safe='')}/reauth-link"
+    first = (await env.call("GET", path, "writer")).json()
+    code, out, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", "revoke", first["id"])
+    assert (code, out.strip()) == (0, f"invitation {first['id']} revoked"), err
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as seller:  # no token, no cookie: curl would do
+        refused = await seller.get(first["url"])
+        assert refused.status_code == 403 and "withdrawn" in refused.text
+        once = await env.call("GET", path, "writer", params={"single_use": "true"})
+        assert once.status_code == 200 and once.json()["single_use"] is True
+        visit = await browse(seller, once.json()["url"], options={"id": account.identity.platform_id})
+        assert visit.final.status_code == 200, visit.final.text
+        again = await seller.get(once.json()["url"])
+        assert again.status_code == 403 and "already used" in again.text
+    stored = await env.daemon.store.get(APP, account.key)
+    assert stored is not None and stored.version > account.version  # re-authorized in place
+    assert [e["type"] for e in await events(env, receiver)] == ["account.reauthorized"]
+    rows = {i.id: i for i in await env.daemon.store.list_invitations(APP)}
+    assert rows[first["id"]].revoked_at is not None and rows[once.json()["id"]].used_at is not None
+    assert {(i.kind, i.account_key) for i in rows.values()} == {("reauth", account.key)}
+
+    # The same from the command line: a stored link bound to the account; an unknown account is refused.
+    code, out, err = await asyncio.to_thread(
+        _cli, env, tmp_path, "invite", APP, "--account", account.key, "--single-use"
+    )
+    assert code == 0, err
+    link = httpx.URL(out.strip())
+    assert link.params["account"] == account.key and "single use" in err
+    assert (await env.daemon.store.get_invitation(link.params["id"])) is not None
+    code, _, err = await asyncio.to_thread(_cli, env, tmp_path, "invite", APP, "--account", "shop:404")
+    assert code == 1 and "no account 'shop:404'" in err
+
+
+async def test_disable_and_delete_from_the_cli_send_their_events_through_the_daemon(
+    env: ApiEnv, receiver: Receiver, tmp_path: Path
+) -> None:
+    session = await new_session(env)
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:
+        assert (await browse(browser, session["url"])).final.status_code == 200
+    (account,) = await env.daemon.store.list(app=APP)
+    for args in (("disable", APP, account.key), ("disable", APP, account.key), ("delete", APP, account.key, "--yes")):
+        code, _, err = await asyncio.to_thread(_cli, env, tmp_path, *args)
+        assert code == 0, err
+    # The CLI only stored them (on the wall clock: the daemon's simulated one catches up); the running
+    # daemon's deliverer sent them, signed, with the end user.
+    env.clock.advance(dt.timedelta(minutes=1))
+    sent = await events(env, receiver)
+    assert [e["type"] for e in sent] == ["account.connected", "account.disabled", "account.deleted"]
+    assert sent[1]["status"] == "disabled" and all(e["end_user"] == END_USER for e in sent)

@@ -54,3 +54,24 @@ async def test_end_users_tags_states_and_invitations(store: SqlStore, clock: Fak
     await store.put_invitation(Invitation("inv_late", "session", "app", now, now + dt.timedelta(hours=1)))
     assert not await store.use_invitation("inv_late")  # expired
     assert not await store.use_invitation("inv_none")
+
+
+async def test_listing_filters_by_end_user_and_tag_in_sql_with_full_pages(store: SqlStore, clock: FakeClock) -> None:
+    now = clock.now()
+    tokens = TokenSet("at-filter-0123456789", "rt-filter-0123456789", now + dt.timedelta(hours=4), None)
+    odd = 'team "a".b$[0]'  # a tag name that a JSON path could not carry unquoted
+    for n in range(12):
+        key = f"shop:{n:02d}"
+        await store.upsert_grant("app", "shopee", Grant(Identity(key, "shop", str(n)), tokens))
+        tags = {"plan": "pro" if n % 3 == 0 else "free", odd: "yes" if n % 2 else "no"}
+        await store.set_connection("app", key, {"id": "t-1" if n < 6 else "t-2"}, tags)
+    pro = [f"shop:{n:02d}" for n in range(12) if n % 3 == 0]
+    # Page by page, two at a time: every page but the last is full, and together they are every match.
+    pages = [await store.list(app="app", tag=("plan", "pro"), limit=2, offset=o) for o in (0, 2, 4)]
+    assert [len(p) for p in pages] == [2, 2, 0]
+    assert [a.key for p in pages for a in p] == pro
+    assert [a.key for a in await store.list(end_user_id="t-2", tag=(odd, "yes"))] == ["shop:07", "shop:09", "shop:11"]
+    assert [a.key for a in await store.list(end_user_id="t-1", tag=("plan", "pro"), limit=1, offset=1)] == ["shop:03"]
+    assert await store.list(tag=("plan", "pro'; --")) == []
+    assert await store.list(tag=("missing", "")) == []
+    assert await store.keys_matching("app", None, (odd, "no")) == {("app", f"shop:{n:02d}") for n in range(0, 12, 2)}

@@ -20,6 +20,7 @@ from refresher import platforms
 from refresher.config import Settings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
+from refresher.refresh_events import Outcome
 from refresher.sandbox import SandboxServer
 from refresher.store import engine
 
@@ -74,7 +75,7 @@ async def test_rotated_tokens_are_kept_until_a_failing_store_takes_them(tmp_path
             with structlog.testing.capture_logs() as logged:
                 result, _ = await asyncio.gather(daemon.refresher.refresh_now("shopee", key), store_comes_back())
 
-            assert result.outcome == "success"
+            assert result.outcome is Outcome.SUCCESS  # the enum, not a string (its value is what JSON shows)
             failed = [e for e in logged if e["event"] == "refresh.save_failed"]
             assert len(failed) >= 2  # it really failed, more than once, and was asked again
             assert "token_history" in failed[0]["error"]

@@ -245,7 +245,11 @@ async def test_reauth_link_on_demand_and_the_audit_log_over_the_api(env: ApiEnv)
     expires = dt.datetime.fromisoformat(body["expires_at"])
     assert expires == env.clock.now() + dt.timedelta(days=7)
     url = httpx.URL(body["url"])
-    assert check_invite(url.params["invite"], APP, secret=INVITE_SECRET, clock=env.clock, account=account.key)
+    assert body["id"] == url.params["id"] and body["single_use"] is False  # stored: revocable alone
+    invitation = url.params["id"]
+    assert check_invite(
+        url.params["invite"], APP, secret=INVITE_SECRET, clock=env.clock, account=account.key, invitation=invitation
+    )
 
     env.sandbox.set_faults("shopee:refresh:503|x1")
     assert (await env.call("POST", path + "/refresh", "admin")).status_code == 200  # retried past the fault

@@ -1,33 +1,32 @@
 """Lifecycle events of accounts for integrators: ``account.connected``, ``account.reauthorized``,
 ``account.needs_reauth``, ``account.disabled``, ``account.deleted`` …, as versioned JSON (docs/events.md).
 
-Each event goes to every webhook channel of ``alerts.channels`` and to the app's hooks (``on_success``
-and ``on_failure``, each URL once), signed like an alarm, through the delivery queue (retried
-``alerts.delivery_attempts`` times, counted with the channel's or the hook's deliveries). Delivery is at
-least once: a receiver deduplicates on ``idempotency_key`` (also sent as the ``Idempotency-Key``
-header), which is the same for every delivery of one event. No event carries a token.
+Each event is first stored in the outbox (``event_outbox``; in the same transaction as its cause where
+the caller can, see :meth:`LifecycleEvents.build`), then sent by the deliverer
+(:mod:`refresher.alerts.delivery`) to every webhook channel of ``alerts.channels`` and to the app's hooks,
+signed like an alarm. Delivery is at least once, across crashes and restarts: a receiver deduplicates on
+``idempotency_key`` (also sent as the ``Idempotency-Key`` header), which is the same for every delivery of
+one event. No event carries a token.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
 
-from refresher.alerts.channels import Channel, WebhookChannel, post_signed
-from refresher.alerts.dispatcher import Dispatcher
-from refresher.config import HookSettings, Settings
-from refresher.domain import Clock
-from refresher.store.base import Account
+from refresher.domain import AccountStatus, Clock
+from refresher.store.base import Account, EventOutbox, OutboxEvent
 
 PAYLOAD_VERSION = 1
 log = structlog.get_logger("refresher.alerts")
 
 
-class EventStore(Protocol):
+class EventStore(EventOutbox, Protocol):
     async def get(self, app: str, key: str) -> Account | None: ...
 
     async def connection(self, app: str, key: str) -> tuple[dict[str, Any] | None, dict[str, str]]: ...
@@ -83,25 +82,18 @@ def event_payload(
 
 
 class LifecycleEvents:
-    """Queues lifecycle events to the webhook channels and the app's hooks (returns at once)."""
+    """Stores lifecycle events in the outbox and wakes the deliverer (returns once the event is stored)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        channels: Sequence[Channel],
-        *,
-        dispatcher: Dispatcher,
-        clock: Clock,
-        store: EventStore | None = None,
+        self, *, clock: Clock, store: EventStore | None = None, wake: Callable[[], None] | None = None
     ) -> None:
-        self.dispatcher = dispatcher
         self.clock = clock
         self.store = store
-        self.apply_settings(settings, channels)
+        self.wake = wake or (lambda: None)  # the deliverer's: look at the outbox now
 
     async def notify(self, kind: EventType, app: str, key: str, *, marker: str, **extra: Any) -> None:
         """Emit ``kind`` for the stored account ``app``/``key`` (its end user and tags read from the store).
-        Never raises: an event that cannot be built is logged, the caller's work stands."""
+        Never raises: an event that cannot be built or stored is logged, the caller's work stands."""
         if self.store is None:
             return
         try:
@@ -110,15 +102,54 @@ class LifecycleEvents:
                 return
             end_user, tags = await self.store.connection(app, key)
         except Exception:
-            log.exception("event.not_sent", app=app, account=key, type=str(kind))
+            log.exception("event.not_stored", app=app, account=key, type=str(kind))
             return
-        self.emit(kind, account, marker=marker, end_user=end_user, tags=tags, **extra)
+        await self.emit(kind, account, marker=marker, end_user=end_user, tags=tags, **extra)
 
-    def apply_settings(self, settings: Settings, channels: Sequence[Channel]) -> None:
-        self.settings = settings
-        self.webhooks = [c for c in channels if isinstance(c, WebhookChannel)]
+    def build(
+        self,
+        kind: EventType,
+        account: Account,
+        *,
+        marker: str,
+        end_user: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> OutboxEvent:
+        """The outbox row of an event, for a caller that stores it in the transaction of its cause
+        (``set_status(..., event=)``, ``delete(..., event=)``) and then calls :attr:`wake`."""
+        at = self.clock.now().isoformat()
+        payload = event_payload(kind, account, at, marker=marker, end_user=end_user, tags=tags or {}, **extra)
+        return OutboxEvent(
+            idempotency_key=payload["idempotency_key"],
+            kind=str(kind),
+            app=account.app,
+            account_key=account.key,
+            payload=payload,
+        )
 
-    def emit(
+    async def disabled_event(self, app: str, key: str) -> OutboxEvent | None:
+        """``account.disabled`` for ``set_status(app, key, DISABLED, event=...)`` (the store keeps it only
+        if the status changes); None for an unknown account."""
+        return await self._event_of(EventType.DISABLED, app, key, AccountStatus.DISABLED)
+
+    async def deleted_event(self, app: str, key: str) -> OutboxEvent | None:
+        """``account.deleted`` with the account's last state, end user and tags, for ``delete(..., event=)``."""
+        return await self._event_of(EventType.DELETED, app, key, None)
+
+    async def _event_of(self, kind: EventType, app: str, key: str, status: AccountStatus | None) -> OutboxEvent | None:
+        if self.store is None:
+            return None
+        account = await self.store.get(app, key)
+        if account is None:
+            return None
+        end_user, tags = await self.store.connection(app, account.key)
+        if status is not None:
+            account = dataclasses.replace(account, status=status)
+        marker = f"{kind.name.lower()}:{self.clock.now().isoformat()}"
+        return self.build(kind, account, marker=marker, end_user=end_user, tags=tags)
+
+    async def emit(
         self,
         kind: EventType,
         account: Account,
@@ -128,37 +159,14 @@ class LifecycleEvents:
         tags: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        payload = event_payload(
-            kind,
-            account,
-            self.clock.now().isoformat(),
-            marker=marker,
-            end_user=end_user,
-            tags=tags or {},
-            **extra,
-        )
-        headers = {"Idempotency-Key": payload["idempotency_key"]}
-        attempts = self.settings.alerts.delivery_attempts
-        for channel in self.webhooks:
-
-            async def to_channel(channel: WebhookChannel = channel) -> None:
-                await channel.post(payload, headers)
-
-            self.dispatcher.submit("event", channel.name, to_channel, attempts=attempts)
-        app = self.settings.apps.get(account.app)
-        hooks = [h for h in (app.on_success, app.on_failure) if h is not None] if app else []
-        for hook in {h.url: h for h in hooks}.values():
-            self.dispatcher.submit("hook", account.app, self._hook_send(account.app, hook, payload), attempts=attempts)
-        return payload
-
-    def _hook_send(self, app: str, hook: HookSettings, payload: dict[str, Any]) -> Callable[[], Awaitable[None]]:
-        secret = hook.secret.get_secret_value() if hook.secret else None
-        limit, clock, url = hook.timeout.total_seconds(), self.clock, hook.url
-        headers = {"Idempotency-Key": payload["idempotency_key"]}
-
-        async def send() -> None:
-            await post_signed(
-                f"hook {app}", url, payload, secret=secret, time_limit=limit, clock=clock, headers=headers
-            )
-
-        return send
+        """Store the event in its own transaction (right after its cause committed) and wake the deliverer.
+        An event whose idempotency key is stored already (a reminder of it) is not stored twice."""
+        event = self.build(kind, account, marker=marker, end_user=end_user, tags=tags, **extra)
+        if self.store is not None:
+            try:
+                await self.store.add_event(event)
+            except Exception:
+                log.exception("event.not_stored", app=account.app, account=account.key, type=str(kind))
+                return event.payload
+            self.wake()
+        return event.payload

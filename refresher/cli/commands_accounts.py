@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.config import Settings
 from refresher.domain import AccountStatus
@@ -143,8 +144,20 @@ def events(config_path: str | None, app: str, account: str, limit: int, as_json:
 
 def _set_status(config_path: str | None, app: str, account: str, status: AccountStatus) -> None:
     settings = _known(app, config_path)
-    saved = with_store(settings, lambda store: store.set_status(app, account, status))
+
+    async def run(store: Store) -> Account:
+        # account.disabled goes to the integrator as from the API: stored with the change, sent by the daemon.
+        event = await _events(store).disabled_event(app, account) if status == AccountStatus.DISABLED else None
+        return await store.set_status(app, account, status, event=event)
+
+    saved = with_store(settings, run)
     click.echo(f"{app} {saved.key}: {saved.status}")
+
+
+def _events(store: Store) -> LifecycleEvents:
+    from refresher.domain import SystemClock
+
+    return LifecycleEvents(clock=SystemClock(), store=store)
 
 
 @main.command("disable", context_settings=KEY_ARGS)
@@ -178,7 +191,11 @@ def delete(config_path: str | None, app: str, account: str, yes: bool) -> None:
     settings = _known(app, config_path)
     if not yes:
         click.confirm(f"delete {account} of {app} and its tokens?", abort=True, err=True)
-    if not with_store(settings, lambda store: store.delete(app, account)):
+
+    async def run(store: Store) -> bool:
+        return await store.delete(app, account, event=await _events(store).deleted_event(app, account))
+
+    if not with_store(settings, run):
         fail(f"unknown account {account!r} of app {app!r}", EXIT_UNAVAILABLE)
     click.echo(f"{app} {account}: deleted")
 

@@ -179,7 +179,7 @@ async def _refresh(settings: Settings, app: str, account: str | None, every: boo
         ok = True
         for key in keys:
             result = await refresher.refresh_now(app, key)
-            line = f"{app} {key}: {result.outcome}"
+            line = f"{app} {key}: {result.outcome.value}"
             if result.error is not None:
                 line += f" ({result.error.error_class}: {result.error})"
                 ok = False

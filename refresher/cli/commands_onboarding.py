@@ -190,6 +190,7 @@ def exchange(
 @click.option("--single-use", is_flag=True, help="The link starts one authorization only.")
 @click.option("--end-user", default=None, help="Your end user / tenant id, stored on the accounts it connects.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag for the accounts it connects.")
+@click.option("--account", default=None, metavar="KEY", help="Only re-authorize this account (in place).")
 @friendly_errors
 def invite(
     config_path: str | None,
@@ -199,11 +200,13 @@ def invite(
     single_use: bool,
     end_user: str | None,
     tags: tuple[str, ...],
+    account: str | None,
 ) -> None:
     """Print an invitation URL a seller can open to authorize APP without the admin token.
 
     Every invitation is stored, so it can be revoked alone: `refresher invite revoke ID` (the id is
-    printed with the link). An app named "revoke" cannot be invited this way.
+    printed with the link). With --account the link re-authorizes that one account. An app named
+    "revoke" cannot be invited this way.
     """
     from refresher.invites import MAX_TTL, invite_url, make_invite, new_invitation_id
     from refresher.store.connection_types import Invitation
@@ -235,18 +238,27 @@ def invite(
     now = clock.now()
     stored = Invitation(
         id=new_invitation_id(),
-        kind="invite",
+        kind="invite" if account is None else "reauth",
         app=app,
         created_at=now,
         expires_at=now + lifetime,
         single_use=single_use,
+        account_key=account,
         end_user={"id": end_user} if end_user else None,
         tags=tag_map,
     )
-    with_store(settings, lambda store: store.put_invitation(stored), create=True)
+
+    async def put(store: Store) -> bool:
+        if account is not None and await store.get(app, account) is None:
+            return False
+        await store.put_invitation(stored)
+        return True
+
+    if not with_store(settings, put, create=account is None):
+        fail(f"no account {account!r} in app {app!r} (refresher accounts list {app})", 1)
     secret = server.invite_secret.get_secret_value()
-    token = make_invite(app, lifetime, secret=secret, clock=clock, invitation=stored.id)
-    say(invite_url(server.public_url, app, token, invitation=stored.id))
+    token = make_invite(app, lifetime, secret=secret, clock=clock, account=account, invitation=stored.id)
+    say(invite_url(server.public_url, app, token, account, invitation=stored.id))
     once = ", single use" if single_use else ""
     click.echo(
         f"id {stored.id}: valid for {format_duration(lifetime)} (until {now + lifetime:%Y-%m-%d %H:%M} UTC){once}",

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from refresher.alerts.lifecycle import EventType
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
+from refresher.refresh_events import Outcome
 from refresher.server import connections
 from refresher.server.api_models import (
     AccountOut,
@@ -41,7 +41,6 @@ from refresher.store.base import Account, AccountNotFound
 from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
 
 MAX_PAGE = 500
-MAX_MATCHING = 100_000  # accounts scanned for an end_user_id / tag filter (matched by key, then paged)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -171,15 +170,16 @@ async def list_accounts(
     if app is not None:
         _check_app(runtime, app)
     offset = _decode_cursor(cursor) if cursor else 0
-    if end_user_id is not None or tag is not None:
-        name, _, value = (tag or "").partition(":")
-        wanted = await runtime.store.keys_matching(app, end_user_id, (name, value) if tag else None)
-        rows = [
-            a for a in await runtime.store.list(app=app, status=status, limit=MAX_MATCHING) if (a.app, a.key) in wanted
-        ][offset : offset + limit + 1]
-    else:
-        # One extra row tells whether a next page exists without a second COUNT query.
-        rows = list(await runtime.store.list(app=app, status=status, limit=limit + 1, offset=offset))
+    name, _, value = (tag or "").partition(":")
+    # One extra row tells whether a next page exists without a second COUNT query.
+    rows = await runtime.store.list(
+        app=app,
+        status=status,
+        limit=limit + 1,
+        offset=offset,
+        end_user_id=end_user_id,
+        tag=(name, value) if tag is not None else None,
+    )
     more = len(rows) > limit
     return AccountPage(
         items=[account_out(a) for a in rows[:limit]],
@@ -285,12 +285,12 @@ async def refresh_account(
         # The app has no plugin loaded (disabled) or the account vanished meanwhile.
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
     response.headers.update(NO_STORE)
-    if result.outcome in ("busy", "skipped"):
+    if result.outcome in (Outcome.BUSY, Outcome.SKIPPED):
         response.status_code = 409
-    elif result.outcome != "success":
+    elif result.outcome != Outcome.SUCCESS:
         response.status_code = 502
     return RefreshOut(
-        outcome=result.outcome,
+        outcome=result.outcome.value,
         attempts=result.attempts,
         duration_ms=result.duration_ms,
         error=_error_out(result.error.info()) if result.error else None,
@@ -300,13 +300,13 @@ async def refresh_account(
 
 async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
     before = await _account(runtime, app, key)
+    # account.disabled is stored with the change, in its transaction (none if the status did not change).
+    event = await runtime.lifecycle.disabled_event(app, before.key) if status == AccountStatus.DISABLED else None
     try:
-        saved = await runtime.store.set_status(app, key, status)
+        saved = await runtime.store.set_status(app, key, status, event=event)
     except AccountNotFound:
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
-    if status == AccountStatus.DISABLED and before.status != AccountStatus.DISABLED:
-        marker = f"disabled:{runtime.clock.now().isoformat()}"
-        await runtime.lifecycle.notify(EventType.DISABLED, app, saved.key, marker=marker)
+    runtime.lifecycle.wake()
     return account_out(saved)
 
 
@@ -337,11 +337,10 @@ async def delete_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
 ) -> Response:
     account = await _account(runtime, app, key)
-    end_user, tags = await runtime.store.connection(app, account.key)  # read before the row goes
-    if not await runtime.store.delete(app, key):
+    event = await runtime.lifecycle.deleted_event(app, account.key)  # read before the row goes
+    if not await runtime.store.delete(app, key, event=event):  # the event commits with the deletion
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
-    marker = f"deleted:{runtime.clock.now().isoformat()}"
-    runtime.lifecycle.emit(EventType.DELETED, account, marker=marker, end_user=end_user, tags=tags)
+    runtime.lifecycle.wake()
     return Response(status_code=204)
 
 
@@ -383,19 +382,30 @@ async def account_history(
         **_NOT_FOUND,
         409: {"model": Problem, "description": "server.public_url or server.invite_secret is not set."},
     },
-    summary="A signed, expiring re-authorization link for this account",
+    summary="A signed, expiring re-authorization link for this account, stored so it can be revoked alone",
 )
 async def reauth_link(
-    runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
+    runtime: RuntimeDep,
+    app: AppPath,
+    key: KeyPath,
+    _caller: Annotated[str, Depends(require("accounts:write"))],
+    single_use: Annotated[bool, Query(description="The link re-authorizes once, then is refused.")] = False,
 ) -> ReauthLinkOut:
     account = await _account(runtime, app, key)
     server = runtime.settings.server
-    url = runtime.reauth_link(app, account.key) if server.invite_secret else None
-    if url is None:
+    if not server.public_url or server.invite_secret is None:
         raise HTTPException(
             status_code=409, detail="re-authorization links need server.public_url and server.invite_secret"
         )
-    return ReauthLinkOut(app=app, account=account.key, url=url, expires_at=runtime.clock.now() + server.reauth_link_ttl)
+    invitation, url = await connections.stored_reauth_link(runtime, app, account.key, single_use=single_use)
+    return ReauthLinkOut(
+        app=app,
+        account=account.key,
+        url=url,
+        expires_at=invitation.expires_at,
+        id=invitation.id,
+        single_use=single_use,
+    )
 
 
 @router.get(

@@ -127,6 +127,8 @@ class ReauthLinkOut(BaseModel):
     account: str
     url: str = Field(description="A signed invitation re-authorizing this account in place; send it to the seller.")
     expires_at: dt.datetime
+    id: str = Field(description="The stored invitation's id: `refresher invite revoke ID` withdraws the link.")
+    single_use: bool = Field(description="Whether the link is refused after one re-authorization.")
 
 
 class AuditItem(BaseModel):

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from refresher.alerts.lifecycle import EventType
-from refresher.invites import invite_url, make_invite, new_invitation_id
+from refresher.invites import MAX_TTL, invite_url, make_invite, new_invitation_id
 from refresher.onboarding import Completed, return_to_allowed
 from refresher.server.api_models import Problem
 from refresher.server.auth import get_runtime, require
@@ -123,6 +123,30 @@ async def create_connect_session(
     )
 
 
+async def stored_reauth_link(runtime: Runtime, app: str, key: str, *, single_use: bool) -> tuple[Invitation, str]:
+    """An on-demand re-authorization link for one account, stored as an invitation row (kind ``reauth``)
+    so ``refresher invite revoke ID`` withdraws it alone and ``single_use`` is kept; its signature covers
+    the account and the row's id. The caller checked that public_url and invite_secret are set."""
+    server = runtime.settings.server
+    assert server.public_url and server.invite_secret is not None
+    now = runtime.clock.now()
+    ttl = min(server.reauth_link_ttl, MAX_TTL)
+    invitation = Invitation(
+        id=new_invitation_id(),
+        kind="reauth",
+        app=app,
+        created_at=now,
+        expires_at=now + ttl,
+        single_use=single_use,
+        account_key=key,
+    )
+    await runtime.store.put_invitation(invitation)
+    secret = server.invite_secret.get_secret_value()
+    token = make_invite(app, ttl, secret=secret, clock=runtime.clock, account=key, invitation=invitation.id)
+    log.info("connect.reauth_link_created", app=app, account=key, invitation=invitation.id, single_use=single_use)
+    return invitation, invite_url(server.public_url, app, token, key, invitation=invitation.id)
+
+
 # ----------------------------------------------------------------------------- the web flow's part
 
 
@@ -184,7 +208,7 @@ async def after_callback(runtime: Runtime, app: str, done: Completed) -> str | N
         stored_user, stored_tags = await runtime.store.connection(app, account.key)
         # A grant creates an account at version 1; re-authorizing an existing one bumps its version.
         kind = EventType.CONNECTED if account.version == 1 else EventType.REAUTHORIZED
-        runtime.lifecycle.emit(
+        await runtime.lifecycle.emit(
             kind,
             account,
             marker=f"{account.version}:{state}",

@@ -32,6 +32,7 @@ from refresher.domain import (
     UnknownApp,
 )
 from refresher.platforms.base import MAX_API_ANSWER_BYTES, Answer, ApiCall, Platform
+from refresher.refresh_events import Outcome
 from refresher.server.auth import get_runtime, require
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
@@ -202,12 +203,12 @@ async def proxy(
                 # A success carries the account as just stored (or as another worker just stored it).
                 outcome, fresh = result.outcome, result.account
             except (UnknownApp, AccountNotFound):  # no refresh policy (app disabled), or the account just vanished
-                outcome = "skipped"
-            if outcome == "success" and fresh is not None and fresh.tokens is not None:
+                outcome = Outcome.SKIPPED
+            if outcome == Outcome.SUCCESS and fresh is not None and fresh.tokens is not None:
                 retried = True
                 answer = await _send(platform, call, fresh)
             else:
-                log.warning("proxy.refresh_failed", app=app, account=account, outcome=outcome)
+                log.warning("proxy.refresh_failed", app=app, account=account, outcome=outcome.value)
     except httpx.InvalidURL:
         # httpx refused the URL we built (a character or length it will not send). Its message quotes
         # the URL, which holds the signed query: say only what the caller can fix.

@@ -10,14 +10,16 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from refresher.domain import AccountStatus, Grant, Identity, TokenSet, as_utc
-from refresher.store.base import Account, StoreError
+from refresher.store.base import Account, OutboxEvent, StoreError
 from refresher.store.codec import jsonable, scrub
+from refresher.store.connections import connection_filters
 from refresher.store.history import SqlHistory
+from refresher.store.outbox import SqlOutbox
 from refresher.store.schema import accounts, token_history
 from refresher.store.writers import URGENT
 
 
-class SqlAccounts(SqlHistory):
+class SqlAccounts(SqlHistory, SqlOutbox):
     async def upsert_grant(self, app: str, platform: str, grant: Grant) -> Account:
         return await self._upsert(app, platform, grant.identity, grant.tokens, AccountStatus.ACTIVE)
 
@@ -123,10 +125,12 @@ class SqlAccounts(SqlHistory):
         offset: int = 0,
         *,
         secrets: bool = True,
+        end_user_id: str | None = None,
+        tag: tuple[str, str] | None = None,
     ) -> Sequence[Account]:
         stmt = (
             select(accounts)
-            .where(*self._filters(app, status))
+            .where(*self._filters(app, status), *connection_filters(self.backend, end_user_id, tag))
             .order_by(accounts.c.app, accounts.c.key)
             .limit(limit)
             .offset(offset)
@@ -148,20 +152,26 @@ class SqlAccounts(SqlHistory):
                 counts[AccountStatus(status)] = int(number)
         return counts
 
-    async def set_status(self, app: str, key: str, status: AccountStatus) -> Account:
+    async def set_status(
+        self, app: str, key: str, status: AccountStatus, *, event: OutboxEvent | None = None
+    ) -> Account:
         async with self._tx(write=True) as conn:
             row = await self._row_by_key(conn, app, key, lock=True)
             await conn.execute(
                 update(accounts).where(accounts.c.id == row.id).values(status=str(status), updated_at=self.clock.now())
             )
+            if event is not None and row.status != str(status):  # the event of a change, in its transaction
+                await self._insert_event(conn, event)
             return await self._read(conn, row.id)
 
-    async def delete(self, app: str, key: str) -> bool:
+    async def delete(self, app: str, key: str, *, event: OutboxEvent | None = None) -> bool:
         async with self._tx(write=True) as conn:
             ids = select(accounts.c.id).where(accounts.c.app == app, accounts.c.key == key)
             # Explicit rather than relying on ON DELETE CASCADE, which SQLite enforces only per connection.
             await conn.execute(delete(token_history).where(token_history.c.account_id.in_(ids.scalar_subquery())))
             result = await conn.execute(delete(accounts).where(accounts.c.app == app, accounts.c.key == key))
+            if result.rowcount and event is not None:
+                await self._insert_event(conn, event)
             return bool(result.rowcount)
 
     async def accounts_refresh_expiring(self, app: str, before: dt.datetime, limit: int = 1000) -> Sequence[Account]:

@@ -162,9 +162,12 @@ class AccountReader(AccountLookup, Protocol):
         offset: int = 0,
         *,
         secrets: bool = True,
+        end_user_id: str | None = None,
+        tag: tuple[str, str] | None = None,
     ) -> Sequence[Account]:
         """Accounts by app and key; ``secrets=False`` reads no token (``tokens`` None), only what a listing
-        shows, so it works whatever ``store.encryption_keys`` says."""
+        shows, so it works whatever ``store.encryption_keys`` says. ``end_user_id`` and ``tag`` (name,
+        value) filter in the database, so a page of matches is a full page."""
 
     async def count(self, app: str | None = None, status: AccountStatus | None = None) -> int: ...
 
@@ -184,9 +187,13 @@ class AccountWriter(Protocol):
         """Store an authorization: insert a new account, or update the existing one *in place* (same id,
         new tokens, status active, failures and next attempt cleared, previous tokens to history)."""
 
-    async def set_status(self, app: str, key: str, status: AccountStatus) -> Account: ...
+    async def set_status(
+        self, app: str, key: str, status: AccountStatus, *, event: OutboxEvent | None = None
+    ) -> Account:
+        """With ``event``: stored in the same transaction when the status changes (the lifecycle outbox)."""
 
-    async def delete(self, app: str, key: str) -> bool: ...
+    async def delete(self, app: str, key: str, *, event: OutboxEvent | None = None) -> bool:
+        """With ``event``: stored in the same transaction when the account existed."""
 
     async def import_account(
         self, app: str, platform: str, identity: Identity, tokens: TokenSet, status: AccountStatus
@@ -305,6 +312,45 @@ class StateStore(Protocol):
         """The stored state row, used or not, only to explain a refusal; it never grants a flow."""
 
 
+@dataclass(frozen=True)
+class OutboxEvent:
+    """A lifecycle event (docs/events.md) from the moment its cause is stored until its receivers took it."""
+
+    idempotency_key: str
+    kind: str  # "account.connected" …
+    app: str
+    account_key: str
+    payload: dict[str, Any]
+    id: int | None = None
+    created_at: dt.datetime | None = None
+    attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
+    delivered_at: dt.datetime | None = None  # every receiver took it, or its attempts ran out
+    last_error: str | None = None
+
+
+class EventOutbox(Protocol):
+    """Durable lifecycle events, delivered at least once by whichever replica leases them."""
+
+    async def add_event(self, event: OutboxEvent) -> bool:
+        """Store an event to deliver now (one transaction); False if its idempotency key is stored already
+        (a reminder of the same event: it is not sent again)."""
+
+    async def claim_events(self, owner: str, lease_ttl: dt.timedelta, limit: int = 50) -> Sequence[OutboxEvent]:
+        """Lease up to ``limit`` undelivered events whose next attempt is due and that no live lease holds
+        (an expired lease is taken over), oldest first."""
+
+    async def settle_event(
+        self, event_id: int, owner: str, *, error: str | None = None, retry_at: dt.datetime | None = None
+    ) -> bool:
+        """After one delivery attempt under the lease: attempts + 1 and the lease released; delivered (no
+        ``error``), retried at ``retry_at``, or given up (``error`` without ``retry_at``: delivered_at set,
+        ``last_error`` kept). False, and nothing changed, when ``owner`` no longer holds the lease."""
+
+    async def prune_events(self, older_than: dt.datetime, limit: int = 500) -> int:
+        """Delete events settled before ``older_than`` (at most ``limit``); returns how many."""
+
+
 class KeyAdmin(Protocol):
     async def rotate_keys(self) -> int:
         """Re-encrypt every token (current and history) under the first key; returns rows rewritten."""
@@ -343,6 +389,7 @@ class Store(
     StateStore,
     KeyAdmin,
     ConnectionStore,
+    EventOutbox,
     Protocol,
 ):
     """The whole store (what the daemon and the CLI open)."""

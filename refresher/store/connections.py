@@ -7,12 +7,32 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, exists, func, insert, select, update
 
 from refresher.domain import as_utc
 from refresher.store.connection_types import Invitation
 from refresher.store.core import StoreCore
 from refresher.store.schema import accounts, invitations, oauth_states
+
+
+def tag_filter(backend: str, name: str, value: str) -> ColumnElement[bool]:
+    """Accounts whose tag ``name`` is ``value``, in SQL (tags are a JSON object of strings): ``->>`` on
+    PostgreSQL; on SQLite ``json_each``, which takes any key as a bound value (a JSON path would need the
+    key quoted into it)."""
+    if backend == "postgresql":
+        text: ColumnElement[str] = accounts.c.tags[name].as_string()
+        return text == value
+    each = func.json_each(accounts.c.tags).table_valued("key", "value")
+    return exists(select(1).select_from(each).where(each.c.key == name, each.c.value == value))
+
+
+def connection_filters(backend: str, end_user_id: str | None, tag: tuple[str, str] | None) -> list[ColumnElement[bool]]:
+    filters = []
+    if end_user_id is not None:
+        filters.append(accounts.c.end_user_id == end_user_id)  # indexed
+    if tag is not None:
+        filters.append(tag_filter(backend, *tag))
+    return filters
 
 
 def _tags(value: Any) -> dict[str, str]:
@@ -66,17 +86,11 @@ class SqlConnections(StoreCore):
     async def keys_matching(
         self, app: str | None, end_user_id: str | None, tag: tuple[str, str] | None
     ) -> set[tuple[str, str]]:
-        stmt = select(accounts.c.app, accounts.c.key, accounts.c.tags)
+        stmt = select(accounts.c.app, accounts.c.key).where(*connection_filters(self.backend, end_user_id, tag))
         if app is not None:
             stmt = stmt.where(accounts.c.app == app)
-        if end_user_id is not None:
-            stmt = stmt.where(accounts.c.end_user_id == end_user_id)  # indexed
-        elif tag is not None:
-            stmt = stmt.where(accounts.c.tags.is_not(None))
         async with self._tx() as conn:
-            rows = list(await conn.execute(stmt))
-        # Tags are matched here rather than in SQL: JSON operators differ between SQLite and PostgreSQL.
-        return {(row.app, row.key) for row in rows if tag is None or _tags(row.tags).get(tag[0]) == tag[1]}
+            return {(row.app, row.key) for row in await conn.execute(stmt)}
 
     async def put_invitation(self, invitation: Invitation) -> None:
         async with self._tx(write=True) as conn:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refresher.domain import Clock, as_utc
-from refresher.store.base import USED_STATE_MEMORY, Account, Alarm, OAuthState, StoreError
+from refresher.store.base import USED_STATE_MEMORY, Account, Alarm, OAuthState, OutboxEvent, StoreError
 
 
 class MemoryAccounts:
@@ -123,6 +123,64 @@ class MemoryStates:
 
     async def find_state(self, state: str) -> OAuthState | None:
         return self._states.get(state)
+
+
+class MemoryOutbox:
+    """:class:`~refresher.store.base.EventOutbox` in a dict (leases between tasks of one process)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._events: dict[int, OutboxEvent] = {}
+        self._leases: dict[int, tuple[str, dt.datetime]] = {}
+
+    async def add_event(self, event: OutboxEvent) -> bool:
+        if any(e.idempotency_key == event.idempotency_key for e in self._events.values()):
+            return False
+        now = self.clock.now()
+        new_id = max(self._events, default=0) + 1
+        self._events[new_id] = dataclasses.replace(
+            event, id=new_id, created_at=now, attempts=0, next_attempt_at=now, delivered_at=None, last_error=None
+        )
+        return True
+
+    async def claim_events(self, owner: str, lease_ttl: dt.timedelta, limit: int = 50) -> Sequence[OutboxEvent]:
+        now = self.clock.now()
+        due = [
+            e
+            for i, e in self._events.items()
+            if e.delivered_at is None
+            and e.next_attempt_at is not None
+            and as_utc(e.next_attempt_at) <= now
+            and (i not in self._leases or self._leases[i][1] <= now)
+        ]
+        due.sort(key=lambda e: (e.next_attempt_at or now, e.id or 0))
+        for event in due[:limit]:
+            assert event.id is not None
+            self._leases[event.id] = (owner, now + lease_ttl)
+        return due[:limit]
+
+    async def settle_event(
+        self, event_id: int, owner: str, *, error: str | None = None, retry_at: dt.datetime | None = None
+    ) -> bool:
+        event = self._events.get(event_id)
+        if event is None or event.delivered_at is not None or self._leases.get(event_id, ("",))[0] != owner:
+            return False
+        del self._leases[event_id]
+        retry = error is not None and retry_at is not None
+        self._events[event_id] = dataclasses.replace(
+            event,
+            attempts=event.attempts + 1,
+            last_error=error[:512] if error else None,
+            next_attempt_at=as_utc(retry_at) if retry and retry_at else event.next_attempt_at,
+            delivered_at=None if retry else self.clock.now(),
+        )
+        return True
+
+    async def prune_events(self, older_than: dt.datetime, limit: int = 500) -> int:
+        old = [i for i, e in self._events.items() if e.delivered_at is not None and e.delivered_at < as_utc(older_than)]
+        for event_id in old[:limit]:
+            del self._events[event_id]
+        return len(old[:limit])
 
 
 class MemoryAlertStore(MemoryAccounts, MemoryAlarms):
