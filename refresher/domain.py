@@ -33,8 +33,8 @@ that one class (or a branch of it). No message carries a secret. The tree, with 
     │   ├── MissingCode             onboarding         the callback carries no code
     │   └── ReturnToRejected        onboarding         a return_to outside the allowed places
     ├── InviteError                 invites            an invitation that does not open the door
-    ├── TokenUnavailable            client             the token client could not get a usable token
-    │   └── TokenRefused            client             the account's token would not work (the API's 409)
+    ├── TokenUnavailable            client.source      the token client could not get a usable token
+    │   └── TokenRefused            client.source      the account's token would not work (the API's 409)
     └── DeliveryError               alerts.dispatcher  an alarm or hook could not be delivered
 
 Not in the tree: the sandbox's ``SandboxRejection``, ``ShopeeError`` and ``LazadaError`` are raised and
