@@ -46,6 +46,7 @@ SLOW_MODULES = frozenset(
         "test_connect",
         "test_conformance",
         "test_console",
+        "test_console_alarms_browser",
         "test_console_browse",
         "test_console_browser",
         "test_crash_restart",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -13,6 +15,7 @@ from refresher.server.auth import get_runtime
 from refresher.server.runtime import Runtime
 from refresher.server.ui.render import render
 from refresher.server.ui.session import Session, SessionKeeper, csrf_ok
+from refresher.store.base import Alarm, AlarmDelivery
 from refresher.store.browse import SqlBrowse
 
 KEEPER = SessionKeeper()
@@ -79,3 +82,27 @@ def page(
     now: dt.datetime = runtime.clock.now()
     base = {"session": session, "csrf": session.csrf if session else "", "now": now, "path": request.url.path}
     return render(request, template, {**base, **context}, status)
+
+
+AlarmKey = tuple[str, str, str]
+
+
+async def deliveries_of(runtime: Runtime, alarms: Sequence[Alarm]) -> dict[AlarmKey, list[AlarmDelivery]]:
+    """Per alarm, each channel's outcome of its latest message (``alarm_deliveries``).
+
+    A channel whose row is older than the alarm's newest message has not tried that message yet: its row
+    is shown as ``queued`` (the row's own state belongs to the previous message)."""
+    keys = [(a.app, a.account_key, a.cause) for a in alarms]
+    found: dict[AlarmKey, list[AlarmDelivery]] = {}
+    for row in await runtime.store.alarm_deliveries(keys):
+        found.setdefault((row.app, row.account_key, row.cause), []).append(row)
+    for alarm in alarms:
+        sent = alarm.last_sent_at
+        if alarm.resolved_at is not None or sent is None:
+            continue
+        rows = found.get((alarm.app, alarm.account_key, alarm.cause), [])
+        rows[:] = [
+            dataclasses.replace(row, state="queued", last_error=None) if row.last_attempt_at < sent else row
+            for row in rows
+        ]
+    return found

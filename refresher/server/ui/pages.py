@@ -13,7 +13,7 @@ from refresher.domain import AccountStatus
 from refresher.server.auth import get_runtime
 from refresher.server.runtime import Runtime
 from refresher.server.ui import chart
-from refresher.server.ui.common import browse_of, login_redirect, page, session_of
+from refresher.server.ui.common import browse_of, deliveries_of, login_redirect, page, session_of
 from refresher.store.base import Alarm
 from refresher.store.browse import AccountQuery, SortKey
 
@@ -146,6 +146,7 @@ async def alarms(request: Request) -> Response:
         "recent": [a for a in found if a.resolved_at is not None],
         "channels": channel_states(runtime),
         "delivery": delivery_state,
+        "deliveries": await deliveries_of(runtime, found),
     }
     return page(request, session, "ui/alarms.html", context)
 
