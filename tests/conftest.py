@@ -49,6 +49,7 @@ SLOW_MODULES = frozenset(
         "test_console_alarms_browser",
         "test_console_browse",
         "test_console_browser",
+        "test_console_replicas",
         "test_crash_restart",
         "test_daemon_process",
         "test_demo_cli",

@@ -17,8 +17,8 @@ import pytest
 from refresher.domain import FakeClock
 from refresher.onboarding import StateError, new_state, take_state
 from refresher.store import Alarm, AlarmStore, OAuthState, SqlStore, StateStore, StoreError
-from refresher.store.base import AlarmDelivery, DeliveryStore
-from refresher.store.memory import MemoryAlarms, MemoryDeliveries, MemoryStates
+from refresher.store.base import AlarmDelivery, DeliveryStore, LogoutStore
+from refresher.store.memory import MemoryAlarms, MemoryDeliveries, MemoryLogouts, MemoryStates
 from tests.support import pg_schema
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -27,15 +27,16 @@ MINUTE = dt.timedelta(minutes=1)
 APP = "shopee-sg"
 
 
-class Roles(AlarmStore, StateStore, DeliveryStore, Protocol):
+class Roles(AlarmStore, StateStore, DeliveryStore, LogoutStore, Protocol):
     pass
 
 
-class MemoryRoles(MemoryAlarms, MemoryStates, MemoryDeliveries):
+class MemoryRoles(MemoryAlarms, MemoryStates, MemoryDeliveries, MemoryLogouts):
     def __init__(self, clock: FakeClock) -> None:
         MemoryAlarms.__init__(self, clock)
         MemoryStates.__init__(self, clock)
         MemoryDeliveries.__init__(self)
+        MemoryLogouts.__init__(self)
 
 
 @pytest.fixture
@@ -132,6 +133,18 @@ async def test_alarm_deliveries_one_row_per_alarm_and_channel(roles: Roles) -> N
     assert found[0].delivered_at == T0 and found[0].last_error is None
     assert await roles.alarm_deliveries([]) == []
     assert [d.account_key for d in await roles.alarm_deliveries([(APP, "shop:2", "failures")])] == ["shop:2"]
+
+
+async def test_logouts_are_remembered_until_their_cookie_expires(roles: Roles) -> None:
+    assert not await roles.logged_out("sid-a")
+    await roles.add_logout("sid-a", T0 + HOUR, T0)
+    await roles.add_logout("sid-b", T0 + 2 * HOUR, T0)
+    await roles.add_logout("sid-a", T0 + HOUR, T0)  # twice (two tabs) is not an error
+    assert await roles.logged_out("sid-a") and await roles.logged_out("sid-b") and not await roles.logged_out("x")
+    # A later logout forgets the sessions whose cookie has expired since; the others stay.
+    await roles.add_logout("sid-c", T0 + 3 * HOUR, T0 + HOUR + MINUTE)
+    assert not await roles.logged_out("sid-a")
+    assert await roles.logged_out("sid-b") and await roles.logged_out("sid-c")
 
 
 # ------------------------------------------------------------------------------------------- states

@@ -340,6 +340,17 @@ class DeliveryStore(Protocol):
         """The rows of these (app, account_key, cause) alarms, by alarm and channel name."""
 
 
+class LogoutStore(Protocol):
+    """Logged-out console sessions, so every replica refuses a copied cookie."""
+
+    async def add_logout(self, sid: str, expires_at: dt.datetime, now: dt.datetime) -> None:
+        """Remember ``sid`` until ``expires_at`` (when its cookie expires anyway), and forget sessions
+        whose cookie expired before ``now``. Times are the cookie's own (wall clock), not the store's."""
+
+    async def logged_out(self, sid: str) -> bool:
+        """Whether ``sid`` was logged out (a remembered row; its cookie may have expired since)."""
+
+
 class RefreshStore(AccountLookup, LeaseStore, IdentityWriter, Protocol):
     """What :class:`refresher.refresh.Refresher` uses: look an account up, claim it, settle it, and keep
     its identity current."""
@@ -367,6 +378,7 @@ class Store(
     KeyAdmin,
     ConnectionStore,
     DeliveryStore,
+    LogoutStore,
     Protocol,
 ):
     """The whole store (what the daemon and the CLI open)."""

@@ -111,6 +111,21 @@ class MemoryDeliveries:
         return [row for key, row in sorted(self._rows.items()) if key[:3] in wanted]
 
 
+class MemoryLogouts:
+    """:class:`~refresher.store.base.LogoutStore` in a dict (one process: no other replica learns of it)."""
+
+    def __init__(self) -> None:
+        self._logouts: dict[str, dt.datetime] = {}
+
+    async def add_logout(self, sid: str, expires_at: dt.datetime, now: dt.datetime) -> None:
+        for old in [s for s, until in self._logouts.items() if until < as_utc(now)]:
+            del self._logouts[old]
+        self._logouts[sid] = as_utc(expires_at)
+
+    async def logged_out(self, sid: str) -> bool:
+        return sid in self._logouts
+
+
 class MemoryStates:
     """:class:`~refresher.store.base.StateStore` in a dict: single use, expiring, remembered after use."""
 

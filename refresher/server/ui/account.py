@@ -40,7 +40,7 @@ def account_url(app: str, key: str, **query: str) -> str:
 
 @router.get("/ui/accounts/{app}/{key:path}", response_class=HTMLResponse)
 async def account_page(request: Request, app: str, key: str, notice: str = "", confirm: str = "") -> Response:
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     runtime = get_runtime(request)

@@ -34,8 +34,9 @@ def login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", status_code=303)
 
 
-def session_of(request: Request) -> Session | None:
-    return KEEPER.current(get_runtime(request).settings.server, request)
+async def session_of(request: Request) -> Session | None:
+    runtime = get_runtime(request)
+    return await KEEPER.current(runtime.settings.server, request, runtime.store)
 
 
 def browse_of(runtime: Runtime) -> SqlBrowse:
@@ -66,7 +67,7 @@ def csrf_refused(request: Request) -> HTMLResponse:
 
 async def checked_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
     """A POST of a logged-in console user with the right CSRF token, or the answer refusing it."""
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     form = await form_of(request)
