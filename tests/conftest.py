@@ -68,6 +68,7 @@ SLOW_MODULES = frozenset(
         "test_replicas",
         "test_schemathesis",
         "test_shopee",
+        "test_shopee_shop_info",
         "test_simulated_month",
         "test_soak",
         "test_store",
