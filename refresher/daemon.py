@@ -23,6 +23,7 @@ import structlog
 
 from refresher import platforms as registry
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
+from refresher.alerts.deliveries import DeliveryRecorder
 from refresher.alerts.delivery import EventDeliverer
 from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
@@ -117,6 +118,7 @@ class Daemon:
         )
         self.lifecycle = LifecycleEvents(clock=self.clock, store=self.store, wake=self.deliverer.wake)
         self.alerts.lifecycle = self.lifecycle  # needs_reauth, refresh_failed and resolved follow the alarms
+        self.alerts.deliveries = DeliveryRecorder(self.store, self.clock)  # per alarm and channel, for /ui/alarms
         self.hooks = HookDispatcher(settings, dispatcher=self.dispatcher)
         self.refresher = Refresher(
             settings,
