@@ -2,6 +2,10 @@
 httpx loop and the Node package ecommerce-auth making the same requests against the same sandbox.
 
     python benchmarks/bench_sweep.py [--accounts 10000] [--concurrency 16] [--engine sqlite|postgresql|both]
+                                     [--profile FILE]
+
+``--profile FILE`` runs the sweep (only the sweep) under cProfile and writes the stats to FILE.ENGINE
+(read them with ``python -m pstats``); the figures of that run include the profiler's overhead.
 
 How it is measured:
 * The sandbox runs in its own process (``python -m refresher sandbox --access-ttl 600s``), so its CPU is not
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import hashlib
 import hmac
 import json
@@ -49,7 +54,7 @@ from refresher.daemon import Daemon
 from refresher.domain import SystemClock, TokenSet
 from refresher.logging import configure_logging
 from refresher.platforms.base import make_http_client
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from refresher.store.base import Account
 
 APP = "shopee"
@@ -206,7 +211,13 @@ def side_by_side(
 
 
 async def run(
-    engine: str, store_url: str, sandbox: SandboxProcess, count: int, concurrency: int, node: Path | None
+    engine: str,
+    store_url: str,
+    sandbox: SandboxProcess,
+    count: int,
+    concurrency: int,
+    node: Path | None,
+    profile: str | None = None,
 ) -> list[tuple[str, str]]:
     settings = settings_for(sandbox, store_url, concurrency)
     configure_logging(settings.logging)
@@ -226,8 +237,14 @@ async def run(
         onboarded = await onboard_shops(daemon.store, daemon.platforms[APP], sandbox.view, count)
         onboard_s = time.perf_counter() - began
 
+        profiler = cProfile.Profile() if profile else None
         wall, cpu, sb_cpu = time.perf_counter(), cpu_seconds(), sandbox.cpu_seconds()
+        if profiler is not None:
+            profiler.enable()
         await daemon.tick(APP)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{engine}")
         wall, cpu, sb_cpu = time.perf_counter() - wall, cpu_seconds() - cpu, sandbox.cpu_seconds() - sb_cpu
 
         stored = await daemon.store.list(app=APP, limit=count + 10)
@@ -257,6 +274,7 @@ async def main() -> None:
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--engine", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--profile", metavar="FILE", help="write the sweep's cProfile stats to FILE.ENGINE")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"{args.accounts:,} accounts, concurrency {args.concurrency}; daemon logs (JSON, info) go to a temp file")
@@ -274,12 +292,14 @@ async def main() -> None:
             if args.engine in ("sqlite", "both"):
                 rows = await run(
                     "sqlite", f"sqlite:///{Path(tmp) / 'tokens.db'}", sandbox, args.accounts, args.concurrency,
-                    node_folder,
+                    node_folder, args.profile,
                 )  # fmt: skip
                 figures("sweep, SQLite", rows)
             if args.engine in ("postgresql", "both"):
                 with pg_database("bench_sweep") as url:
-                    rows = await run("postgresql", url, sandbox, args.accounts, args.concurrency, node_folder)
+                    rows = await run(
+                        "postgresql", url, sandbox, args.accounts, args.concurrency, node_folder, args.profile
+                    )
                     figures("sweep, PostgreSQL", rows)
     finally:
         sandbox.close()

@@ -23,6 +23,7 @@ import structlog
 
 from refresher import platforms as registry
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
+from refresher.alerts.deliveries import DeliveryRecorder
 from refresher.alerts.delivery import EventDeliverer
 from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
@@ -30,10 +31,11 @@ from refresher.config import ConfigFileError, Settings, load_config
 from refresher.domain import Clock, ConfigError, SystemClock, TokenSet
 from refresher.health import StoreHealth
 from refresher.invites import reauth_url
-from refresher.logging import configure_logging, register_secrets
+from refresher.logging import configure_logging
 from refresher.metrics import Metrics
 from refresher.owners import is_dead_predecessor, new_owner
 from refresher.platforms.base import Platform, make_http_client
+from refresher.redaction import register_secrets
 from refresher.refresh import Refresher
 from refresher.scheduler import Scheduler
 from refresher.server.app import create_app
@@ -116,6 +118,7 @@ class Daemon:
         )
         self.lifecycle = LifecycleEvents(clock=self.clock, store=self.store, wake=self.deliverer.wake)
         self.alerts.lifecycle = self.lifecycle  # needs_reauth, refresh_failed and resolved follow the alarms
+        self.alerts.deliveries = DeliveryRecorder(self.store, self.clock)  # per alarm and channel, for /ui/alarms
         self.hooks = HookDispatcher(settings, dispatcher=self.dispatcher)
         self.refresher = Refresher(
             settings,

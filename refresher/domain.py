@@ -21,7 +21,7 @@ that one class (or a branch of it). No message carries a secret. The tree, with 
     │   ├── UnknownApp              domain             no app of that name in the settings
     │   ├── UnknownPlatform         platforms          no plugin of that name installed, or it failed to load
     │   ├── ConfigFileError         config.errors      a settings file that cannot be used (.problems)
-    │   ├── FaultSpecError          sandbox.core       a sandbox fault spec that cannot be read
+    │   ├── FaultSpecError          sandbox.faults     a sandbox fault spec that cannot be read
     │   └── PortUnavailable         daemon             server.host:port cannot be bound
     ├── AccessTokenInvalid          domain             an API call said the access token is invalid
     ├── StoreError                  store.base         the store cannot do what was asked
@@ -33,8 +33,8 @@ that one class (or a branch of it). No message carries a secret. The tree, with 
     │   ├── MissingCode             onboarding         the callback carries no code
     │   └── ReturnToRejected        onboarding         a return_to outside the allowed places
     ├── InviteError                 invites            an invitation that does not open the door
-    ├── TokenUnavailable            client             the token client could not get a usable token
-    │   └── TokenRefused            client             the account's token would not work (the API's 409)
+    ├── TokenUnavailable            client.source      the token client could not get a usable token
+    │   └── TokenRefused            client.source      the account's token would not work (the API's 409)
     └── DeliveryError               alerts.dispatcher  an alarm or hook could not be delivered
 
 Not in the tree: the sandbox's ``SandboxRejection``, ``ShopeeError`` and ``LazadaError`` are raised and

@@ -8,120 +8,43 @@ The order of things on success is the whole point of this module:
 4. ``save_tokens`` commits the new token set, clears failures and releases the lease in one transaction
    (asked again and again while the store fails: the new tokens are the only ones that work);
 5. only then logs, metrics, hooks and alarms run (listeners), and none of them can undo step 4.
+
+Beside it: :mod:`refresher.refresh_policy` (an app's policy, the retried platform call, the sweep backoff),
+:mod:`refresher.refresh_leases` (saving through a failing store, giving leases back) and
+:mod:`refresher.refresh_events` (the outcome vocabulary, results and the listeners' event).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 from aiolimiter import AsyncLimiter
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
-from refresher.config import AppSettings, Settings
+from refresher.config import Settings
 from refresher.domain import (
     AccountStatus,
     Clock,
-    ClockSkew,
     ConfigError,
     MalformedAnswer,
     ReauthRequired,
     RefresherError,
     RefreshTokenRejected,
     TokenSet,
-    TransientError,
     UnknownApp,
 )
-from refresher.logging import register_secrets
 from refresher.platforms.base import Platform
-from refresher.refresh_events import Outcome, RefreshEvent
+from refresher.redaction import register_secrets
+from refresher.refresh_events import Outcome, RefreshEvent, RefreshResult, SweepResult
+from refresher.refresh_leases import LeaseKeeper, StoreTrouble
+from refresher.refresh_policy import CONFIG_ERROR_RETRY, AppPolicy, call_with_retries, sweep_backoff
 from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
 
 log = structlog.get_logger("refresher.refresh")
-
-# A failed account is retried on later sweeps with this backoff: the first retry soon, then doubling,
-# never longer than a quarter of the app's refresh window (so several tries fit before expiry).
-RETRY_BASE = dt.timedelta(minutes=1)
-CONFIG_ERROR_RETRY = dt.timedelta(minutes=30)  # the operator must act; retry slowly in case they did
-# A store that refuses freshly issued tokens is asked again after 0.2 s, doubling up to 5 s, until it
-# takes them.
-SAVE_RETRY_FIRST = 0.2
-SAVE_RETRY_MAX = 5.0
-# A lease that could not be given back because the store failed is asked for again this many times
-# (0.2 s, then doubling): after that it is left to expire, and the daemon alarms if the token expires first.
-RELEASE_ATTEMPTS = 4
-
-
-@dataclass(frozen=True)
-class AppPolicy:
-    """One app's refresh settings with the platform's defaults filled in."""
-
-    app: str
-    platform: str
-    refresh_before: dt.timedelta
-    attempts: int
-    initial_delay: dt.timedelta
-    max_delay: dt.timedelta
-    timeout: dt.timedelta
-    concurrency: int
-    rate_limit: float
-    lease_ttl: dt.timedelta
-
-    @property
-    def retry_budget(self) -> dt.timedelta:
-        """Worst-case time one refresh can take with all its retries."""
-        return self.attempts * self.timeout + (self.attempts - 1) * self.max_delay
-
-    @classmethod
-    def resolve(cls, app: AppSettings, platform: type[Platform], min_lease: dt.timedelta) -> AppPolicy:
-        refresh_before = app.refresh_before or platform.default_refresh_before
-        draft = cls(
-            app=app.name,
-            platform=app.platform,
-            refresh_before=refresh_before,
-            attempts=app.retry.attempts,
-            initial_delay=app.retry.initial_delay,
-            max_delay=app.retry.max_delay,
-            timeout=app.timeout,
-            concurrency=app.concurrency,
-            rate_limit=app.rate_limit,
-            lease_ttl=min_lease,
-        )
-        # The lease must outlive the whole retry budget, or a slow refresh could be taken over mid-call.
-        lease = max(min_lease, draft.retry_budget * 1.5 + dt.timedelta(seconds=30))
-        return cls(**{**draft.__dict__, "lease_ttl": lease})
-
-
-@dataclass(frozen=True)
-class RefreshResult:
-    account: Account
-    outcome: Outcome  # a StrEnum: JSON, logs and the audit log show its value ("success" …)
-    error: RefresherError | None = None
-    attempts: int = 0
-    duration_ms: int = 0
-
-
-@dataclass
-class SweepResult:
-    app: str
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-    results: list[RefreshResult] = field(default_factory=list)
 
 
 class RefreshListener(Protocol):
@@ -131,7 +54,6 @@ class RefreshListener(Protocol):
 
 
 Sleep = Callable[[float], Awaitable[None]]
-StoreTrouble = Callable[[StoreError | None], None]  # told of each store failure, and None on each success
 
 
 class Refresher:
@@ -157,8 +79,7 @@ class Refresher:
         self.listeners = list(listeners)
         self._sleep = sleep
         self._batch_size = batch_size
-        self._on_store = on_store
-        self._stranded: dict[int, Account] = {}  # leases a failing store would not take back (by account id)
+        self.leases = LeaseKeeper(store, owner, sleep=sleep, on_store=on_store)
         self._stopping = asyncio.Event()
         self.policies: dict[str, AppPolicy] = {}
         self._limiters: dict[str, AsyncLimiter] = {}
@@ -190,14 +111,14 @@ class Refresher:
         result = SweepResult(app)
         batch = self._batch_size or max(policy.concurrency * 4, 16)
         seen: set[int] = set()
-        await self._release_stranded(app)
+        await self.leases.release_stranded(app)
         while not self.stopping:
             claimed = await self.store.claim_due(app, policy.refresh_before, batch, self.owner, policy.lease_ttl)
             # An account claimed twice in one sweep is one whose fresh token is already inside the window
             # (a platform lifetime shorter than refresh_before): refreshing it again now would loop.
             again = [a for a in claimed if a.id in seen]
             for account in again:
-                await self._release(account)
+                await self.leases.release(account)
             claimed = [a for a in claimed if a.id not in seen]
             seen.update(a.id for a in claimed)
             if not claimed:
@@ -223,15 +144,15 @@ class Refresher:
             try:
                 async with semaphore:
                     if self.stopping:
-                        await self._release(account)
+                        await self.leases.release(account)
                         return RefreshResult(account, Outcome.SKIPPED)
                     return await self.refresh_leased(account)
             except StoreError as exc:
                 # Whatever step the store refused (a settle, a release, a re-read), this claimed account is
                 # not left leased by a sweep that went on: give its lease back, or let it expire and alarm.
                 log.error("refresh.store_failed", app=account.app, account=account.key, error=str(exc))
-                self._store_trouble(exc)
-                await self._release_hard(account)
+                self.leases.store_trouble(exc)
+                await self.leases.release_hard(account)
                 return RefreshResult(account, Outcome.FAILURE)
 
         return list(await asyncio.gather(*(one(a) for a in accounts)))
@@ -266,10 +187,10 @@ class Refresher:
         policy = self.policies.get(account.app)
         platform = self.platforms.get(account.app)
         if policy is None or platform is None or account.tokens is None:
-            await self._release(account)
+            await self.leases.release(account)
             return RefreshResult(account, Outcome.SKIPPED)
         if account.status != AccountStatus.ACTIVE:
-            await self._release(account)
+            await self.leases.release(account)
             return RefreshResult(account, Outcome.SKIPPED)
 
         unsettled = account.refresh_started_at is not None
@@ -294,14 +215,16 @@ class Refresher:
             # Nothing went to the platform yet, so giving the lease back loses nothing: the next sweep
             # claims the account again (a lease kept until it expired let the token expire unnoticed).
             log.error("refresh.not_started", app=account.app, account=account.key, error=str(exc))
-            self._store_trouble(exc)
-            await self._release_hard(account)
+            self.leases.store_trouble(exc)
+            await self.leases.release_hard(account)
             return RefreshResult(account, Outcome.FAILURE, None, 0, _ms(started))
-        self._store_trouble(None)
+        self.leases.store_trouble(None)
 
         tally = [0]  # attempts made so far, still readable when the call raises (audit, logs, alarms)
         try:
-            tokens, attempts = await self._call_with_retries(platform, policy, account, refresh_token, tally)
+            tokens, attempts = await call_with_retries(
+                platform, policy, self._limiters[policy.app], account, refresh_token, tally, self._sleep
+            )
         except MalformedAnswer as exc:
             if exc.salvaged is None:
                 return await self._settle_failure(account, policy, exc, tally[0], started, unsettled)
@@ -326,7 +249,7 @@ class Refresher:
         register_secrets([tokens.access_token, tokens.refresh_token])
         duration = _ms(started)
         try:
-            saved = await self._save_new_tokens(
+            saved = await self.leases.save_new_tokens(
                 account, tokens, self._audit_entry(account, "success", duration, attempts, None)
             )
         except AccountNotFound:
@@ -366,76 +289,6 @@ class Refresher:
             return account
         return updated or account
 
-    async def _save_new_tokens(self, account: Account, tokens: TokenSet, audit: AuditEntry) -> Account:
-        """Commit tokens the platform just issued. The platform has most likely rotated: these are the only
-        tokens that work, so a store that fails (database down, locked longer than its busy timeout, a
-        failover) is tried again, without end, until it takes them or another worker holds the account.
-        The lease stays ours meanwhile: an expired lease nobody took over is still honoured on save."""
-        delay, failures = SAVE_RETRY_FIRST, 0
-        try:
-            while True:
-                try:
-                    saved = await self.store.save_tokens(account.id, self.owner, tokens, audit)
-                except (LeaseLost, AccountNotFound):
-                    raise
-                except StoreError as exc:
-                    failures += 1
-                    log.error(
-                        "refresh.save_failed",
-                        app=account.app,
-                        account=account.key,
-                        error=str(exc),
-                        failures=failures,
-                        detail=f"new tokens kept in memory; trying again in {delay:g}s",
-                    )
-                else:
-                    if failures:
-                        log.warning("refresh.save_recovered", app=account.app, account=account.key, failures=failures)
-                    return saved
-                await self._sleep(delay)
-                delay = min(delay * 2, SAVE_RETRY_MAX)
-        except asyncio.CancelledError:
-            if failures:
-                # Shut down while the store was still failing: the new tokens go with this process. On
-                # restart the account is probed (refresh_started_at is set) and alarmed if they are missed.
-                log.error("refresh.save_abandoned", app=account.app, account=account.key, failures=failures)
-            raise
-
-    async def _call_with_retries(
-        self,
-        platform: Platform,
-        policy: AppPolicy,
-        account: Account,
-        refresh_token: str,
-        tally: list[int],
-    ) -> tuple[TokenSet, int]:
-        """The platform's new token set and the attempts it took; ``tally[0]`` counts attempts as they go,
-        so the caller still knows it when this raises."""
-        limiter = self._limiters[policy.app]
-        skew_retried = False
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts),
-            wait=_wait_honouring_retry_after(policy),
-            # Never retry over a salvaged pair: the old refresh token is spent already.
-            retry=retry_if_exception(lambda e: isinstance(e, TransientError) and getattr(e, "salvaged", None) is None),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                tally[0] += 1
-                await limiter.acquire()
-                try:
-                    return await platform.refresh(account.identity, refresh_token), tally[0]
-                except ClockSkew:
-                    if skew_retried:
-                        raise
-                    skew_retried = True  # re-sign once with a fresh timestamp, at once
-                    await limiter.acquire()
-                    tally[0] += 1
-                    return await platform.refresh(account.identity, refresh_token), tally[0]
-        raise AssertionError("unreachable")  # pragma: no cover
-
     async def _settle_failure(
         self,
         account: Account,
@@ -451,7 +304,7 @@ class Refresher:
             current = await self.store.get(account.app, account.key)
             if current is not None and current.version != account.version:
                 log.info("refresh.superseded", app=account.app, account=account.key)
-                await self._release(account)
+                await self.leases.release(account)
                 return RefreshResult(current, Outcome.SKIPPED, None, attempts, _ms(started))
             if unsettled:
                 error = RefreshTokenRejected(
@@ -472,7 +325,7 @@ class Refresher:
         elif isinstance(error, ConfigError):
             next_attempt = now + CONFIG_ERROR_RETRY
         else:
-            next_attempt = now + _sweep_backoff(account.consecutive_failures + 1, policy)
+            next_attempt = now + sweep_backoff(account.consecutive_failures + 1, policy)
         duration = _ms(started)
         audit = self._audit_entry(account, error.error_class, duration, attempts, error)
         try:
@@ -498,55 +351,6 @@ class Refresher:
         )
         await self._notify(saved, "failure", error, attempts, duration, None)
         return RefreshResult(saved, Outcome.FAILURE, error, attempts, duration)
-
-    async def _release(self, account: Account) -> None:
-        with contextlib.suppress(LeaseLost):  # someone else's now: nothing of ours to release
-            await self.store.release(account.id, self.owner)
-
-    async def _release_hard(self, account: Account) -> bool:
-        """Give a lease back through a failing store: asked again RELEASE_ATTEMPTS times; True when done."""
-        delay = SAVE_RETRY_FIRST
-        for attempt in range(1, RELEASE_ATTEMPTS + 1):
-            try:
-                await self._release(account)
-            except AccountNotFound:
-                return True  # deleted meanwhile: no lease left to give back
-            except StoreError as exc:
-                self._store_trouble(exc)
-                if attempt == RELEASE_ATTEMPTS:
-                    log.error(
-                        "refresh.lease_stranded",
-                        app=account.app,
-                        account=account.key,
-                        error=str(exc),
-                        detail="the lease expires by itself; an alarm is raised if the token expires first",
-                    )
-                    self._stranded[account.id] = account
-                    return False
-                await self._sleep(delay)
-                delay = min(delay * 2, SAVE_RETRY_MAX)
-            else:
-                self._store_trouble(None)
-                return True
-        return False  # pragma: no cover - the loop returns
-
-    async def _release_stranded(self, app: str) -> None:
-        """Give back, once the store takes writes again, the leases it refused to take back before, so
-        their accounts need not wait for the lease to expire."""
-        for account in [a for a in self._stranded.values() if a.app == app]:
-            try:
-                await self._release(account)
-            except AccountNotFound:
-                pass
-            except StoreError as exc:
-                self._store_trouble(exc)
-                return  # still failing: the claim below will say so too
-            del self._stranded[account.id]
-            log.info("refresh.lease_released_late", app=app, account=account.key)
-
-    def _store_trouble(self, error: StoreError | None) -> None:
-        if self._on_store is not None:
-            self._on_store(error)
 
     def _audit_entry(
         self, account: Account, outcome: str, duration: int, attempts: int, error: RefresherError | None
@@ -598,28 +402,6 @@ class Refresher:
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
-def _sweep_backoff(failures: int, policy: AppPolicy) -> dt.timedelta:
-    """Delay before the next sweep may retry a failed account: doubling with jitter, capped."""
-    cap = max(policy.refresh_before / 4, RETRY_BASE)
-    delay: dt.timedelta = min(RETRY_BASE * (2 ** min(failures - 1, 20)), cap)
-    return delay * random.uniform(0.8, 1.0)
-
-
-def _wait_honouring_retry_after(policy: AppPolicy) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(
-        multiplier=policy.initial_delay.total_seconds(), max=policy.max_delay.total_seconds()
-    )
-
-    def wait(state: RetryCallState) -> float:
-        delay = backoff(state)
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RefresherError) and error.retry_after is not None:
-            delay = max(delay, min(error.retry_after, policy.max_delay.total_seconds()))
-        return delay
-
-    return wait
 
 
 def _lost_token_hint(platform: Platform | None) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from refresher.domain import AccountStatus, ErrorInfo
+from refresher.domain import AccountStatus, ErrorInfo, RefresherError
+from refresher.store.base import Account
 
 
 class Outcome(enum.StrEnum):
@@ -44,3 +45,22 @@ class RefreshEvent:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))  # an unknown outcome is a bug: ValueError
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    account: Account
+    outcome: Outcome  # a StrEnum: JSON, logs and the audit log show its value ("success" …)
+    error: RefresherError | None = None
+    attempts: int = 0
+    duration_ms: int = 0
+
+
+@dataclass
+class SweepResult:
+    app: str
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    results: list[RefreshResult] = field(default_factory=list)

@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from refresher.config import AppSettings, Settings, cron_trigger_from
 from refresher.platforms.base import Platform
-from refresher.refresh import AppPolicy
+from refresher.refresh_policy import AppPolicy
 
 log = structlog.get_logger("refresher.scheduler")
 

@@ -563,7 +563,8 @@ async def test_no_secret_in_alarms_or_logs(
     receiver: Receiver, make_policy: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from refresher.config import LoggingSettings
-    from refresher.logging import configure_logging, register_secrets, reset_logging
+    from refresher.logging import configure_logging, reset_logging
+    from refresher.redaction import register_secrets
 
     configure_logging(LoggingSettings(level="debug"), secrets=[CHANNEL_SECRET])
     try:

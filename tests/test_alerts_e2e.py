@@ -24,7 +24,8 @@ from refresher.config import LoggingSettings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
 from refresher.invites import check_invite
-from refresher.logging import configure_logging, forget_secrets, reset_logging
+from refresher.logging import configure_logging, reset_logging
+from refresher.redaction import forget_secrets
 from refresher.sandbox import SandboxServer
 
 SECRET = "e2e-webhook-secret-0123456789"

@@ -24,7 +24,8 @@ from refresher import platforms
 from refresher.config import LoggingSettings, Settings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import FakeClock
-from refresher.logging import configure_logging, forget_secrets
+from refresher.logging import configure_logging
+from refresher.redaction import forget_secrets
 from refresher.sandbox import SANDBOX_CREDENTIALS, SandboxServer
 from refresher.store.base import Account
 from tests.support import assert_no_secret

@@ -115,7 +115,7 @@ async def test_store_source_reads_the_store_directly(api_env: ApiEnv) -> None:
 
 
 async def test_get_token_from_the_environment(api_env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    import refresher.client as client
+    import refresher.client.source as client
 
     (account,) = await api_env.onboard()
     monkeypatch.setattr(client, "_default_source", None)

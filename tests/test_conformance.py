@@ -25,7 +25,7 @@ from refresher.domain import (
 )
 from refresher.platforms.base import ApiCall, Platform
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import SANDBOX_CREDENTIALS, secret_of
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS, secret_of
 from tests import support
 from tests.support import ECHO_CALLS, PLATFORMS, app_for
 

@@ -213,7 +213,10 @@ async def test_seller_sees_who_asks_then_the_connected_shops_by_name(
     await shopee.click("#continue")
     await shopee.click("#approve")
     await shopee.wait_for_selector("[data-outcome=granted]")
-    assert "—" not in await shopee.inner_text("body")
+    shopee_text = await shopee.inner_text("body")
+    assert "—" not in shopee_text
+    # The shop by its name and country (get_shop_info at onboarding), not "Shopee shop 123".
+    assert "Sandbox Shop 1" in shopee_text and "Singapore" in shopee_text and "Shopee shop" not in shopee_text
     await shot(shopee, "seller-granted-shopee")
 
     secrets = [*await secrets_of(daemon), invite]

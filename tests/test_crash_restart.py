@@ -47,7 +47,7 @@ from refresher.config import Settings, parse_config
 from refresher.domain import AccountStatus, SystemClock
 from refresher.platforms.base import make_http_client
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import Lifetimes
+from refresher.sandbox.apps import Lifetimes
 from refresher.store import open_store
 from refresher.store.base import Account
 

@@ -25,7 +25,7 @@ from refresher import platforms
 from refresher.config import parse_config
 from refresher.domain import SystemClock
 from refresher.platforms.base import make_http_client
-from refresher.sandbox.core import SANDBOX_CREDENTIALS, secret_of
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS, secret_of
 from refresher.store import open_store
 from tests.support import assert_no_secret
 

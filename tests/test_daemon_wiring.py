@@ -10,7 +10,8 @@ import pytest
 from refresher import platforms
 from refresher.config import parse_config
 from refresher.daemon import Daemon
-from refresher.refresh import AppPolicy, Refresher
+from refresher.refresh import Refresher
+from refresher.refresh_policy import AppPolicy
 
 
 def settings(tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import yaml
 
 from refresher import platforms
 from refresher.config import parse_config
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 
 
 def cli_env() -> dict[str, str]:

@@ -18,8 +18,9 @@ from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_chan
 from refresher.alerts.events import RefreshEvent
 from refresher.config import LoggingSettings, Settings, StoreSettings
 from refresher.domain import AccountStatus, ErrorInfo, FakeClock, Identity, TokenSet
-from refresher.logging import configure_logging, forget_secrets, register_secrets, reset_logging
+from refresher.logging import configure_logging, reset_logging
 from refresher.metrics import Metrics
+from refresher.redaction import forget_secrets, register_secrets
 from refresher.store.base import Account
 from refresher.store.sql import open_store
 

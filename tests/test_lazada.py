@@ -36,7 +36,7 @@ from refresher.platforms.base import Answer, ApiCall
 from refresher.platforms.lazada import LazadaPlatform
 from refresher.platforms.signing import lazada_sign
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from tests.support import app_for, assert_no_secret, error_texts
 
 SECRET = SANDBOX_CREDENTIALS["lazada"]["app_secret"]

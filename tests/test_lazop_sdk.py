@@ -14,7 +14,7 @@ import pytest
 from refresher.domain import Identity
 from refresher.platforms.lazada import LazadaPlatform
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from tests.support import app_for
 
 APP_KEY = str(SANDBOX_CREDENTIALS["lazada"]["app_key"])

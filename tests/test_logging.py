@@ -17,18 +17,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refresher.config import LoggingSettings
-from refresher.logging import (
+from refresher.logging import configure_logging, reset_logging
+from refresher.redaction import (
     REDACTED,
     Redactor,
     _SecretSet,
     active_redactor,
-    configure_logging,
     forget_secrets,
     redact_query,
     redact_text,
     redact_value,
     register_secrets,
-    reset_logging,
 )
 
 ACCESS = "ROW_accessTokenValue_0123456789"
@@ -179,7 +178,8 @@ def test_full_process_output_has_no_secret() -> None:
         f"""
         import logging, structlog
         from refresher.config import LoggingSettings
-        from refresher.logging import configure_logging, register_secrets
+        from refresher.logging import configure_logging
+        from refresher.redaction import register_secrets
         configure_logging(LoggingSettings(), secrets=[{PARTNER_KEY!r}])
         register_secrets([{ACCESS!r}, None, ""])
         log = structlog.get_logger("refresher.refresh")

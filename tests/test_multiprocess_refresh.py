@@ -22,7 +22,7 @@ from refresher import platforms
 from refresher.config import load_config
 from refresher.domain import SystemClock
 from refresher.platforms.base import make_http_client
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from refresher.sandbox.runner import answer_consent
 from refresher.store import open_store
 from refresher.store.schema import accounts as accounts_table

@@ -46,7 +46,7 @@ from refresher.domain import FakeClock, SystemClock, TokenSet
 from refresher.logging import configure_logging
 from refresher.platforms.base import make_http_client
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifetimes, secret_of
+from refresher.sandbox.apps import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifetimes, secret_of
 from refresher.scheduler import simulate
 from refresher.store import open_store
 from refresher.store.base import Account
@@ -394,7 +394,7 @@ async def test_two_processes_sigkill_one_and_the_other_takes_over(tmp_path: Path
         settings = parse_config(
             (tmp_path / "replica-0.yaml").read_text(), file="r.yaml", credential_models=platforms.credential_models()
         )
-        from refresher.refresh import AppPolicy
+        from refresher.refresh_policy import AppPolicy
 
         lease = AppPolicy.resolve(settings.apps["shopee"], platforms.get("shopee"), lease_ttl).lease_ttl
         assert lease == dt.timedelta(seconds=34.5)  # 1.5 x 3 s + 30 s: the floor that protects a slow call

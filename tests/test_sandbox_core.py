@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from refresher.domain import FakeClock
-from refresher.sandbox.core import FaultPlan, FaultSpecError, SandboxRejection, SandboxState, Subject
+from refresher.sandbox.core import SandboxRejection, SandboxState, Subject
+from refresher.sandbox.faults import FaultPlan, FaultSpecError
 
 
 def test_fault_spec_parses_probability_and_count() -> None:

@@ -35,7 +35,7 @@ from refresher.platforms.base import Answer, ApiCall
 from refresher.platforms.shopee import ShopeePlatform
 from refresher.platforms.signing import shopee_sign
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from tests.support import app_for, assert_no_secret, error_texts
 
 KEY = SANDBOX_CREDENTIALS["shopee"]["partner_key"]

@@ -30,7 +30,7 @@ from refresher.domain import FakeClock
 from refresher.logging import configure_logging
 from refresher.platforms.base import Platform
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import DEFAULT_LIFETIMES, Lifetimes
+from refresher.sandbox.apps import DEFAULT_LIFETIMES, Lifetimes
 from refresher.scheduler import simulate
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,8 @@ import pytest
 from refresher.domain import FakeClock
 from refresher.onboarding import StateError, new_state, take_state
 from refresher.store import Alarm, AlarmStore, OAuthState, SqlStore, StateStore, StoreError
-from refresher.store.memory import MemoryAlarms, MemoryStates
+from refresher.store.base import AlarmDelivery, DeliveryStore, LogoutStore
+from refresher.store.memory import MemoryAlarms, MemoryDeliveries, MemoryLogouts, MemoryStates
 from tests.support import pg_schema
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -26,14 +27,16 @@ MINUTE = dt.timedelta(minutes=1)
 APP = "shopee-sg"
 
 
-class Roles(AlarmStore, StateStore, Protocol):
+class Roles(AlarmStore, StateStore, DeliveryStore, LogoutStore, Protocol):
     pass
 
 
-class MemoryRoles(MemoryAlarms, MemoryStates):
+class MemoryRoles(MemoryAlarms, MemoryStates, MemoryDeliveries, MemoryLogouts):
     def __init__(self, clock: FakeClock) -> None:
         MemoryAlarms.__init__(self, clock)
         MemoryStates.__init__(self, clock)
+        MemoryDeliveries.__init__(self)
+        MemoryLogouts.__init__(self)
 
 
 @pytest.fixture
@@ -112,6 +115,36 @@ async def test_note_alarm_sent_quiet_time_reopening_and_delivery(roles: Roles, c
     assert await roles.get_alarm(APP, "shop:1", "failures") == Alarm(
         APP, "shop:1", "failures", later, later, None, {"n": 5}
     )
+
+
+async def test_alarm_deliveries_one_row_per_alarm_and_channel(roles: Roles) -> None:
+    failing = AlarmDelivery(APP, "shop:1", "failures", "pager", "sending", 1, T0, None, "webhook pager: HTTP 500")
+    await roles.record_delivery(failing)
+    await roles.record_delivery(AlarmDelivery(APP, "shop:1", "failures", "chat", "delivered", 1, T0, T0))
+    await roles.record_delivery(AlarmDelivery(APP, "shop:2", "failures", "chat", "delivered", 1, T0, T0))
+    # The next attempt replaces the channel's row; an over-long error is cut to the column's width.
+    gave_up = dataclasses.replace(
+        failing, state="failed", attempts=2, last_attempt_at=T0 + MINUTE, last_error="x" * 600
+    )
+    await roles.record_delivery(gave_up)
+    found = await roles.alarm_deliveries([(APP, "shop:1", "failures"), (APP, "shop:9", "failures")])
+    assert [(d.channel, d.state, d.attempts) for d in found] == [("chat", "delivered", 1), ("pager", "failed", 2)]
+    assert found[1].last_attempt_at == T0 + MINUTE and found[1].last_error == "x" * 512
+    assert found[0].delivered_at == T0 and found[0].last_error is None
+    assert await roles.alarm_deliveries([]) == []
+    assert [d.account_key for d in await roles.alarm_deliveries([(APP, "shop:2", "failures")])] == ["shop:2"]
+
+
+async def test_logouts_are_remembered_until_their_cookie_expires(roles: Roles) -> None:
+    assert not await roles.logged_out("sid-a")
+    await roles.add_logout("sid-a", T0 + HOUR, T0)
+    await roles.add_logout("sid-b", T0 + 2 * HOUR, T0)
+    await roles.add_logout("sid-a", T0 + HOUR, T0)  # twice (two tabs) is not an error
+    assert await roles.logged_out("sid-a") and await roles.logged_out("sid-b") and not await roles.logged_out("x")
+    # A later logout forgets the sessions whose cookie has expired since; the others stay.
+    await roles.add_logout("sid-c", T0 + 3 * HOUR, T0 + HOUR + MINUTE)
+    assert not await roles.logged_out("sid-a")
+    assert await roles.logged_out("sid-b") and await roles.logged_out("sid-c")
 
 
 # ------------------------------------------------------------------------------------------- states

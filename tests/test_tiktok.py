@@ -30,7 +30,7 @@ from refresher.platforms.base import PKCE, Answer, ApiCall
 from refresher.platforms.signing import pkce_challenge_hex, pkce_challenge_s256
 from refresher.platforms.tiktok import TikTokPlatform
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from tests.support import app_for, assert_no_secret, error_texts
 
 CREDS = SANDBOX_CREDENTIALS["tiktok"]

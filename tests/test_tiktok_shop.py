@@ -32,7 +32,7 @@ from refresher.platforms.base import Answer, ApiCall
 from refresher.platforms.signing import tiktok_shop_sign
 from refresher.platforms.tiktok_shop import TikTokShopPlatform
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import SANDBOX_CREDENTIALS
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 from tests.support import app_for, assert_no_secret, error_texts
 
 CREDS = SANDBOX_CREDENTIALS["tiktok_shop"]

@@ -18,7 +18,7 @@ from refresher.alerts.dispatcher import DeliveryError
 from refresher.alerts.events import AlarmMessage
 from refresher.alerts.signing import signature_headers
 from refresher.domain import Clock, SystemClock
-from refresher.logging import register_secrets
+from refresher.redaction import register_secrets
 
 log = structlog.get_logger("refresher.alerts")
 

@@ -16,7 +16,7 @@ from refresher.alerts.channels import post_signed, url_secrets
 from refresher.alerts.dispatcher import Dispatcher
 from refresher.config import AppSettings, HookSettings, Settings
 from refresher.domain import Clock, SystemClock, TokenSet
-from refresher.logging import register_secrets
+from refresher.redaction import register_secrets
 from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account
 

@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from refresher.alerts.channels import Channel
+from refresher.alerts.deliveries import DeliveryRecorder
 from refresher.alerts.dispatcher import Dispatcher
 from refresher.alerts.events import AlarmCause, AlarmMessage
 from refresher.alerts.lifecycle import EventType, LifecycleEvents
 from refresher.config import AlertSettings
 from refresher.domain import AccountStatus, Clock
-from refresher.logging import redact_text
+from refresher.redaction import redact_text
 from refresher.refresh_events import RefreshEvent
 from refresher.store.base import Account, Alarm, AlertStore
 
@@ -74,6 +75,8 @@ class AlertPolicy:
         # Lifecycle events (account.needs_reauth, account.refresh_failed, account.resolved) follow the
         # alarms: set by the daemon; None sends none.
         self.lifecycle: LifecycleEvents | None = None
+        # Per alarm and channel, how each message went (the console's alarms page): set by the daemon.
+        self.deliveries: DeliveryRecorder | None = None
         # Alarm messages this process queued whose delivery has not ended yet: not "undelivered" while a
         # channel may still be retrying them, whatever a simulated clock says.
         self._in_flight: dict[tuple[str, str, str], _Delivery] = {}
@@ -144,7 +147,7 @@ class AlertPolicy:
             error_message=redact_text(f"{detail}: {error}" if detail and error else detail or "") or None,
         )
         log.warning("alert", kind=kind, cause=STORE_UNAVAILABLE, app="*", account="store", seconds=round(seconds))
-        self._send(message)
+        self._send(message, track=False)  # no alarm row to record it against
 
     async def remind(self, app: str) -> None:
         """Follow up open alarms that no refresh event will ever revisit (run after each sweep).
@@ -320,18 +323,24 @@ class AlertPolicy:
             key = alarm.account_key
             await self.lifecycle.notify(EventType.RESOLVED, alarm.app, key, marker=marker, cause=alarm.cause)
 
-    def _send(self, message: AlarmMessage, confirm: tuple[str, str, str, dt.datetime] | None = None) -> None:
+    def _send(
+        self, message: AlarmMessage, confirm: tuple[str, str, str, dt.datetime] | None = None, *, track: bool = True
+    ) -> None:
         """Queue ``message`` for every channel; with ``confirm`` (the alarm and the stamp of this message),
-        the first channel that takes it marks the alarm delivered."""
+        the first channel that takes it marks the alarm delivered; with ``track``, each channel's outcome
+        is recorded per alarm (``self.deliveries``)."""
         delivery = None
         if confirm is not None and self.channels:
             delivery = self._in_flight[confirm[:3]] = _Delivery(time.monotonic(), len(self.channels))
         for channel in self.channels:
-            send = functools.partial(channel.send, message)
-            done = None
+            send: Callable[[], Awaitable[None]] = functools.partial(channel.send, message)
+            done: Callable[[bool], None] | None = None
             if confirm is not None and delivery is not None:
                 send = functools.partial(self._send_and_confirm, send, confirm)
                 done = functools.partial(self._delivery_ended, confirm[:3], delivery)
+            if track and self.deliveries is not None:
+                attempts = self.settings.delivery_attempts
+                send, done = self.deliveries.track(message, channel.name, attempts, send, done)
             self.dispatcher.submit("alert", channel.name, send, self.settings.delivery_attempts, done)
 
     def _delivery_ended(self, key: tuple[str, str, str], delivery: _Delivery, delivered: bool) -> None:

@@ -11,6 +11,7 @@ import sys
 
 # Importing the command modules registers their commands on ``main``.
 from refresher.cli import commands_accounts as _commands_accounts  # noqa: F401
+from refresher.cli import commands_authorize as _commands_authorize  # noqa: F401
 from refresher.cli import commands_config as _commands_config  # noqa: F401
 from refresher.cli import commands_daemon as _commands_daemon  # noqa: F401
 from refresher.cli import commands_onboarding as _commands_onboarding  # noqa: F401

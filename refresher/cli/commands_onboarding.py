@@ -1,4 +1,4 @@
-"""Onboarding from the command line: ``auth-url``, ``exchange``, ``invite`` and the desktop ``authorize``.
+"""Onboarding from the command line: ``auth-url``, ``exchange`` and ``invite`` (``authorize``: commands_authorize).
 
 These run without the daemon: they open the store themselves. The flow is :mod:`refresher.onboarding`,
 the same code the web routes use. Nothing printed here ever contains a token or an authorization code.
@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import signal
 import sys
-import webbrowser
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -28,7 +25,7 @@ from refresher.cli.common import (
     with_store,
 )
 from refresher.config import Settings, format_duration, parse_duration
-from refresher.domain import AuthorizationDenied, Clock, RefresherError, SystemClock
+from refresher.domain import Clock, SystemClock
 from refresher.platforms.base import Platform
 from refresher.store.base import Account, Store, StoreError
 
@@ -55,7 +52,7 @@ def print_accounts(accounts: Sequence[Account], now: dt.datetime) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _opened(settings: Settings, app_name: str, clock: Clock) -> AsyncIterator[tuple[Store, Platform]]:
+async def opened_app(settings: Settings, app_name: str, clock: Clock) -> AsyncIterator[tuple[Store, Platform]]:
     """The store and the app's plugin, closed again whatever happens."""
     from refresher import platforms as registry
     from refresher.platforms.base import make_http_client
@@ -73,7 +70,7 @@ async def _opened(settings: Settings, app_name: str, clock: Clock) -> AsyncItera
         await http.aclose()
 
 
-def _settings_for(config_path: str | None, app: str) -> Settings:
+def settings_for(config_path: str | None, app: str) -> Settings:
     """The validated config, the app checked, and logs set up for a person at a terminal (on stderr:
     stdout carries the URL and the progress lines scripts read)."""
     settings = load_settings(config_path)
@@ -82,7 +79,7 @@ def _settings_for(config_path: str | None, app: str) -> Settings:
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def run_flow(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
     except StoreError as exc:
@@ -102,11 +99,11 @@ def auth_url(config_path: str | None, app: str, state: str | None, redirect_uri:
     """Print an authorization URL for APP and store its state (use it with `refresher exchange`)."""
     from refresher.onboarding import begin
 
-    settings = _settings_for(config_path, app)
+    settings = settings_for(config_path, app)
 
     async def run() -> int:
         clock = SystemClock()
-        async with _opened(settings, app, clock) as (store, platform):
+        async with opened_app(settings, app, clock) as (store, platform):
             url, stored = await begin(
                 app,
                 platform,
@@ -120,7 +117,7 @@ def auth_url(config_path: str | None, app: str, state: str | None, redirect_uri:
         click.echo(f"state stored; it expires at {stored.expires_at:%Y-%m-%d %H:%M:%S} UTC", err=True)
         return 0
 
-    sys.exit(_run(run()))
+    sys.exit(run_flow(run()))
 
 
 # ---------------------------------------------------------------------------------------- exchange
@@ -147,7 +144,7 @@ def exchange(
     `--shop-id` or `--main-account-id`) to exchange a code you obtained some other way."""
     from refresher.onboarding import complete, parse_callback
 
-    settings = _settings_for(config_path, app)
+    settings = settings_for(config_path, app)
     if (callback is None) == (code is None):
         fail("give either CALLBACK (the redirect URL) or --code CODE")
     if shop_id is not None and main_account_id is not None:
@@ -165,7 +162,7 @@ def exchange(
 
     async def run() -> int:
         clock = SystemClock()
-        async with _opened(settings, app, clock) as (store, platform):
+        async with opened_app(settings, app, clock) as (store, platform):
             if code is None:
                 accounts = await complete(app, platform, store, clock, params)
             else:
@@ -179,7 +176,7 @@ def exchange(
         print_accounts(accounts, clock.now())
         return 0
 
-    sys.exit(_run(run()))
+    sys.exit(run_flow(run()))
 
 
 # ------------------------------------------------------------------------------------------ invite
@@ -219,7 +216,7 @@ def invite(
         return
     if invitation_id is not None:
         fail(f"unexpected argument {invitation_id!r} (did you mean: refresher invite revoke ID?)")
-    settings = _settings_for(config_path, app)
+    settings = settings_for(config_path, app)
     try:
         lifetime = parse_duration(ttl)
     except (ValueError, OverflowError) as exc:  # OverflowError: more days than a timedelta holds
@@ -276,167 +273,3 @@ def _revoke(config_path: str | None, invitation_id: str | None) -> None:
     if not with_store(settings, lambda store: store.revoke_invitation(wanted)):
         fail(f"no invitation {invitation_id!r} that is not revoked already", 1)
     say(f"invitation {invitation_id} revoked")
-
-
-# --------------------------------------------------------------------------------------- authorize
-
-
-def loopback_target(redirect_uri: str | None, app: str, port: int | None) -> tuple[str, int, str]:
-    """(redirect URI to send, port to listen on, callback path) for the desktop flow, or exit 2."""
-    from refresher.onboarding import is_loopback_http
-
-    if not redirect_uri or not is_loopback_http(redirect_uri):
-        fail(
-            f"apps.{app}.redirect_uri must be a loopback URL such as http://127.0.0.1:{DEFAULT_PORT}/callback "
-            "for `refresher authorize` (use /connect on the daemon for a public one)"
-        )
-    parts = urlsplit(redirect_uri)
-    listen = port if port is not None else (parts.port or DEFAULT_PORT)
-    if parts.port != listen:
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        redirect_uri = urlunsplit((parts.scheme, f"{host}:{listen}", parts.path, parts.query, ""))
-        click.echo(f"note: redirecting to port {listen}; the platform must accept {redirect_uri}", err=True)
-    return redirect_uri, listen, parts.path or "/"
-
-
-async def desktop_flow(
-    settings: Settings,
-    app: str,
-    *,
-    port: int | None,
-    open_browser: bool,
-    wait: dt.timedelta,
-    clock: Clock,
-    target: tuple[str, int, str] | None = None,
-) -> int:
-    """Serve the callback on 127.0.0.1, wait for the seller, store the grant; returns the exit code."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    from refresher.onboarding import OnboardingError, StateError, begin, complete_flow
-    from refresher.server import onboarding as pages
-    from refresher.server.http import start_server, stop_server
-
-    redirect_uri, listen, path = target or loopback_target(settings.app(app).redirect_uri, app, port)
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[int] = loop.create_future()
-    secrets = settings.secrets()
-
-    def settle(code: int) -> None:
-        if not outcome.done():
-            outcome.set_result(code)
-
-    async with _opened(settings, app, clock) as (store, platform):
-
-        async def callback(request: Request) -> Response:
-            params = dict(request.query_params)
-            if outcome.done():
-                return pages.message_page("Already handled", "done", ["This authorization is finished."], 409)
-            try:
-                if params.get("code") and not params.get("error"):
-                    say("exchanging the code…")
-                done = await complete_flow(app, platform, store, clock, params)
-            except AuthorizationDenied as exc:
-                say(f"denied: {exc.message}")
-                settle(EXIT_FAILED)
-                return pages.denied_page(exc)
-            except StateError as exc:
-                # Not our flow's redirect (a stale tab, a probe): refuse it and keep waiting.
-                say(f"ignored a request to the callback: {exc.message}")
-                return pages.state_page(exc)
-            except OnboardingError as exc:
-                say(f"failed: {exc.message}")
-                settle(EXIT_FAILED)
-                return pages.message_page("Authorization failed", "failed", [exc.message], 400)
-            except StoreError as exc:  # before RefresherError, its root
-                say(f"failed: the token store refused the accounts ({type(exc).__name__})")
-                settle(EXIT_FAILED)
-                return pages.message_page("Authorization failed", "failed", ["The token store failed."], 503)
-            except RefresherError as exc:
-                say(f"failed: {exc.error_class}: {exc.message}" + (f" (code {exc.code})" if exc.code else ""))
-                settle(EXIT_FAILED)
-                return pages.failure_page(exc, [*secrets, params.get("code", "")])
-            say(f"granted: {len(done.accounts)} account(s) of app {app} stored")
-            print_accounts(done.accounts, clock.now())
-            settle(EXIT_GRANTED)
-            return pages.granted_page(app, done.accounts, clock.now())
-
-        async def not_here(request: Request) -> Response:
-            return Response("not found", status_code=404, media_type="text/plain")
-
-        web = Starlette(routes=[Route(path, callback)])
-        web.add_route("/{rest:path}", not_here)
-        try:
-            server, task, _ = await start_server(web, "127.0.0.1", listen)
-        except OSError as exc:
-            fail(f"cannot listen on 127.0.0.1:{listen} ({exc.strerror or exc}); choose another --port")
-
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            url, _ = await begin(
-                app,
-                platform,
-                store,
-                clock,
-                redirect_uri=redirect_uri,
-                ttl=max(settings.server.state_ttl, wait),
-            )
-            say(f"authorization URL: {url}")
-            if open_browser and not webbrowser.open(url):
-                say("could not open a browser; open the URL above yourself")
-            say(
-                f"waiting for the redirect to http://127.0.0.1:{listen}{path} "
-                f"(times out in {format_duration(wait)}; Ctrl-C cancels)…"
-            )
-            stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-            waiting: set[asyncio.Future[Any]] = {outcome, stopper}
-            done_set, _ = await asyncio.wait(waiting, timeout=wait.total_seconds(), return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if outcome in done_set:
-                return outcome.result()
-            if stop.is_set():
-                say("cancelled")
-                return EXIT_CANCELLED
-            say(f"timed out after {format_duration(wait)} without a redirect")
-            return EXIT_TIMEOUT
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            # Lets the result page of a finished callback go out, then frees the port.
-            await stop_server(server, task)
-
-
-@main.command("authorize")
-@config_option
-@click.argument("app")
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help=f"Loopback port (default: the redirect_uri's, else {DEFAULT_PORT}).",
-)
-@click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
-@click.option("--timeout", "timeout_text", default="60s", show_default=True, help="How long to wait.")
-@friendly_errors
-def authorize(config_path: str | None, app: str, port: int | None, no_browser: bool, timeout_text: str) -> None:
-    """Authorize APP from this machine: open the browser, wait for the redirect on 127.0.0.1, store it.
-
-    Exit codes: 0 granted, 1 denied or failed, 3 timed out, 130 cancelled.
-    """
-    settings = _settings_for(config_path, app)
-    try:
-        timeout = parse_duration(timeout_text)
-    except ValueError as exc:
-        fail(f"--timeout: {exc}")
-    if timeout <= dt.timedelta(0):
-        fail("--timeout: must be positive")
-    # Checked before the event loop starts, so a wrong redirect URI is one line and nothing else.
-    target = loopback_target(settings.app(app).redirect_uri, app, port)
-    flow = desktop_flow(
-        settings, app, port=port, open_browser=not no_browser, wait=timeout, clock=SystemClock(), target=target
-    )
-    sys.exit(_run(flow))

@@ -21,7 +21,7 @@ PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
 
 
 def _lifetimes(access: str | None, refresh: str | None) -> dict[str, Any]:
-    from refresher.sandbox.core import DEFAULT_LIFETIMES
+    from refresher.sandbox.apps import DEFAULT_LIFETIMES
 
     try:
         a = parse_duration(access) if access else None

@@ -35,6 +35,7 @@ from refresher.domain import (
 from refresher.platforms.base import PKCE, ApiCall, Platform, SignedCall
 from refresher.platforms.shopee_authorization import AUTHORIZATION_CHECK_EVERY, AuthorizationEnds
 from refresher.platforms.shopee_errors import classify, request_id_of
+from refresher.platforms.shopee_shop_info import with_shop_info, with_shop_names
 from refresher.platforms.signing import shopee_base_string, shopee_sign
 from refresher.platforms.transport import Answer
 from refresher.platforms.values import as_token, json_seconds
@@ -183,7 +184,7 @@ class ShopeePlatform(Platform):
 
     async def _with_authorization_ends(self, grants: list[Grant]) -> list[Grant]:
         """The grants with the authorization's end read at once (one listing per kind for all of them), so
-        "re-authorize soon" can fire early."""
+        "re-authorize soon" can fire early, and shops with their names (shopee_shop_info)."""
         out = []
         ends: dict[str, dict[str, int] | None] = {}
         for kind in {g.identity.kind for g in grants}:
@@ -194,7 +195,7 @@ class ShopeePlatform(Platform):
             known = ends.get(grant.identity.kind)
             identity = grant.identity if known is None else self._with_end(grant.identity, known)
             out.append(Grant(identity, self._capped(grant.tokens, identity)))
-        return out
+        return await with_shop_names(self, out)  # and each shop's name and region, when Shopee tells
 
     async def refresh(self, identity: Identity, refresh_token: str) -> TokenSet:
         """RefreshAccessToken for one shop or merchant (the old refresh token is spent on success)."""
@@ -214,11 +215,14 @@ class ShopeePlatform(Platform):
         return replace(tokens, refresh_expires_at=min(tokens.refresh_expires_at, from_epoch(end)))
 
     async def updated_identity(self, identity: Identity, tokens: TokenSet) -> Identity | None:
-        """The authorization's end, read again once a day (GetShopsByPartner / GetMerchantsByPartner)."""
+        """The authorization's end and a shop's name, read again once a day (GetShopsByPartner /
+        GetMerchantsByPartner, get_shop_info)."""
         checked = identity.extra.get("authorization_checked_at")
         if isinstance(checked, int) and self.now() - from_epoch(checked) < AUTHORIZATION_CHECK_EVERY:
             return None
-        return await self._authorization_checked(identity)
+        found = await self._authorization_checked(identity)
+        named = await with_shop_info(self, found or identity, tokens.access_token)
+        return named if found is not None or named is not identity else None
 
     async def _authorization_checked(self, identity: Identity) -> Identity | None:
         """``identity`` with ``authorization_expires_at`` from the partner's authorized list, or ``None``

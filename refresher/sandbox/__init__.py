@@ -3,16 +3,9 @@
 Start it with ``refresher sandbox`` or, in-process, ``async with SandboxServer() as sandbox``.
 """
 
-from refresher.sandbox.core import (
-    DEFAULT_LIFETIMES,
-    SANDBOX_CREDENTIALS,
-    FaultPlan,
-    FaultSpecError,
-    Lifetimes,
-    SandboxRejection,
-    SandboxState,
-    Subject,
-)
+from refresher.sandbox.apps import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifetimes
+from refresher.sandbox.core import SandboxRejection, SandboxState, Subject
+from refresher.sandbox.faults import FaultPlan, FaultSpecError
 from refresher.sandbox.runner import SandboxServer
 from refresher.sandbox.server import SandboxPlatform, build_app
 

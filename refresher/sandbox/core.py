@@ -1,4 +1,4 @@
-"""The platform-neutral part of the sandbox: token chains, consent tickets, faults, counters.
+"""The platform-neutral part of the sandbox: token chains, consent tickets, counters.
 
 The sandbox stands in for the platforms' authorization servers on loopback. Each platform module in
 this package speaks its platform's wire protocol (paths, parameters, signatures, error envelopes) and
@@ -14,159 +14,15 @@ import asyncio
 import datetime as dt
 import hashlib
 import random
-import re
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from refresher.domain import Clock, ConfigError, SystemClock
-
-# -------------------------------------------------------------------------------------------- lifetimes
-
-
-@dataclass(frozen=True)
-class Lifetimes:
-    """How long what the sandbox issues lives. ``refresh_extends``: a refresh restarts the refresh
-    token's lifetime (Shopee, TikTok) instead of keeping the grant's original deadline (Lazada, TTS)."""
-
-    access: dt.timedelta
-    refresh: dt.timedelta
-    code: dt.timedelta = dt.timedelta(minutes=10)
-    refresh_extends: bool = True
-    previous_access_grace: dt.timedelta = dt.timedelta(0)
-
-    def scaled(self, access: dt.timedelta | None, refresh: dt.timedelta | None) -> Lifetimes:
-        return Lifetimes(
-            access=access or self.access,
-            refresh=refresh or self.refresh,
-            code=self.code,
-            refresh_extends=self.refresh_extends,
-            previous_access_grace=self.previous_access_grace,
-        )
-
-
-DEFAULT_LIFETIMES: dict[str, Lifetimes] = {
-    "shopee": Lifetimes(
-        dt.timedelta(hours=4), dt.timedelta(days=30), dt.timedelta(minutes=10), True, dt.timedelta(minutes=5)
-    ),
-    "tiktok_shop": Lifetimes(dt.timedelta(days=7), dt.timedelta(days=365), dt.timedelta(minutes=30), False),
-    "lazada": Lifetimes(dt.timedelta(days=30), dt.timedelta(days=180), dt.timedelta(minutes=30), False),
-    "tiktok": Lifetimes(dt.timedelta(hours=2), dt.timedelta(days=180), dt.timedelta(minutes=10), True),
-}
-
-# What the sandbox accepts out of the box; `refresher demo` and the tests use these. They are sandbox
-# values, published on purpose, and worthless anywhere else.
-SANDBOX_CREDENTIALS: dict[str, dict[str, Any]] = {
-    "shopee": {"partner_id": 100001, "partner_key": "sandbox-shopee-partner-key-0001"},
-    "tiktok_shop": {
-        "app_key": "sbxttsapp01",
-        "app_secret": "sandbox-tiktok-shop-app-secret-01",
-        "service_id": "7000000000000000001",
-    },
-    "lazada": {"app_key": "100001", "app_secret": "sandbox-lazada-app-secret-0001"},
-    "tiktok": {"client_key": "sbxtiktokclient01", "client_secret": "sandbox-tiktok-client-secret-01"},
-}
-
-
-def app_id_of(platform: str, credentials: Mapping[str, Any]) -> str:
-    """The public half of an app's credentials, as the platform sees it on the wire."""
-    for key in ("partner_id", "app_key", "client_key"):
-        if key in credentials:
-            return str(credentials[key])
-    raise ValueError(f"{platform}: credentials have no app id")
-
-
-def secret_of(credentials: Mapping[str, Any]) -> str:
-    for key in ("partner_key", "app_secret", "client_secret"):
-        if key in credentials:
-            return str(credentials[key])
-    raise ValueError("credentials have no secret")
-
-
-# --------------------------------------------------------------------------------------------- faults
-
-GENERIC_FAULTS = {"timeout", "500", "502", "503", "429", "html", "truncated", "empty", "slow", "big"}
-# Faults whose shape depends on the platform's protocol; the platform module renders them.
-PROTOCOL_FAULTS = {"revoked", "wrongtypes", "error200", "lost"}
-FAULT_KINDS = GENERIC_FAULTS | PROTOCOL_FAULTS
-FAULT_OPS = {"consent", "token", "refresh", "api"}
-_FAULT_RE = re.compile(
-    r"^(?P<platform>[a-z_*]+):(?P<op>[a-z*]+):(?P<kind>[a-z0-9]+)(?:@(?P<prob>[0-9.]+))?(?:\|x(?P<times>\d+))?$"
-)
-
-
-class FaultSpecError(ConfigError):
-    """A fault spec (``--faults``, ``/_sandbox/faults``) that cannot be read; the message names the part."""
-
-
-@dataclass
-class FaultRule:
-    platform: str
-    op: str
-    kind: str
-    probability: float = 1.0
-    remaining: int | None = None  # None: unlimited
-
-    def matches(self, platform: str, op: str) -> bool:
-        return self.platform in ("*", platform) and self.op in ("*", op) and self.remaining != 0
-
-
-class FaultPlan:
-    """Faults to inject, from a spec like ``shopee:refresh:503@0.3,lazada:token:html|x2``.
-
-    ``platform:op:kind`` with an optional ``@probability`` and an optional ``|xN`` (at most N times).
-    """
-
-    def __init__(self, rules: Iterable[FaultRule] = (), seed: int | None = None) -> None:
-        self.rules = list(rules)
-        self._random = random.Random(seed)
-
-    @classmethod
-    def parse(cls, spec: str | None, seed: int | None = None) -> FaultPlan:
-        rules: list[FaultRule] = []
-        for part in (spec or "").split(","):
-            part = part.strip()
-            if not part:
-                continue
-            match = _FAULT_RE.match(part)
-            if match is None:
-                raise FaultSpecError(f"fault {part!r}: expected platform:op:kind[@probability][|xN]")
-            kind, op = match["kind"], match["op"]
-            if kind not in FAULT_KINDS:
-                raise FaultSpecError(f"fault {part!r}: unknown kind {kind!r} (one of {', '.join(sorted(FAULT_KINDS))})")
-            if op != "*" and op not in FAULT_OPS:
-                raise FaultSpecError(
-                    f"fault {part!r}: unknown operation {op!r} (one of {', '.join(sorted(FAULT_OPS))})"
-                )
-            platform = match["platform"]
-            if platform != "*" and platform not in SANDBOX_CREDENTIALS:
-                # A typo here would silently inject nothing and a fault test would pass for the wrong reason.
-                known = ", ".join(["*", *sorted(SANDBOX_CREDENTIALS)])
-                raise FaultSpecError(f"fault {part!r}: unknown platform {platform!r} (one of {known})")
-            prob = float(match["prob"]) if match["prob"] else 1.0
-            if not 0.0 <= prob <= 1.0:
-                raise FaultSpecError(f"fault {part!r}: probability must be between 0 and 1")
-            times = int(match["times"]) if match["times"] else None
-            rules.append(FaultRule(match["platform"], op, kind, prob, times))
-        return cls(rules, seed)
-
-    def take(self, platform: str, op: str) -> str | None:
-        """The fault to inject into this call, if any (consumes one use of a counted rule)."""
-        for rule in self.rules:
-            if rule.matches(platform, op) and self._random.random() < rule.probability:
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                return rule.kind
-        return None
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {"platform": r.platform, "op": r.op, "kind": r.kind, "probability": r.probability, "remaining": r.remaining}
-            for r in self.rules
-        ]
-
+from refresher.domain import Clock, SystemClock
+from refresher.sandbox.apps import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Lifetimes, app_id_of, secret_of
+from refresher.sandbox.faults import FaultPlan
 
 # ------------------------------------------------------------------------------------- tokens & grants
 

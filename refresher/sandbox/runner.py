@@ -13,7 +13,9 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from refresher.domain import Clock
-from refresher.sandbox.core import SANDBOX_CREDENTIALS, FaultPlan, Lifetimes, SandboxState
+from refresher.sandbox.apps import SANDBOX_CREDENTIALS, Lifetimes
+from refresher.sandbox.core import SandboxState
+from refresher.sandbox.faults import FaultPlan
 from refresher.sandbox.lazada import LazadaSandbox
 from refresher.sandbox.server import SandboxPlatform, build_app
 from refresher.sandbox.shopee import ShopeeSandbox

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from refresher.sandbox.core import ConsentTicket, FaultPlan, FaultSpecError, SandboxRejection, SandboxState, Subject
+from refresher.sandbox.core import ConsentTicket, SandboxRejection, SandboxState, Subject
+from refresher.sandbox.faults import FaultPlan, FaultSpecError
 
 ADMIN = "/_sandbox"
 

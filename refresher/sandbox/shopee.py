@@ -10,7 +10,8 @@ Endpoints, relative to the ``/shopee`` prefix (the app's ``api`` host):
   authorized shops / merchants with ``auth_time`` and ``expire_time`` (the end of the validity the
   seller chose, ``validity_days=`` at consent, default 365), paged with ``page_size`` / ``page_no``.
   A refresh after that end is refused with ``shop_access_expired`` (``merchant_…``, ``supplier_…``).
-* ``GET  /api/v2/shop/get_shop_info`` and ``/api/v2/merchant/get_merchant_info`` — signed echo APIs.
+* ``GET  /api/v2/shop/get_shop_info`` (``shop_name``, ``region``, ``status``) and
+  ``/api/v2/merchant/get_merchant_info``: shop/merchant APIs, signed with token and id, checked strictly.
 * ``POST /console/resend_code`` — sandbox only: what the Open Platform console's "resend code" button
   does (``{"shop_id": N}`` or ``{"merchant_id": N}`` → ``{"resend_code": …}``).
 

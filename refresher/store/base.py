@@ -369,6 +369,40 @@ class IdentityWriter(Protocol):
         refresh has committed: a refresh never waits on it."""
 
 
+@dataclass(frozen=True)
+class AlarmDelivery:
+    """How the latest message of an alarm went on one channel (the console's alarms page)."""
+
+    app: str
+    account_key: str
+    cause: str
+    channel: str  # the channel's configured name, never its URL
+    state: str  # "sending" (attempts left) | "delivered" | "failed" (gave up, or dropped unsent)
+    attempts: int
+    last_attempt_at: dt.datetime
+    delivered_at: dt.datetime | None = None
+    last_error: str | None = None  # safe to show: names the channel, never its URL
+
+
+class DeliveryStore(Protocol):
+    async def record_delivery(self, delivery: AlarmDelivery) -> None:
+        """Insert or replace the row of (app, account_key, cause, channel)."""
+
+    async def alarm_deliveries(self, alarms: Sequence[tuple[str, str, str]]) -> Sequence[AlarmDelivery]:
+        """The rows of these (app, account_key, cause) alarms, by alarm and channel name."""
+
+
+class LogoutStore(Protocol):
+    """Logged-out console sessions, so every replica refuses a copied cookie."""
+
+    async def add_logout(self, sid: str, expires_at: dt.datetime, now: dt.datetime) -> None:
+        """Remember ``sid`` until ``expires_at`` (when its cookie expires anyway), and forget sessions
+        whose cookie expired before ``now``. Times are the cookie's own (wall clock), not the store's."""
+
+    async def logged_out(self, sid: str) -> bool:
+        """Whether ``sid`` was logged out (a remembered row; its cookie may have expired since)."""
+
+
 class RefreshStore(AccountLookup, LeaseStore, IdentityWriter, Protocol):
     """What :class:`refresher.refresh.Refresher` uses: look an account up, claim it, settle it, and keep
     its identity current."""
@@ -396,6 +430,8 @@ class Store(
     KeyAdmin,
     ConnectionStore,
     EventOutbox,
+    DeliveryStore,
+    LogoutStore,
     Protocol,
 ):
     """The whole store (what the daemon and the CLI open)."""

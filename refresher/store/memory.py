@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refresher.domain import Clock, as_utc
-from refresher.store.base import USED_STATE_MEMORY, Account, Alarm, OAuthState, OutboxEvent, StoreError
+from refresher.store.base import (
+    USED_STATE_MEMORY,
+    Account,
+    Alarm,
+    AlarmDelivery,
+    OAuthState,
+    OutboxEvent,
+    StoreError,
+)
 
 
 class MemoryAccounts:
@@ -93,6 +101,37 @@ class MemoryAlarms:
             return
         if as_utc(alarm.last_sent_at) == as_utc(sent_at):
             self._alarms[(app, account_key, cause)] = dataclasses.replace(alarm, delivered_at=self.clock.now())
+
+
+class MemoryDeliveries:
+    """:class:`~refresher.store.base.DeliveryStore` in a dict."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str, str, str], AlarmDelivery] = {}
+
+    async def record_delivery(self, delivery: AlarmDelivery) -> None:
+        error = delivery.last_error[:512] if delivery.last_error else None  # the SQL column's width
+        key = (delivery.app, delivery.account_key, delivery.cause, delivery.channel)
+        self._rows[key] = dataclasses.replace(delivery, last_error=error)
+
+    async def alarm_deliveries(self, alarms: Sequence[tuple[str, str, str]]) -> Sequence[AlarmDelivery]:
+        wanted = set(alarms)
+        return [row for key, row in sorted(self._rows.items()) if key[:3] in wanted]
+
+
+class MemoryLogouts:
+    """:class:`~refresher.store.base.LogoutStore` in a dict (one process: no other replica learns of it)."""
+
+    def __init__(self) -> None:
+        self._logouts: dict[str, dt.datetime] = {}
+
+    async def add_logout(self, sid: str, expires_at: dt.datetime, now: dt.datetime) -> None:
+        for old in [s for s, until in self._logouts.items() if until < as_utc(now)]:
+            del self._logouts[old]
+        self._logouts[sid] = as_utc(expires_at)
+
+    async def logged_out(self, sid: str) -> bool:
+        return sid in self._logouts
 
 
 class MemoryStates:

@@ -16,9 +16,11 @@ from refresher.store.accounts import SqlAccounts
 from refresher.store.alarms import SqlAlarms
 from refresher.store.browse import SqlBrowse
 from refresher.store.connections import SqlConnections
+from refresher.store.deliveries import SqlDeliveries
 from refresher.store.engine import alembic_config, head_revision
 from refresher.store.keys import SqlKeys
 from refresher.store.leases import SqlLeases
+from refresher.store.logouts import SqlLogouts
 from refresher.store.states import SqlStates
 
 if TYPE_CHECKING:
@@ -27,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["SqlStore", "alembic_config", "head_revision", "open_store"]
 
 
-class SqlStore(SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys, SqlBrowse, SqlConnections):
+class SqlStore(
+    SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys, SqlBrowse, SqlConnections, SqlDeliveries, SqlLogouts
+):
     """Every role of :mod:`refresher.store.base` on SQLite (aiosqlite) or PostgreSQL (psycopg 3), and the
     console's read-only queries (:mod:`~refresher.store.browse`)."""
 

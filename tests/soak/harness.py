@@ -40,7 +40,8 @@ from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
 from refresher.logging import configure_logging
 from refresher.sandbox import SandboxServer
-from refresher.sandbox.core import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, Chain, secret_of
+from refresher.sandbox.apps import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, secret_of
+from refresher.sandbox.core import Chain
 from refresher.scheduler import simulate
 from refresher.server.http import EmbeddedServer, start_server, stop_server
 

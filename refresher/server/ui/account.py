@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from refresher.domain import AccountStatus, RefresherError
 from refresher.server.auth import get_runtime
-from refresher.server.ui.common import browse_of, checked_post, login_redirect, page, session_of
+from refresher.server.ui.common import browse_of, checked_post, deliveries_of, login_redirect, page, session_of
 from refresher.store.base import AccountNotFound, StoreError
 
 log = structlog.get_logger("refresher.console")
@@ -40,7 +40,7 @@ def account_url(app: str, key: str, **query: str) -> str:
 
 @router.get("/ui/accounts/{app}/{key:path}", response_class=HTMLResponse)
 async def account_page(request: Request, app: str, key: str, notice: str = "", confirm: str = "") -> Response:
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     runtime = get_runtime(request)
@@ -50,12 +50,14 @@ async def account_page(request: Request, app: str, key: str, notice: str = "", c
         missing = {"title": "No such account", "lines": [f"There is no account {key!r} in app {app!r}."]}
         return page(request, session, "ui/message.html", missing, status=404)
     now = runtime.clock.now()
+    alarms = await store.recent_alarms(now - RECENT, app=app, account_key=key)
     context: dict[str, object] = {
         "title": account.identity.name or account.key,
         "account": account,
         "events": await runtime.store.audit_log(app=app, account_key=key, limit=EVENTS),
         "versions": await store.token_versions(app, key),
-        "alarms": await store.recent_alarms(now - RECENT, app=app, account_key=key),
+        "alarms": alarms,
+        "deliveries": await deliveries_of(runtime, alarms),
         "notice": NOTICES.get(notice),
         "confirm_delete": confirm == "delete",
         "action_url": account_url(app, key),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -13,6 +15,7 @@ from refresher.server.auth import get_runtime
 from refresher.server.runtime import Runtime
 from refresher.server.ui.render import render
 from refresher.server.ui.session import Session, SessionKeeper, csrf_ok
+from refresher.store.base import Alarm, AlarmDelivery
 from refresher.store.browse import SqlBrowse
 
 KEEPER = SessionKeeper()
@@ -31,8 +34,9 @@ def login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", status_code=303)
 
 
-def session_of(request: Request) -> Session | None:
-    return KEEPER.current(get_runtime(request).settings.server, request)
+async def session_of(request: Request) -> Session | None:
+    runtime = get_runtime(request)
+    return await KEEPER.current(runtime.settings.server, request, runtime.store)
 
 
 def browse_of(runtime: Runtime) -> SqlBrowse:
@@ -63,7 +67,7 @@ def csrf_refused(request: Request) -> HTMLResponse:
 
 async def checked_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
     """A POST of a logged-in console user with the right CSRF token, or the answer refusing it."""
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     form = await form_of(request)
@@ -79,3 +83,27 @@ def page(
     now: dt.datetime = runtime.clock.now()
     base = {"session": session, "csrf": session.csrf if session else "", "now": now, "path": request.url.path}
     return render(request, template, {**base, **context}, status)
+
+
+AlarmKey = tuple[str, str, str]
+
+
+async def deliveries_of(runtime: Runtime, alarms: Sequence[Alarm]) -> dict[AlarmKey, list[AlarmDelivery]]:
+    """Per alarm, each channel's outcome of its latest message (``alarm_deliveries``).
+
+    A channel whose row is older than the alarm's newest message has not tried that message yet: its row
+    is shown as ``queued`` (the row's own state belongs to the previous message)."""
+    keys = [(a.app, a.account_key, a.cause) for a in alarms]
+    found: dict[AlarmKey, list[AlarmDelivery]] = {}
+    for row in await runtime.store.alarm_deliveries(keys):
+        found.setdefault((row.app, row.account_key, row.cause), []).append(row)
+    for alarm in alarms:
+        sent = alarm.last_sent_at
+        if alarm.resolved_at is not None or sent is None:
+            continue
+        rows = found.get((alarm.app, alarm.account_key, alarm.cause), [])
+        rows[:] = [
+            dataclasses.replace(row, state="queued", last_error=None) if row.last_attempt_at < sent else row
+            for row in rows
+        ]
+    return found

@@ -22,7 +22,7 @@ async def login_form(request: Request, next: str | None = None) -> Response:
     server = get_runtime(request).settings.server
     if not KEEPER.enabled(server):
         return page(request, None, "ui/message.html", _disabled(), status=503)
-    if session_of(request) is not None:
+    if await session_of(request) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
     return _form_again(request, safe_next(next), None, 200)
 
@@ -54,8 +54,16 @@ async def logout(request: Request) -> Response:
     if isinstance(checked, Response):
         return checked
     session, _ = checked
-    response = RedirectResponse("/ui/login", status_code=303)
-    KEEPER.end(get_runtime(request).settings.server, session, response)
+    runtime = get_runtime(request)
+    response: Response = RedirectResponse("/ui/login", status_code=303)
+    if not await KEEPER.end(runtime.settings.server, session, response, runtime.store):
+        # Said, not hidden: a copy of the cookie still opens the console on another replica until it expires.
+        lines = [
+            "You are logged out of this server, but the token store did not take the logout:",
+            "another replica of this deployment accepts a copy of this session until it expires.",
+        ]
+        response = page(request, None, "ui/message.html", {"title": "Logged out here only", "lines": lines}, 503)
+        KEEPER.end_cookie(runtime.settings.server, response)
     log.info("console.logout")
     return response
 

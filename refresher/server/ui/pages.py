@@ -13,7 +13,7 @@ from refresher.domain import AccountStatus
 from refresher.server.auth import get_runtime
 from refresher.server.runtime import Runtime
 from refresher.server.ui import chart
-from refresher.server.ui.common import browse_of, login_redirect, page, session_of
+from refresher.server.ui.common import browse_of, deliveries_of, login_redirect, page, session_of
 from refresher.store.base import Alarm
 from refresher.store.browse import AccountQuery, SortKey
 
@@ -31,7 +31,7 @@ async def root() -> RedirectResponse:
 
 @router.get("/ui", response_class=HTMLResponse)
 async def overview(request: Request, range: str = "24h") -> Response:
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     runtime = get_runtime(request)
@@ -93,7 +93,7 @@ async def accounts(
     page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
     after: Annotated[str, Query(max_length=80)] = "",
 ) -> Response:
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     runtime = get_runtime(request)
@@ -134,7 +134,7 @@ async def accounts(
 
 @router.get("/ui/alarms", response_class=HTMLResponse)
 async def alarms(request: Request) -> Response:
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return login_redirect(request)
     runtime = get_runtime(request)
@@ -146,6 +146,7 @@ async def alarms(request: Request) -> Response:
         "recent": [a for a in found if a.resolved_at is not None],
         "channels": channel_states(runtime),
         "delivery": delivery_state,
+        "deliveries": await deliveries_of(runtime, found),
     }
     return page(request, session, "ui/alarms.html", context)
 

@@ -9,8 +9,10 @@ than a server-side session table or a new configured secret:
 * the cookie never contains the admin token or anything it can be recovered from (the signature is an
   HMAC under a key that is itself an HMAC of the token), and its lifetime is checked on every request
   by itsdangerous' timestamp (``server.console_session``, 8 h by default);
-* logout clears the cookie and remembers the session id until it would have expired anyway, so a copied
-  cookie is refused too (per process: another replica learns of a logout only when the cookie expires).
+* logout clears the cookie and writes the session id to the store (``console_logouts``) until the cookie
+  would have expired anyway, so a copied cookie is refused too, by every replica on that store: each
+  request asks the store (the answer "not logged out" is reused for at most ``LOGOUT_CHECK_CACHE``
+  seconds), and a store that cannot answer refuses the session rather than honour a possible logout late.
 
 The cookie is HttpOnly, SameSite=Strict (a cross-site request carries no session at all), Path=/, and
 Secure with the ``__Host-`` name prefix when ``server.public_url`` is https. The CSRF token lives inside
@@ -20,18 +22,26 @@ compared in constant time. The login form itself is protected the same way by a 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
 import time
 from dataclasses import dataclass
 
+import structlog
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from refresher.config import ServerSettings
+from refresher.store.base import LogoutStore
+
+log = structlog.get_logger("refresher.console")
 
 LOGIN_TTL = 3600  # seconds a login form stays usable
+# Seconds a "not logged out" answer of the store is reused for a session: a logout on another replica
+# is refused here within this long, and a page's several requests cost one look-up.
+LOGOUT_CHECK_CACHE = 1.0
 _PURPOSE = b"refresher console session v1"
 
 
@@ -39,6 +49,7 @@ _PURPOSE = b"refresher console session v1"
 class Session:
     sid: str
     csrf: str
+    issued_at: dt.datetime | None = None  # the cookie signature's time (wall clock, as itsdangerous's)
 
 
 class SessionKeeper:
@@ -46,6 +57,7 @@ class SessionKeeper:
 
     def __init__(self) -> None:
         self._revoked: dict[str, float] = {}  # session id -> monotonic time after which it expired anyway
+        self._checked: dict[str, float] = {}  # session id -> monotonic time the store said "not logged out"
 
     # -- configuration ------------------------------------------------------------------------------
 
@@ -71,25 +83,38 @@ class SessionKeeper:
 
     # -- sessions -----------------------------------------------------------------------------------
 
-    def current(self, server: ServerSettings, request: Request) -> Session | None:
-        """The request's valid session, or None (absent, forged, expired, logged out, console disabled)."""
+    async def current(self, server: ServerSettings, request: Request, logouts: LogoutStore) -> Session | None:
+        """The request's valid session, or None (absent, forged, expired, logged out on any replica sharing
+        ``logouts``, console disabled)."""
         if not self.enabled(server):
             return None
         cookie = request.cookies.get(self.cookie_name(server))
         if not cookie:
             return None
         try:
-            data = self._serializer(server, "session").loads(
-                cookie, max_age=int(server.console_session.total_seconds())
+            data, issued = self._serializer(server, "session").loads(
+                cookie, max_age=int(server.console_session.total_seconds()), return_timestamp=True
             )
         except BadSignature:  # SignatureExpired is a BadSignature
             return None
         if not isinstance(data, dict) or not isinstance(data.get("sid"), str) or not isinstance(data.get("csrf"), str):
             return None
+        sid = data["sid"]
         self._forget_old()
-        if data["sid"] in self._revoked:
+        if sid in self._revoked:
             return None
-        return Session(data["sid"], data["csrf"])
+        if sid not in self._checked:
+            # Fail closed on any database error: a logout elsewhere may be exactly what cannot be read.
+            try:
+                logged_out = await logouts.logged_out(sid)
+            except Exception:  # noqa: BLE001
+                log.warning("console.session_check_failed", reason="the store did not answer")
+                return None
+            if logged_out:
+                self._revoked[sid] = time.monotonic() + server.console_session.total_seconds()
+                return None
+            self._checked[sid] = time.monotonic()
+        return Session(sid, data["csrf"], issued)
 
     def start(self, server: ServerSettings, response: Response) -> Session:
         session = Session(secrets.token_urlsafe(16), secrets.token_urlsafe(24))
@@ -98,8 +123,25 @@ class SessionKeeper:
         response.delete_cookie(self.login_cookie_name(server), path="/", secure=self.secure(server), httponly=True)
         return session
 
-    def end(self, server: ServerSettings, session: Session, response: Response) -> None:
-        self._revoked[session.sid] = time.monotonic() + server.console_session.total_seconds()
+    async def end(self, server: ServerSettings, session: Session, response: Response, logouts: LogoutStore) -> bool:
+        """Log ``session`` out here and, through ``logouts``, on every replica; False when the store did
+        not take it (this process refuses the cookie all the same; others until it expires)."""
+        lifetime = server.console_session
+        self._revoked[session.sid] = time.monotonic() + lifetime.total_seconds()
+        self._checked.pop(session.sid, None)
+        self.end_cookie(server, response)
+        # Wall-clock times, like the cookie's own expiry (itsdangerous signs time.time()).
+        now = dt.datetime.now(dt.UTC)
+        expires_at = (session.issued_at or now) + lifetime
+        try:
+            await logouts.add_logout(session.sid, expires_at, now)
+        except Exception:  # noqa: BLE001 - any database error: said on the page, never raised
+            log.error("console.logout_not_shared", reason="the store did not take the logout")
+            return False
+        return True
+
+    def end_cookie(self, server: ServerSettings, response: Response) -> None:
+        """Tell the browser to drop the session cookie."""
         response.delete_cookie(
             self.cookie_name(server), path="/", secure=self.secure(server), httponly=True, samesite="strict"
         )
@@ -108,6 +150,8 @@ class SessionKeeper:
         now = time.monotonic()
         for sid in [sid for sid, until in self._revoked.items() if until < now]:
             del self._revoked[sid]
+        for sid in [sid for sid, at in self._checked.items() if now - at > LOGOUT_CHECK_CACHE]:
+            del self._checked[sid]
 
     def _set(self, server: ServerSettings, response: Response, name: str, value: str, max_age: int) -> None:
         response.set_cookie(

@@ -1,24 +1,4 @@
-"""Use refresher's tokens from Python: :class:`TokenSource`, :func:`get_token` and :class:`RefresherAuth`.
-
-Two places to read tokens from:
-
-* the daemon's token API — ``TokenSource.from_api("http://127.0.0.1:8765", api_token)`` (any process,
-  needs a token with ``tokens:read``);
-* the store itself — ``TokenSource.from_store(store)`` (same process or same database).
-
-Tokens are cached until shortly before they expire (the larger of 60 s and 10 % of the lifetime left when
-fetched), so a hot loop does not hit the API on every call. The cache holds at most ``cache_size``
-accounts (least recently used go first), and concurrent readers of one account share one fetch.
-
-Both sources hand out only a token that works: an account that needs re-authorization, is disabled, or
-whose token expired raises :class:`TokenRefused` (``.status``, ``.reason``, ``.reauth_url``), the API's
-409. The store source refreshes a token inside the read margin first when given the daemon's refresher
-(``TokenSource.from_store(store, reader=ReadRefresher(refresher))``); without one it only judges.
-
-:class:`RefresherAuth` is an ``httpx.Auth`` that signs each request the way the platform wants it and
-adds the current access token; it needs the app's credentials (a :class:`~refresher.config.Settings`).
-A service without the credentials uses the daemon's signing proxy instead: :func:`proxy_client`.
-"""
+"""Where tokens are read from: :class:`TokenSource` (the token API or the store), cached; :func:`get_token`."""
 
 from __future__ import annotations
 
@@ -27,16 +7,13 @@ import datetime as dt
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from refresher.config import Settings
 from refresher.domain import (
-    AccessTokenInvalid,
     Clock,
     ConfigError,
     Identity,
@@ -44,19 +21,8 @@ from refresher.domain import (
     SystemClock,
     TransientError,
 )
-from refresher.platforms.base import Answer, ApiCall, Platform
 from refresher.store.base import AccountLookup
 from refresher.token_read import ReadRefresher, judge, refusal_message
-
-__all__ = [
-    "AccessToken",
-    "RefresherAuth",
-    "TokenRefused",
-    "TokenSource",
-    "TokenUnavailable",
-    "get_token",
-    "proxy_client",
-]
 
 MIN_MARGIN = dt.timedelta(seconds=60)
 MARGIN_FRACTION = 0.1
@@ -342,84 +308,3 @@ async def get_token(app: str, account: str, *, source: TokenSource | None = None
             _default_source = TokenSource.from_api(url, api_token)
         source = _default_source
     return (await source.get_token(app, account)).token
-
-
-class RefresherAuth(httpx.Auth):
-    """Sign requests to a platform's API for one account and add its current access token.
-
-    ``client.get(f"{platform_api_host}/api/v2/shop/get_shop_info", auth=RefresherAuth(...))``: the request's
-    path relative to the app's API host is what gets signed. On an "access token invalid" answer the cached
-    token is dropped, a fresh one is fetched and the request is sent once more.
-    """
-
-    requires_response_body = True
-
-    def __init__(
-        self, settings: Settings, app: str, account: str, source: TokenSource, *, clock: Clock | None = None
-    ) -> None:
-        from refresher import platforms
-
-        app_settings = settings.app(app)
-        self.app = app
-        self.account = account
-        self.source = source
-        self.platform: Platform = platforms.get(app_settings.platform)(app_settings, clock=clock or source.clock)
-
-    def _signed(self, request: httpx.Request, token: AccessToken) -> httpx.Request:
-        base = httpx.URL(self.platform.host("api"))
-        path = request.url.path
-        base_path = base.path.rstrip("/")
-        if base_path and path.startswith(base_path + "/"):
-            path = path[len(base_path) :]
-        body = request.content or None
-        call = ApiCall(
-            method=request.method,
-            path=path,
-            query=tuple(httpx.QueryParams(request.url.query).multi_items()),
-            body=body,
-            content_type=request.headers.get("content-type"),
-            headers={k: v for k, v in request.headers.items() if k.lower() in ("accept", "content-type")},
-        )
-        signed = self.platform.sign_call(call, token.token, token.identity)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        headers.update(signed.headers)
-        return httpx.Request(
-            signed.method, signed.url, headers=headers, content=signed.body, extensions=request.extensions
-        )
-
-    def _token_refused(self, response: httpx.Response) -> bool:
-        answer = Answer(response.status_code, response.headers, response.content)
-        return isinstance(self.platform.classify_api_answer(answer), AccessTokenInvalid)
-
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.read()
-        token = self.source.get_token_sync(self.app, self.account)
-        response = yield self._signed(request, token)
-        response.read()  # overriding sync_auth_flow skips httpx's own read for requires_response_body
-        if self._token_refused(response):
-            self.source.invalidate(self.app, self.account)
-            fresh = self.source.get_token_sync(self.app, self.account)
-            if fresh.token != token.token:
-                yield self._signed(request, fresh)
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        await request.aread()
-        token = await self.source.get_token(self.app, self.account)
-        response = yield self._signed(request, token)
-        await response.aread()
-        if self._token_refused(response):
-            self.source.invalidate(self.app, self.account)
-            fresh = await self.source.get_token(self.app, self.account)
-            if fresh.token != token.token:
-                yield self._signed(request, fresh)
-
-
-def proxy_client(url: str, api_token: str, app: str, account: str, **kwargs: Any) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose relative URLs go through the daemon's signing proxy.
-
-    ``await proxy_client(url, tok, "shopee-sg", "shop:1").get("/api/v2/shop/get_shop_info")`` — no
-    platform secret needed; the API token needs the ``proxy`` scope.
-    """
-    base = f"{url.rstrip('/')}/proxy/{quote(app, safe='')}/{quote(account, safe='')}"
-    headers = {"Authorization": f"Bearer {api_token}", **kwargs.pop("headers", {})}
-    return httpx.AsyncClient(base_url=base, headers=headers, **kwargs)
