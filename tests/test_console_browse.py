@@ -125,7 +125,7 @@ async def test_end_user_and_tag_filters(store: SqlStore) -> None:
         await store.set_connection(APPS[n % 3], f"shop:{1000 + n}", {"id": "u-1", "email": "a@b.c"}, {})
     await store.set_connection(APPS[6 % 3], "shop:1006", {"id": "u-2"}, {"env": "prod", 'we"ird.$[0]': "x y"})
     await store.set_connection(APPS[4 % 3], "shop:1004", None, {"env": "staging"})
-    await store.set_connection(APPS[7 % 3], "shop:1007", None, {"env": "prod"})
+    await store.set_connection(APPS[7 % 3], "shop:1007", None, {"env": "prod", "note": 'café "q"'})
 
     async def keys(**filters: object) -> list[str]:
         for sort in ("access", "key"):  # (an expiry sort pages by OFFSET too when filtered)
@@ -144,3 +144,8 @@ async def test_end_user_and_tag_filters(store: SqlStore) -> None:
     assert await keys(end_user_id="u-1", tag=("env", None)) == ["shop:1004"]
     assert await keys(end_user_id="u-1", search="1005") == ["shop:1005"]
     assert await keys(tag=("env", "prod"), search="Number") == ["shop:1006", "shop:1007"]
+    assert await keys(tag=("note", 'café "q"')) == ["shop:1007"]  # a value JSON escapes
+    assert await keys(tag=("note", "café")) == []
+    # Past the last match the page is empty and the total still right (counted apart then).
+    beyond = await store.browse_accounts(AccountQuery(apps=APPS, tag=("env", "prod")), limit=50, offset=50)
+    assert (beyond.items, beyond.total) == ([], 2)

@@ -30,6 +30,8 @@ SEARCH_CAP = 1000  # a search lists at most this many matches ("1,000+")
 KEY_KINDS = ("shop", "merchant")
 # Tag names SQLite may read with a quoted JSON path label (no quote or backslash to escape).
 SIMPLE_TAG_NAME = re.compile(r"[\w.\-]{1,64}")
+# Tag values JSON writes verbatim between quotes (printable ASCII without quote or backslash).
+PLAIN_TAG_VALUE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
 _SORT_COLUMNS = {
     "access": accounts.c.access_expires_at,
     "refresh": accounts.c.refresh_expires_at,
@@ -126,7 +128,13 @@ class SqlBrowse(StoreCore):
         """Accounts whose ``tags`` hold ``name`` (with ``value``): a scan, there is no index on tags."""
         if self.backend == "sqlite" and SIMPLE_TAG_NAME.fullmatch(name):
             path = func.json_extract(accounts.c.tags, f'$."{name}"')  # a third faster than json_each
-            return path == value if value is not None else path.is_not(None)
+            if value is None:
+                return path.is_not(None)
+            if PLAIN_TAG_VALUE.fullmatch(value):
+                # Such a value is stored as itself in quotes whatever the JSON encoder: a cheap text test
+                # skips parsing the rows that cannot match (a third of the time again).
+                return and_(func.instr(accounts.c.tags, f'"{value}"') > 0, path == value)
+            return path == value
         if self.backend == "sqlite":
             # json_each, not a JSON path: any character of a tag's name is matched literally.
             each = func.json_each(accounts.c.tags).table_valued("key", "value")
@@ -154,6 +162,7 @@ class SqlBrowse(StoreCore):
                 capped = len(matches) > SEARCH_CAP
                 filters = [accounts.c.id.in_(sorted(matches)[: SEARCH_CAP + 1])]
                 count = select(func.count()).select_from(accounts).where(*filters)
+            counted: int | None = None
             if keyset:
                 page_ids, cursor = await self._keyset_ids(conn, query, limit, after)
             else:
@@ -161,9 +170,13 @@ class SqlBrowse(StoreCore):
                 order = [column.desc(), accounts.c.id.desc()] if query.descending else [column, accounts.c.id]
                 # Order and skip over narrow (sort key, id) pairs, then read the page's rows by id.
                 ids = select(accounts.c.id).where(*filters).order_by(*order).limit(limit).offset(max(offset, 0))
-                page_ids, cursor = [row.id for row in await conn.execute(ids)], None
+                if query.tag is not None and not text:  # a tag scans the table: count in the same pass
+                    ids = ids.add_columns(func.count().over().label("total"))
+                picked = list(await conn.execute(ids))
+                page_ids, cursor = [row.id for row in picked], None
+                counted = int(picked[0].total) if picked and "total" in picked[0]._fields else None
             found = {row.id: row for row in await conn.execute(select(accounts).where(accounts.c.id.in_(page_ids)))}
-            total = int((await conn.execute(count)).scalar_one())
+            total = counted if counted is not None else int((await conn.execute(count)).scalar_one())
         rows = [self._codec.account(found[i], secrets=False) for i in page_ids if i in found]
         total = min(total, SEARCH_CAP) if capped else total
         return AccountPage(rows, total, 0 if keyset else offset, limit, next_cursor=cursor, capped=capped)
