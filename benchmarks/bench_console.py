@@ -6,8 +6,8 @@ Fills a SQLite store (in a temp dir) with ``--accounts`` accounts over four apps
 statuses, expiries and names), starts the daemon without its scheduler (so no sweep competes), logs in
 to the console and times ``--requests`` sequential page loads of each view: the default listing (all
 apps, sorted by access expiry), one app and status, a name search, a deep page, the refresh-expiry sort
-descending, the overview and one account page. ``/healthz`` is the baseline: each line shows p50, p95
-and the p95's ratio to /healthz's p95, measured in the same run.
+descending, the end-user and tag filters, the overview and one account page. ``/healthz`` is the
+baseline: each line shows p50, p95 and the p95's ratio to /healthz's p95, measured in the same run.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ TARGETED = {
     "accounts, app + status",
     "accounts, page 1000 (keyset)",
     "accounts, refresh desc",
+    "accounts, end user",
+    "accounts, tag",
 }
 
 
@@ -78,6 +80,9 @@ async def seed(store: SqlStore, count: int, now: dt.datetime) -> None:
                 "scopes": [], "raw": {}, "consecutive_failures": n % 5 if status != "active" else 0,
                 "last_success_at": now - dt.timedelta(minutes=n % 600), "version": 1,
                 "created_at": now, "updated_at": now,
+                # Five accounts per end user (a tenant's shops); a team tag on every account, 50 teams.
+                "end_user_id": f"tenant-{n // 5}", "end_user": {"id": f"tenant-{n // 5}"},
+                "tags": {"team": f"t{n % 50}", "plan": "gold" if n % 3 else "free"},
             }
         )  # fmt: skip
         if len(batch) >= 5000:
@@ -138,6 +143,8 @@ async def run(count: int, requests: int) -> int:
                         "accounts, page 1000 (keyset)": f"/ui/accounts?page=1000&after={cursor}",
                         "accounts, by key, page 1000": "/ui/accounts?sort=key&page=1000",
                         "accounts, refresh desc": "/ui/accounts?sort=refresh&order=desc",
+                        "accounts, end user": "/ui/accounts?end_user=tenant-4321",
+                        "accounts, tag": "/ui/accounts?tag=team%3At7",
                         "overview": "/ui",
                         "account page": "/ui/accounts/shopee-sg/shop%3A10000400",
                     }

@@ -10,7 +10,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -18,6 +19,10 @@ from refresher.alerts import AlarmMessage, AlertPolicy, Dispatcher, RefreshEvent
 from refresher.alerts.deliveries import DROPPED, DeliveryRecorder
 from refresher.config import AlertSettings, StoreSettings
 from refresher.domain import AccountStatus, ErrorInfo, FakeClock
+from refresher.server.runtime import Runtime
+from refresher.server.ui.common import deliveries_of
+from refresher.store.base import Alarm, AlarmDelivery
+from refresher.store.memory import MemoryDeliveries
 from refresher.store.sql import SqlStore, open_store
 from tests.support import assert_no_secret
 
@@ -197,3 +202,18 @@ async def test_a_message_dropped_from_the_queue_is_recorded_failed(store: SqlSto
     [sent] = await store.alarm_deliveries([(APP, "shop:2002", "failures")])
     assert sent.state == "delivered"
     await dispatcher.aclose(grace=1)
+
+
+async def test_a_row_older_than_the_alarms_newest_message_is_shown_queued() -> None:
+    store = MemoryDeliveries()
+    minute = dt.timedelta(minutes=1)
+    await store.record_delivery(AlarmDelivery(APP, KEY, "failures", "chat", "delivered", 1, T0, T0))
+    await store.record_delivery(AlarmDelivery(APP, KEY, "failures", "pager", "failed", 2, T0 + 2 * minute, None, "e"))
+    # The reminder stamped T0 + 1 min: chat has not tried it yet, pager has (its row is newer).
+    alarm = Alarm(APP, KEY, "failures", T0, T0 + minute, None)
+    runtime = cast(Runtime, SimpleNamespace(store=store))
+    rows = (await deliveries_of(runtime, [alarm]))[(APP, KEY, "failures")]
+    assert [(d.channel, d.state, d.last_error) for d in rows] == [("chat", "queued", None), ("pager", "failed", "e")]
+    resolved = dataclasses.replace(alarm, resolved_at=T0 + 3 * minute)  # its rows are its last message's
+    rows = (await deliveries_of(runtime, [resolved]))[(APP, KEY, "failures")]
+    assert [d.state for d in rows] == ["delivered", "failed"]

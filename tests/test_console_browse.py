@@ -116,3 +116,36 @@ async def test_history_alarms_and_activity(store: SqlStore) -> None:
     # a1 holds one active account, re-authorized above (expires in 4 h): due 30 min before
     assert await store.next_due("a1", dt.timedelta(minutes=30)) == NOW + dt.timedelta(hours=3, minutes=30)
     assert await store.refresh_expiring_count("a1", NOW + dt.timedelta(days=30)) == 0  # a1's accounts: no end
+
+
+async def test_end_user_and_tag_filters(store: SqlStore) -> None:
+    await fill(store, 30)
+    # Accounts 3, 4 and 5 belong to end user u-1; tags on a few, one with a name no JSON path could spell.
+    for n in (3, 4, 5):
+        await store.set_connection(APPS[n % 3], f"shop:{1000 + n}", {"id": "u-1", "email": "a@b.c"}, {})
+    await store.set_connection(APPS[6 % 3], "shop:1006", {"id": "u-2"}, {"env": "prod", 'we"ird.$[0]': "x y"})
+    await store.set_connection(APPS[4 % 3], "shop:1004", None, {"env": "staging"})
+    await store.set_connection(APPS[7 % 3], "shop:1007", None, {"env": "prod", "note": 'café "q"'})
+
+    async def keys(**filters: object) -> list[str]:
+        for sort in ("access", "key"):  # (an expiry sort pages by OFFSET too when filtered)
+            page = await store.browse_accounts(AccountQuery(apps=APPS, sort=sort, **filters), limit=50)  # type: ignore[arg-type]
+            found = sorted(a.key for a in page.items)
+            assert page.total == len(found) and page.next_cursor is None
+        return found
+
+    assert await keys(end_user_id="u-1") == ["shop:1003", "shop:1004", "shop:1005"]
+    assert await keys(end_user_id="u-1", app=APPS[1]) == ["shop:1004"]
+    assert await keys(end_user_id="nobody") == []
+    assert await keys(tag=("env", "prod")) == ["shop:1006", "shop:1007"]
+    assert await keys(tag=("env", None)) == ["shop:1004", "shop:1006", "shop:1007"]
+    assert await keys(tag=('we"ird.$[0]', "x y")) == ["shop:1006"]
+    assert await keys(tag=("env", "pro")) == []  # the whole value, not a prefix
+    assert await keys(end_user_id="u-1", tag=("env", None)) == ["shop:1004"]
+    assert await keys(end_user_id="u-1", search="1005") == ["shop:1005"]
+    assert await keys(tag=("env", "prod"), search="Number") == ["shop:1006", "shop:1007"]
+    assert await keys(tag=("note", 'café "q"')) == ["shop:1007"]  # a value JSON escapes
+    assert await keys(tag=("note", "café")) == []
+    # Past the last match the page is empty and the total still right (counted apart then).
+    beyond = await store.browse_accounts(AccountQuery(apps=APPS, tag=("env", "prod")), limit=50, offset=50)
+    assert (beyond.items, beyond.total) == ([], 2)

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 
@@ -19,8 +20,8 @@ from refresher.domain import AccountStatus, FakeClock
 from refresher.invites import make_invite
 from refresher.sandbox import SandboxServer
 from refresher.store.base import Alarm
-from tests.console_support import SHOTS, assert_clean, base, onboard, secrets_of
-from tests.onboarding_support import ADMIN_TOKEN, INVITE_SECRET, running_daemon
+from tests.console_support import AUTH, SHOTS, assert_clean, base, onboard, secrets_of
+from tests.onboarding_support import ADMIN_TOKEN, INVITE_SECRET, browse, running_daemon
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -223,3 +224,44 @@ async def test_seller_sees_who_asks_then_the_connected_shops_by_name(
     for name, html in {"granted": granted, "reloaded": reloaded, "refused": refused}.items():
         assert_clean(html, secrets, name)
     assert_clean(landing, [s for s in secrets if s != invite], "landing")  # its Continue link carries it
+
+
+async def test_operator_filters_accounts_by_end_user_and_tag(daemon: Daemon, browser: Browser) -> None:
+    await onboard(daemon)  # accounts of no end user
+    before = {a.key for a in await daemon.store.list(app="lazada")}
+    # One more, through a connect session of the integrator's end user (the real flow, no admin token).
+    async with httpx.AsyncClient(timeout=10) as client:
+        end_user = {"id": "tenant-42", "email": "ops@tenant42.example"}
+        body = {"app": "lazada", "end_user": end_user, "tags": {"plan": "gold"}}
+        created = await client.post(f"{base(daemon)}/v1/connect-sessions", json=body, headers=AUTH)
+        assert created.status_code == 201, created.text
+        visit = await browse(client, created.json()["url"])
+        assert visit.outcome == "granted", visit.final.text[:300]
+    [mine] = [a for a in await daemon.store.list(app="lazada") if a.key not in before]
+    stored, tags = await daemon.store.connection("lazada", mine.key)
+    assert stored is not None and stored["id"] == "tenant-42" and tags == {"plan": "gold"}
+    assert await daemon.store.count() > 1
+
+    page = await browser.new_page(viewport=DESKTOP)
+    await page.goto(f"{base(daemon)}/ui/accounts")
+    await page.fill("#token", ADMIN_TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base(daemon)}/ui/accounts")
+    await page.fill("#end-user", "tenant-42")
+    await page.click("#search")
+    await page.wait_for_url("**/ui/accounts?*end_user=tenant-42*")
+    rows = page.locator("#accounts tr[data-key]")
+    assert await rows.count() == 1 and await rows.first.get_attribute("data-key") == mine.key
+    assert await page.input_value("#end-user") == "tenant-42"  # the filter stays in the form
+    await shot(page, "accounts-end-user")
+    # By tag (key:value, as /v1/accounts takes it) the same account; another end user finds none.
+    await page.fill("#end-user", "")
+    await page.fill("#tag", "plan:gold")
+    await page.click("#search")
+    await page.wait_for_url("**/ui/accounts?*tag=plan*")
+    assert await rows.count() == 1 and await rows.first.get_attribute("data-key") == mine.key
+    await page.fill("#tag", "")
+    await page.fill("#end-user", "tenant-43")
+    await page.click("#search")
+    await page.wait_for_url("**/ui/accounts?*end_user=tenant-43*")
+    assert await rows.count() == 0 and "0 accounts" in await page.inner_text("#total")

@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from refresher.domain import Grant, Identity, MalformedAnswer, RefresherError
-from refresher.platforms.base import ApiCall
-
-if TYPE_CHECKING:
-    from refresher.platforms.shopee import ShopeePlatform
+from refresher.platforms.base import ApiCall, Platform  # (the plugin by its base: shopee.py imports us)
 
 log = structlog.get_logger("refresher.platforms.shopee")
 
@@ -33,7 +30,7 @@ SHOP_INFO_PATH = "/api/v2/shop/get_shop_info"
 CONCURRENCY = 4
 
 
-async def shop_info(platform: ShopeePlatform, identity: Identity, access_token: str) -> dict[str, Any]:
+async def shop_info(platform: Platform, identity: Identity, access_token: str) -> dict[str, Any]:
     """The shop's ``get_shop_info`` answer (raises the classified error when Shopee refuses)."""
     signed = platform.sign_call(ApiCall("GET", SHOP_INFO_PATH), access_token, identity)
     answer = await platform.transport.send("GET", signed.url, headers=signed.headers, what="shop info")
@@ -54,7 +51,7 @@ def _named(identity: Identity, data: dict[str, Any]) -> Identity:
     return replace(identity, name=name.strip()[:255], region=region, extra=extra)
 
 
-async def with_shop_info(platform: ShopeePlatform, identity: Identity, access_token: str) -> Identity:
+async def with_shop_info(platform: Platform, identity: Identity, access_token: str) -> Identity:
     """``identity`` with its shop's name and region, or unchanged when it is no shop or the call fails."""
     if identity.kind != "shop":
         return identity
@@ -74,7 +71,7 @@ async def with_shop_info(platform: ShopeePlatform, identity: Identity, access_to
         return identity
 
 
-async def with_shop_names(platform: ShopeePlatform, grants: Sequence[Grant]) -> list[Grant]:
+async def with_shop_names(platform: Platform, grants: Sequence[Grant]) -> list[Grant]:
     """The grants with each shop's name and region read (a few at a time), in the same order."""
     gate = asyncio.Semaphore(CONCURRENCY)
 

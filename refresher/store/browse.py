@@ -9,6 +9,7 @@ Every listing is ordered by indexed columns with the row id as tie-breaker, and 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +28,10 @@ SEARCH_CAP = 1000  # a search lists at most this many matches ("1,000+")
 # Key formats of the built-in plugins besides the bare platform id ("shop:123", "merchant:456"), so a
 # search for an id finds those keys through the index too.
 KEY_KINDS = ("shop", "merchant")
+# Tag names SQLite may read with a quoted JSON path label (no quote or backslash to escape).
+SIMPLE_TAG_NAME = re.compile(r"[\w.\-]{1,64}")
+# Tag values JSON writes verbatim between quotes (printable ASCII without quote or backslash).
+PLAIN_TAG_VALUE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
 _SORT_COLUMNS = {
     "access": accounts.c.access_expires_at,
     "refresh": accounts.c.refresh_expires_at,
@@ -48,6 +53,10 @@ class AccountQuery:
     # The apps to list when ``app`` is not given (the configured ones): an expiry-sorted listing reads
     # each app's and status's slice of the (app, status, expiry) indexes and merges them.
     apps: tuple[str, ...] = ()
+    # The integrator's end user and a tag (migration 0006): ``tag`` is (key, value), or (key, None) for
+    # any value. Either one pages by LIMIT/OFFSET: an end user's accounts come from their index.
+    end_user_id: str | None = None
+    tag: tuple[str, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,31 @@ class SqlBrowse(StoreCore):
             filters.append(accounts.c.platform == query.platform)
         if query.status is not None:
             filters.append(accounts.c.status == str(query.status))
+        if query.end_user_id:
+            filters.append(accounts.c.end_user_id == query.end_user_id)  # indexed
+        if query.tag is not None:
+            filters.append(self._tag_filter(*query.tag))
         return filters
+
+    def _tag_filter(self, name: str, value: str | None) -> ColumnElement[bool]:
+        """Accounts whose ``tags`` hold ``name`` (with ``value``): a scan, there is no index on tags."""
+        if self.backend == "sqlite" and SIMPLE_TAG_NAME.fullmatch(name):
+            path = func.json_extract(accounts.c.tags, f'$."{name}"')  # a third faster than json_each
+            if value is None:
+                return path.is_not(None)
+            if PLAIN_TAG_VALUE.fullmatch(value):
+                # Such a value is stored as itself in quotes whatever the JSON encoder: a cheap text test
+                # skips parsing the rows that cannot match (a third of the time again).
+                return and_(func.instr(accounts.c.tags, f'"{value}"') > 0, path == value)
+            return path == value
+        if self.backend == "sqlite":
+            # json_each, not a JSON path: any character of a tag's name is matched literally.
+            each = func.json_each(accounts.c.tags).table_valued("key", "value")
+            match = [each.c.key == name] + ([each.c.value == value] if value is not None else [])
+            return select(literal(1)).select_from(each).where(*match).exists()
+        text = accounts.c.tags[name].as_string()  # PostgreSQL: tags ->> name, the name a bound value
+        found: ColumnElement[bool] = text == value if value is not None else text.is_not(None)
+        return found
 
     async def browse_accounts(
         self, query: AccountQuery, *, limit: int = 50, offset: int = 0, after: str | None = None
@@ -121,7 +154,7 @@ class SqlBrowse(StoreCore):
         filters = self._account_filters(query)
         count = select(func.count()).select_from(accounts).where(*filters)
         text = (query.search or "").strip()
-        keyset = query.sort in ("access", "refresh") and not text
+        keyset = query.sort in ("access", "refresh") and not text and not query.end_user_id and query.tag is None
         capped = False
         async with self._tx() as conn:
             if text:
@@ -129,6 +162,7 @@ class SqlBrowse(StoreCore):
                 capped = len(matches) > SEARCH_CAP
                 filters = [accounts.c.id.in_(sorted(matches)[: SEARCH_CAP + 1])]
                 count = select(func.count()).select_from(accounts).where(*filters)
+            counted: int | None = None
             if keyset:
                 page_ids, cursor = await self._keyset_ids(conn, query, limit, after)
             else:
@@ -136,9 +170,13 @@ class SqlBrowse(StoreCore):
                 order = [column.desc(), accounts.c.id.desc()] if query.descending else [column, accounts.c.id]
                 # Order and skip over narrow (sort key, id) pairs, then read the page's rows by id.
                 ids = select(accounts.c.id).where(*filters).order_by(*order).limit(limit).offset(max(offset, 0))
-                page_ids, cursor = [row.id for row in await conn.execute(ids)], None
+                if query.tag is not None and not text:  # a tag scans the table: count in the same pass
+                    ids = ids.add_columns(func.count().over().label("total"))
+                picked = list(await conn.execute(ids))
+                page_ids, cursor = [row.id for row in picked], None
+                counted = int(picked[0].total) if picked and "total" in picked[0]._fields else None
             found = {row.id: row for row in await conn.execute(select(accounts).where(accounts.c.id.in_(page_ids)))}
-            total = int((await conn.execute(count)).scalar_one())
+            total = counted if counted is not None else int((await conn.execute(count)).scalar_one())
         rows = [self._codec.account(found[i], secrets=False) for i in page_ids if i in found]
         total = min(total, SEARCH_CAP) if capped else total
         return AccountPage(rows, total, 0 if keyset else offset, limit, next_cursor=cursor, capped=capped)

@@ -88,6 +88,8 @@ async def accounts(
     app: str = "",
     platform: str = "",
     status: str = "",
+    end_user: Annotated[str, Query(max_length=255)] = "",
+    tag: Annotated[str, Query(max_length=320)] = "",
     sort: str = "access",
     order: str = "asc",
     page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
@@ -106,11 +108,14 @@ async def accounts(
         sort=next((s for s in SORTS if s == sort), "access"),
         descending=order == "desc",
         apps=tuple(sorted(settings.apps)),
+        end_user_id=end_user.strip() or None,
+        tag=tag_filter(tag),
     )
     found = await browse_of(runtime).browse_accounts(
         query, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, after=after or None
     )
     params = {"q": q, "app": query.app or "", "platform": platform, "status": status, "sort": query.sort}
+    params |= {"end_user": end_user, "tag": tag}
     params["order"] = "desc" if query.descending else "asc"
 
     def link(**changes: Any) -> str:
@@ -130,6 +135,14 @@ async def accounts(
         "statuses": [str(s) for s in AccountStatus],
     }
     return page(request, session, "ui/accounts.html", context)
+
+
+def tag_filter(text: str) -> tuple[str, str | None] | None:
+    """``key:value`` (as /v1/accounts takes it) or a bare ``key`` (any value); blank is no filter."""
+    name, colon, value = text.strip().partition(":")
+    if not name:
+        return None
+    return (name, value) if colon else (name, None)
 
 
 @router.get("/ui/alarms", response_class=HTMLResponse)
