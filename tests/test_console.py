@@ -117,3 +117,17 @@ async def test_https_public_url_makes_the_cookie_secure(tmp_path: Path) -> None:
         assert answer.status_code == 303
         header = answer.headers["set-cookie"]
         assert header.startswith("__Host-refresher_console=") and "Secure" in header and "Path=/" in header
+
+
+async def test_console_disable_and_delete_store_their_lifecycle_events(daemon: Daemon) -> None:
+    # The console acts like the API: account.disabled / account.deleted commit with the change (the outbox).
+    (account, *_) = await daemon.store.list(app="lazada")
+    async with logged_in(daemon) as client:
+        url = f"/ui/accounts/lazada/{account.key}"
+        for action in ("disable", "delete"):
+            csrf = csrf_of((await client.get(url)).text)
+            assert (await client.post(url, data={"action": action, "csrf": csrf})).status_code == 303
+    kinds = [(e.kind, e.account_key) for e in await daemon.store.events(app="lazada")]
+    assert ("account.disabled", account.key) in kinds
+    assert ("account.deleted", account.key) in kinds
+    assert await daemon.store.get("lazada", account.key) is None

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
 from refresher.refresh import Refresher
 from refresher.refresh_events import Outcome
-from refresher.server import connections
+from refresher.server import account_actions, connections
 from refresher.server.api_models import (
     AccountOut,
     AccountPage,
@@ -300,13 +300,10 @@ async def refresh_account(
 
 async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
     before = await _account(runtime, app, key)
-    # account.disabled is stored with the change, in its transaction (none if the status did not change).
-    event = await runtime.lifecycle.disabled_event(app, before.key) if status == AccountStatus.DISABLED else None
     try:
-        saved = await runtime.store.set_status(app, key, status, event=event)
+        saved = await account_actions.set_status(runtime, app, before.key, status)
     except AccountNotFound:
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
-    runtime.lifecycle.wake()
     return account_out(saved)
 
 
@@ -337,10 +334,8 @@ async def delete_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
 ) -> Response:
     account = await _account(runtime, app, key)
-    event = await runtime.lifecycle.deleted_event(app, account.key)  # read before the row goes
-    if not await runtime.store.delete(app, key, event=event):  # the event commits with the deletion
+    if not await account_actions.delete(runtime, app, account.key):
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
-    runtime.lifecycle.wake()
     return Response(status_code=204)
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from refresher.domain import AccountStatus, RefresherError
+from refresher.server import account_actions
 from refresher.server.auth import get_runtime
 from refresher.server.ui.common import browse_of, checked_post, deliveries_of, login_redirect, page, session_of
 from refresher.store.base import AccountNotFound, StoreError
@@ -109,12 +110,12 @@ async def account_action(request: Request, app: str, key: str) -> Response:
     if action in ("disable", "enable"):
         status = AccountStatus.DISABLED if action == "disable" else AccountStatus.ACTIVE
         try:
-            await runtime.store.set_status(app, key, status)
+            await account_actions.set_status(runtime, app, key, status)  # account.disabled goes with it
         except AccountNotFound:
             return RedirectResponse("/ui/accounts", status_code=303)
         return RedirectResponse(account_url(app, key, notice=f"{action}d"), status_code=303)
     if action == "delete":
-        await runtime.store.delete(app, key)
+        await account_actions.delete(runtime, app, key)
         return RedirectResponse("/ui/accounts?" + urlencode({"deleted": key}), status_code=303)
     if action == "reauth_link":
         link = runtime.reauth_link(app, key)
