@@ -5,6 +5,7 @@ transaction as its cause (disable, delete) or not at all."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -124,3 +125,14 @@ async def test_disable_and_delete_store_their_event_in_their_own_transaction(sto
     assert await store.delete(APP, account.key, event=event(3))
     assert not await store.delete(APP, account.key, event=event(4))  # nothing deleted: no event
     assert [e.idempotency_key for e in await store.events()] == [event(3).idempotency_key, event(1).idempotency_key]
+
+
+async def test_events_lists_the_newest_first_delivered_or_not(outbox: EventOutbox) -> None:
+    for n in range(4):
+        await outbox.add_event(event(n))
+    await outbox.add_event(dataclasses.replace(event(9), app="other-app"))
+    (claimed, *_) = await outbox.claim_events("a", LEASE, limit=1)
+    assert claimed.id is not None and await outbox.settle_event(claimed.id, "a")
+    listed = await outbox.events(app=APP, limit=3)
+    assert [e.idempotency_key for e in listed] == [event(n).idempotency_key for n in (3, 2, 1)]
+    assert len(await outbox.events()) == 5  # every app, the delivered one included

@@ -356,6 +356,9 @@ class EventOutbox(Protocol):
     async def release_event_leases(self, owner: str) -> int:
         """Give back the leases ``owner`` (a dead process) holds on events; returns how many."""
 
+    async def events(self, app: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
+        """The newest events, delivered or not, newest first (operators' inspection, tests)."""
+
 
 class KeyAdmin(Protocol):
     async def rotate_keys(self) -> int:

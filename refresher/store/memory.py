@@ -182,6 +182,10 @@ class MemoryOutbox:
         )
         return True
 
+    async def events(self, app: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
+        newest = sorted(self._events.items(), key=lambda item: -item[0])
+        return [e for _, e in newest if app is None or e.app == app][:limit]
+
     async def claim_events(self, owner: str, lease_ttl: dt.timedelta, limit: int = 50) -> Sequence[OutboxEvent]:
         now = self.clock.now()
         due = [
