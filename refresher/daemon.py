@@ -23,8 +23,8 @@ import structlog
 
 from refresher import platforms as registry
 from refresher.alerts import AlertPolicy, Dispatcher, HookDispatcher, build_channels
-from refresher.alerts.deliveries import DeliveryRecorder
-from refresher.alerts.delivery import EventDeliverer
+from refresher.alerts.alarm_deliveries import DeliveryRecorder
+from refresher.alerts.event_delivery import EventDeliverer
 from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import ConfigFileError, Settings, load_config

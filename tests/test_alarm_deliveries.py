@@ -16,7 +16,7 @@ from typing import Any, cast
 import pytest
 
 from refresher.alerts import AlarmMessage, AlertPolicy, Dispatcher, RefreshEvent, WebhookChannel
-from refresher.alerts.deliveries import DROPPED, DeliveryRecorder
+from refresher.alerts.alarm_deliveries import DROPPED, DeliveryRecorder
 from refresher.config import AlertSettings, StoreSettings
 from refresher.domain import AccountStatus, ErrorInfo, FakeClock
 from refresher.server.runtime import Runtime

@@ -1,4 +1,4 @@
-"""Lifecycle events delivered at least once across crashes (refresher.alerts.delivery over the outbox).
+"""Lifecycle events delivered at least once across crashes (refresher.alerts.event_delivery over the outbox).
 
 Real parts: `refresher run` as a process killed with SIGKILL while its event is undelivered, a new daemon
 process delivering it; two deliverers (two stores, as two replicas would have) on one SQLite file or one
@@ -20,7 +20,7 @@ import yaml
 
 from refresher import platforms
 from refresher.alerts import build_channels
-from refresher.alerts.delivery import EventDeliverer
+from refresher.alerts.event_delivery import EventDeliverer
 from refresher.config import Settings, parse_config
 from refresher.domain import SystemClock
 from refresher.store import SqlStore, open_store

@@ -3,7 +3,7 @@
 
 Each event is first stored in the outbox (``event_outbox``; in the same transaction as its cause where
 the caller can, see :meth:`LifecycleEvents.build`), then sent by the deliverer
-(:mod:`refresher.alerts.delivery`) to every webhook channel of ``alerts.channels`` and to the app's hooks,
+(:mod:`refresher.alerts.event_delivery`) to every webhook channel of ``alerts.channels`` and to the app's hooks,
 signed like an alarm. Delivery is at least once, across crashes and restarts: a receiver deduplicates on
 ``idempotency_key`` (also sent as the ``Idempotency-Key`` header), which is the same for every delivery of
 one event. No event carries a token.

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
+from refresher.alerts.alarm_deliveries import DeliveryRecorder
 from refresher.alerts.channels import Channel
-from refresher.alerts.deliveries import DeliveryRecorder
 from refresher.alerts.dispatcher import Dispatcher
 from refresher.alerts.events import AlarmCause, AlarmMessage
 from refresher.alerts.lifecycle import EventType, LifecycleEvents

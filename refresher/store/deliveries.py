@@ -1,7 +1,7 @@
 """Per alarm and per channel: how the alarm's latest message went (``alarm_deliveries``, migration 0007).
 
 One row per (app, account, cause, channel), replaced by each new message of the alarm, so the table is as
-big as the alarms table times the channels. Written by :mod:`refresher.alerts.deliveries` after each
+big as the alarms table times the channels. Written by :mod:`refresher.alerts.alarm_deliveries` after each
 attempt, read by the console's alarms and account pages.
 """
 
