@@ -9,7 +9,6 @@ and the old one keeps running.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import errno
 import os
 import signal
@@ -28,13 +27,15 @@ from refresher.alerts.event_delivery import EventDeliverer
 from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import ConfigFileError, Settings, load_config
+from refresher.config.checks import reload_problem
 from refresher.domain import Clock, ConfigError, SystemClock, TokenSet
-from refresher.health import StoreHealth
+from refresher.health import StoreWatch
 from refresher.invites import reauth_url
 from refresher.logging import configure_logging
 from refresher.metrics import Metrics
 from refresher.owners import is_dead_predecessor, new_owner
 from refresher.platforms.base import Platform, make_http_client
+from refresher.pruning import Pruner
 from refresher.redaction import register_secrets
 from refresher.refresh import Refresher
 from refresher.scheduler import Scheduler
@@ -47,17 +48,6 @@ from refresher.systemd import Notifier
 log = structlog.get_logger("refresher.daemon")
 
 SHUTDOWN_GRACE = 20.0
-# The audit table is cut to store.audit_retention after sweeps, at most once an hour, in short batches
-# (each its own transaction: on SQLite each holds the write lock only briefly, so refreshes interleave).
-# A backlog, e.g. a first start on an old table, takes a few passes instead of one long lock.
-AUDIT_PRUNE_EVERY = dt.timedelta(hours=1)
-AUDIT_PRUNE_BATCH = 500
-AUDIT_PRUNE_BATCHES_PER_PASS = 20
-
-
-# How long a readiness or monitor probe of the store may take before the store counts as not answering.
-STORE_PROBE_TIMEOUT = 5.0
-STORE_PROBE_EVERY = 10.0  # at most; shorter when alerts.store_outage is short
 
 
 class PortUnavailable(ConfigError):
@@ -129,8 +119,8 @@ class Daemon:
             listeners=[self._on_refresh],
             on_store=self._store_report,
         )
-        self.store_health = StoreHealth(settings.alerts.store_outage.total_seconds())
-        self._monitor: asyncio.Task[None] | None = None
+        self.store_watch = StoreWatch(self.store, self.notifier, self._store_outage, settings.alerts.store_outage)
+        self.store_health = self.store_watch.health
         self.scheduler = Scheduler(self.tick)
         self._server: EmbeddedServer | None = None
         self._server_task: asyncio.Task[None] | None = None
@@ -138,8 +128,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.extra_routes: list[Any] = []
-        self._audit_pruned_at: dt.datetime | None = None  # last pass that caught up
-        self._audit_pruning = False
+        self.pruner = Pruner(self.store)
 
     # -- Runtime (what the HTTP routes see) -------------------------------------------------------------
 
@@ -149,16 +138,9 @@ class Daemon:
 
     async def readiness(self) -> dict[str, str]:
         problems: dict[str, str] = {}
-        try:
-            await asyncio.wait_for(self.store.ping(), STORE_PROBE_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            problems["store"] = type(exc).__name__
-        else:
-            # Reachable is not enough: a store locked past its busy timeout, or read-only after a
-            # failover, answers reads while every refresh fails to commit.
-            error = await self._probe_writes()
-            if error is not None:
-                problems["store"] = f"refuses writes ({type(error).__name__})"
+        store_problem = await self.store_watch.readiness()
+        if store_problem is not None:
+            problems["store"] = store_problem
         if not self.scheduler.running:
             problems["scheduler"] = "not running"
         return problems
@@ -206,7 +188,7 @@ class Daemon:
             )
         await self.dispatcher.start()
         await self.deliverer.start()  # also what a predecessor stored and did not deliver
-        self._monitor = asyncio.create_task(self._store_monitor(), name="store-monitor")
+        self.store_watch.start()
         self.scheduler.configure(self.settings, _plugin_classes(self.settings, self._platforms))
         if schedule:
             self.scheduler.start()
@@ -271,32 +253,13 @@ class Daemon:
             self.metrics.set_accounts(app, str(status), count)
         earliest = await self.store.earliest_expiry(app)
         self.metrics.set_earliest_expiry(app, (earliest - now).total_seconds() if earliest else None)
-        await self.prune_audit(now)
+        await self.pruner.after_sweep(now, self.settings.store.audit_retention)
 
-    async def prune_audit(self, now: dt.datetime) -> int:
-        """Delete audit rows older than ``store.audit_retention`` (see AUDIT_PRUNE_EVERY); returns how many."""
-        due = self._audit_pruned_at is None or now - self._audit_pruned_at >= AUDIT_PRUNE_EVERY
-        if not due or self._audit_pruning:  # several apps' sweeps end together: one pass is enough
-            return 0
-        self._audit_pruning = True
-        cutoff = now - self.settings.store.audit_retention
-        removed = events = 0
-        try:
-            for _ in range(AUDIT_PRUNE_BATCHES_PER_PASS):
-                count = await self.store.prune_audit(cutoff, limit=AUDIT_PRUNE_BATCH)
-                # Delivered lifecycle events are kept as long as the audit rows (what was said, and when).
-                settled = await self.store.prune_events(cutoff, limit=AUDIT_PRUNE_BATCH)
-                removed, events = removed + count, events + settled
-                if max(count, settled) < AUDIT_PRUNE_BATCH:
-                    self._audit_pruned_at = now  # caught up; until then every sweep takes another pass
-                    break
-        except StoreError as exc:
-            log.warning("audit.prune_failed", error=str(exc))
-        finally:
-            self._audit_pruning = False
-        if removed or events:
-            log.info("audit.pruned", removed=removed, events=events, older_than=cutoff.isoformat())
-        return removed
+    def _store_report(self, error: BaseException | None) -> None:
+        self.store_watch.report(error)
+
+    def _store_outage(self, verdict: str, seconds: float, last_error: str | None) -> None:
+        self.alerts.store_outage(verdict, seconds, last_error)
 
     async def _on_refresh(self, event: RefreshEvent, account: Account, tokens: TokenSet | None) -> None:
         self.metrics.refresh_finished(event)
@@ -358,7 +321,7 @@ class Daemon:
         channels = build_channels(new.alerts)
         self.alerts.apply_settings(new.alerts, channels)
         self.deliverer.apply_settings(new, channels)
-        self.store_health.alarm_after = new.alerts.store_outage.total_seconds()
+        self.store_watch.apply_settings(new.alerts.store_outage)
         self.hooks.apply_settings(new)
         configure_logging(new.logging)
         log.info("config.reloaded", apps=", ".join(sorted(new.apps)))
@@ -377,8 +340,7 @@ class Daemon:
             self.scheduler.cancel_running()
             await self.scheduler.drain(5)
         self.scheduler.shutdown()
-        if self._monitor is not None:
-            self._monitor.cancel()
+        self.store_watch.stop()
         if self._server is not None and self._server_task is not None:
             await stop_server(self._server, self._server_task)
         await self.dispatcher.aclose(grace=5)
@@ -394,7 +356,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         await self.start()
-        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        watchdog = asyncio.create_task(self.store_watch.watchdog(), name="watchdog")
         try:
             while not self._stop.is_set():
                 waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._reload.wait())]
@@ -425,64 +387,6 @@ class Daemon:
                 count = await self.store.release_event_leases(holder)
                 log.warning("leases.reclaimed", dead_owner=holder, events=count)
         return reclaimed
-
-    def _store_report(self, error: BaseException | None) -> None:
-        """A store failure (or success, None) seen anywhere: alarm once an outage lasts too long."""
-        verdict = self.store_health.report(error)
-        if verdict is not None:
-            self.alerts.store_outage(verdict, self.store_health.outage_seconds(), self.store_health.last_error)
-
-    async def _probe_writes(self) -> BaseException | None:
-        """Whether the store takes a write now (reported to the outage tracker); the error if not."""
-        try:
-            await asyncio.wait_for(self.store.ping(write=True), STORE_PROBE_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - any failure means writes do not go through
-            self._store_report(exc)
-            return exc
-        self._store_report(None)
-        return None
-
-    async def _store_monitor(self) -> None:
-        """Probe the store while it fails, so an outage is alarmed even when no sweep is due."""
-        while True:
-            every = min(STORE_PROBE_EVERY, max(self.store_health.alarm_after / 3, 0.2))
-            await asyncio.sleep(every)
-            if self.store_health.failing:
-                await self._probe_writes()
-
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        if not interval:
-            return
-        while True:
-            # Ping only while the loop turns and the store answers: a wedged daemon gets restarted.
-            try:
-                await asyncio.wait_for(self.store.ping(), interval)
-                self.notifier.watchdog()
-            except Exception:  # noqa: BLE001
-                log.warning("watchdog.store_unreachable")
-            await asyncio.sleep(interval)
-
-
-# Store settings the open store was built with: a reload cannot apply them (lease_ttl and audit_retention
-# are read at each sweep, so they may change).
-_STORE_FIXED = ("url", "encryption_keys", "pool_size", "history_versions")
-
-
-def reload_problem(old: Settings, new: Settings) -> str | None:
-    """Why a valid new config must still not replace the running one on SIGHUP, or None.
-
-    Each case is what a truncated or half-written file looks like, and applying it would quietly stop the
-    daemon's work (no app swept, the admin token refused) or point it at another store mid-run.
-    """
-    if old.apps and not new.apps:
-        return "the new file defines no apps (truncated?); refusing to stop every app - restart to do that"
-    if old.server.admin_token is not None and new.server.admin_token is None:
-        return "the new file has no server.admin_token (truncated?); removing it needs a restart"
-    for name in _STORE_FIXED:
-        if getattr(old.store, name) != getattr(new.store, name):
-            return f"store.{name} cannot change without a restart"
-    return None
 
 
 def _plugin_classes(settings: Settings, platforms: Mapping[str, Platform]) -> dict[str, type[Platform]]:

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import func, insert, select
 
-from refresher import daemon as daemon_module
-from refresher import platforms
+from refresher import platforms, pruning
 from refresher.config import Settings, parse_config
 from refresher.daemon import Daemon
 from refresher.domain import FakeClock
@@ -60,8 +59,8 @@ async def rows(store: SqlStore) -> int:
 
 
 async def test_sweeps_prune_the_audit_table_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon_module, "AUDIT_PRUNE_BATCH", 100)
-    monkeypatch.setattr(daemon_module, "AUDIT_PRUNE_BATCHES_PER_PASS", 4)
+    monkeypatch.setattr(pruning, "AUDIT_PRUNE_BATCH", 100)
+    monkeypatch.setattr(pruning, "AUDIT_PRUNE_BATCHES_PER_PASS", 4)
     clock = FakeClock(T0)
     async with SandboxServer(clock=clock, seed=3) as sandbox:
         daemon = Daemon(settings_for(sandbox, tmp_path / "tokens.db"), clock=clock)

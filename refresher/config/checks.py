@@ -91,3 +91,24 @@ def _apprise_schemes() -> set[str]:
     from apprise import NotificationManager
 
     return {str(s).lower() for s in NotificationManager().schemas()}  # type: ignore[no-untyped-call]
+
+
+# Store settings the open store was built with: a reload cannot apply them (lease_ttl and audit_retention
+# are read at each sweep, so they may change).
+_STORE_FIXED = ("url", "encryption_keys", "pool_size", "history_versions")
+
+
+def reload_problem(old: Settings, new: Settings) -> str | None:
+    """Why a valid new config must still not replace the running one on SIGHUP, or None.
+
+    Each case is what a truncated or half-written file looks like, and applying it would quietly stop the
+    daemon's work (no app swept, the admin token refused) or point it at another store mid-run.
+    """
+    if old.apps and not new.apps:
+        return "the new file defines no apps (truncated?); refusing to stop every app - restart to do that"
+    if old.server.admin_token is not None and new.server.admin_token is None:
+        return "the new file has no server.admin_token (truncated?); removing it needs a restart"
+    for name in _STORE_FIXED:
+        if getattr(old.store, name) != getattr(new.store, name):
+            return f"store.{name} cannot change without a restart"
+    return None
