@@ -19,8 +19,8 @@ How it is measured:
 * The proxy's overhead is latency, not throughput (at concurrency 32 both are bound by the sandbox, a
   Python process on the same 2 cores): proxy and direct call are also measured one request at a time,
   and the overhead is the difference of their p50.
-* ``--profile FILE`` runs the daemon under ``py-spy record`` (if py-spy is on PATH) while the token read
-  is loaded, and writes a flame graph.
+* ``--profile FILE`` samples the daemon with ``py-spy record`` (if py-spy is on PATH) while the token
+  read is loaded (first run only) and writes a flame graph (``.svg``) or collapsed stacks (``.txt``).
 """
 
 from __future__ import annotations
@@ -177,13 +177,10 @@ async def onboard(settings: Settings) -> tuple[str, str]:
 
 
 class DaemonProcess:
-    """``python -m refresher run`` (optionally under py-spy) until :meth:`close`."""
+    """``python -m refresher run`` until :meth:`close`."""
 
-    def __init__(self, config: Path, port: int, profile: Path | None = None) -> None:
+    def __init__(self, config: Path, port: int) -> None:
         command = [sys.executable, "-m", "refresher", "run", "-c", str(config)]
-        self.profiled = profile is not None
-        if profile is not None:
-            command = ["py-spy", "record", "--rate", "200", "-o", str(profile), "--", *command]
         self.stderr = open(config.with_suffix(".stderr"), "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.stderr)
         deadline = time.monotonic() + 60
@@ -198,8 +195,15 @@ class DaemonProcess:
             time.sleep(0.2)
         raise RuntimeError("daemon not ready within 60 s")
 
+    def profile(self, output: Path, seconds: float) -> subprocess.Popen[bytes]:
+        """py-spy sampling this daemon for ``seconds`` (raw collapsed stacks for a ``.txt`` file)."""
+        fmt = "raw" if output.suffix == ".txt" else "flamegraph"
+        command = ["py-spy", "record", "--pid", str(self.proc.pid), "--duration", str(max(1, round(seconds)))]
+        command += ["--rate", "250", "--nonblocking", "--format", fmt, "-o", str(output)]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGINT if self.profiled else signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -229,7 +233,7 @@ def measure(engine: str, store_url: str, args: argparse.Namespace, tmp: Path, sa
     base = f"http://127.0.0.1:{port}"
     token_url = f"{base}/v1/accounts/{APP}/{key}/token"
     proxy_url = f"{base}/proxy/{APP}/{key}{SHOP_PATH}"
-    daemon = DaemonProcess(config, port, args.profile)
+    daemon = DaemonProcess(config, port)
     ok = True
     try:
         check = httpx.get(token_url, headers={"Authorization": f"Bearer {READER}"}, trust_env=False)
@@ -242,7 +246,11 @@ def measure(engine: str, store_url: str, args: argparse.Namespace, tmp: Path, sa
                 f"(load {', '.join(f'{x:.1f}' for x in os.getloadavg())})"
             )
             health = load(f"{base}/healthz", None, c, s)
+            spy = daemon.profile(args.profile, s) if args.profile is not None and run == 0 else None
             read = load(token_url, READER, c, s)
+            if spy is not None:
+                spy.wait()
+                print(f"  (token read profiled by py-spy into {args.profile})")
             print(line("/healthz", health))
             print(line("token read", read, health["rps"]))
             proxied = load(proxy_url, READER, c, s)
@@ -274,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="connections in flight (default 32)")
     parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="sqlite")
     parser.add_argument("--repeat", type=int, default=1, help="runs per store (default 1)")
-    parser.add_argument("--profile", type=Path, default=None, help="flame graph of the daemon (needs py-spy)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="profile of the token read: .svg or .txt (needs py-spy)"
+    )
     parser.add_argument("--load-generator", nargs=3, metavar=("URL", "CONCURRENCY", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load_generator:  # the fallback load generator, in its own process

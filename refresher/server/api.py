@@ -35,9 +35,10 @@ from refresher.server.api_models import (
     TokenOut,
     TokenRefusedOut,
 )
-from refresher.server.auth import Caller, get_runtime, require, require_caller
+from refresher.server.auth import Caller, require, require_caller, runtime_dependency
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
+from refresher.token_cache import TokenCache, cache_for
 from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
 
 MAX_PAGE = 500
@@ -92,9 +93,15 @@ def _check_app(runtime: Runtime, app: str) -> None:
         raise HTTPException(status_code=404, detail=f"unknown app {app!r}")
 
 
-async def _account(runtime: Runtime, app: str, key: str) -> Account:
+def token_cache(runtime: Runtime) -> TokenCache:
+    """The store's cache of accounts for token reads and the proxy (its bounds follow a reload)."""
+    server = runtime.settings.server
+    return cache_for(runtime.store, size=server.token_cache_size, max_age=server.token_cache_max_age.total_seconds())
+
+
+async def _account(runtime: Runtime, app: str, key: str, *, cached: bool = False) -> Account:
     _check_app(runtime, app)
-    account = await runtime.store.get(app, key)
+    account = await (token_cache(runtime) if cached else runtime.store).get(app, key)
     if account is None:
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
     return account
@@ -114,7 +121,7 @@ AppPath = Annotated[str, Path(description="App name from the config.", min_lengt
 KeyPath = Annotated[
     str, Path(description="Account key, e.g. shop:123 (URL-encode it if you like).", min_length=1, max_length=200)
 ]
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+RuntimeDep = Annotated[Runtime, Depends(runtime_dependency)]
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -234,7 +241,7 @@ async def get_token(
     response.headers.update(NO_STORE)
     if include_refresh and not caller.allows("tokens:read_refresh"):
         raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
-    account = await _account(runtime, app, key)
+    account = await _account(runtime, app, key, cached=True)
     try:
         account = await _reader(runtime).fresh(account)
     except AccountNotFound:

@@ -70,6 +70,13 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+async def runtime_dependency(request: Request) -> Runtime:
+    """:func:`get_runtime` as a FastAPI dependency: ``Depends(runtime_dependency)``, never the plain
+    function — FastAPI runs a ``def`` dependency in its thread pool, and that hop (a thread hand-off and
+    a GIL switch per request) cost more than the whole token read behind it."""
+    return get_runtime(request)
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(
         status_code=401,
@@ -99,7 +106,7 @@ def require_caller(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     async def dependency(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-        runtime: Runtime = Depends(get_runtime),
+        runtime: Runtime = Depends(runtime_dependency),
     ) -> Caller:
         caller = await _caller(request, credentials, runtime)
         if not caller.allows(scope):
