@@ -237,7 +237,7 @@ async def get_token(
     key: KeyPath,
     caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
     include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
-) -> TokenOut | JSONResponse:
+) -> Response:
     response.headers.update(NO_STORE)
     if include_refresh and not caller.allows("tokens:read_refresh"):
         raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
@@ -251,11 +251,11 @@ async def get_token(
     if reason is not None or tokens is None:
         reason = reason or Refusal.NO_TOKEN
         link = runtime.reauth_link(app, account.key) if reason != Refusal.DISABLED else None
-        body = TokenRefusedOut(
+        refused = TokenRefusedOut(
             detail=refusal_message(account, reason), status=account.status, reason=reason, reauth_url=link
         )
-        return JSONResponse(body.model_dump(mode="json"), status_code=409, headers=NO_STORE)
-    return TokenOut(
+        return JSONResponse(refused.model_dump(mode="json"), status_code=409, headers=NO_STORE)
+    body = TokenOut(
         app=account.app,
         account=account.key,
         identity=_identity_out(account),
@@ -266,6 +266,8 @@ async def get_token(
         refresh_expires_at=tokens.refresh_expires_at,
         version=account.version,
     )
+    # Rendered here: returned as a model, FastAPI would validate it against response_model once more.
+    return Response(body.model_dump_json(), media_type="application/json", headers=NO_STORE)
 
 
 @router.post(
