@@ -246,14 +246,19 @@ def measure(engine: str, store_url: str, args: argparse.Namespace, tmp: Path, sa
                 f"(load {', '.join(f'{x:.1f}' for x in os.getloadavg())})"
             )
             health = load(f"{base}/healthz", None, c, s)
-            spy = daemon.profile(args.profile, s) if args.profile is not None and run == 0 else None
+            profiling = args.profile is not None and run == 0
+            spy = daemon.profile(args.profile, s) if profiling and args.profile_target == "token" else None
             read = load(token_url, READER, c, s)
             if spy is not None:
                 spy.wait()
                 print(f"  (token read profiled by py-spy into {args.profile})")
             print(line("/healthz", health))
             print(line("token read", read, health["rps"]))
+            spy = daemon.profile(args.profile, s) if profiling and args.profile_target == "proxy" else None
             proxied = load(proxy_url, READER, c, s)
+            if spy is not None:
+                spy.wait()
+                print(f"  (proxy profiled by py-spy into {args.profile})")
             direct = load(direct_url, None, c, s)
             print(line("proxy", proxied))
             print(line("direct signed call (sandbox)", direct))
@@ -285,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, default=None, help="profile of the token read: .svg or .txt (needs py-spy)"
     )
+    parser.add_argument("--profile-target", choices=["token", "proxy"], default="token", help="what --profile samples")
     parser.add_argument("--load-generator", nargs=3, metavar=("URL", "CONCURRENCY", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load_generator:  # the fallback load generator, in its own process
