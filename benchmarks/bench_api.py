@@ -138,7 +138,7 @@ def load(url: str, token: str | None, concurrency: int, seconds: float) -> dict[
 # ----------------------------------------------------------------------------- the daemon under test
 
 
-def config_document(sandbox: SandboxProcess, store_url: str, port: int) -> dict[str, Any]:
+def config_document(sandbox: SandboxProcess, store_url: str, port: int, log_level: str) -> dict[str, Any]:
     return {
         "store": {"url": store_url, "encryption_keys": [generate_key()]},
         "server": {
@@ -150,7 +150,7 @@ def config_document(sandbox: SandboxProcess, store_url: str, port: int) -> dict[
                 {"name": "reader", "secret": READER, "scopes": ["tokens:read", "accounts:read", "proxy"]},
             ],
         },
-        "logging": {"level": "info", "format": "json"},  # to stderr, which goes to a file
+        "logging": {"level": log_level, "format": "json"},  # to stderr, which goes to a file
         "apps": {APP: {**sandbox.view.app_config("shopee"), "rate_limit": 10000}},
     }
 
@@ -226,7 +226,7 @@ def line(name: str, stats: dict[str, Any], baseline: float | None = None) -> str
 def measure(engine: str, store_url: str, args: argparse.Namespace, tmp: Path, sandbox: SandboxProcess) -> bool:
     port = free_port()
     config = tmp / f"bench-{engine}.yaml"
-    document = config_document(sandbox, store_url, port)
+    document = config_document(sandbox, store_url, port, args.log_level)
     config.write_text(yaml.safe_dump(document))
     settings = parse_config(config.read_text(), file=str(config), credential_models=platforms.credential_models())
     key, direct_url = asyncio.run(onboard(settings))
@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per store (default 1)")
     parser.add_argument(
         "--profile", type=Path, default=None, help="profile of the token read: .svg or .txt (needs py-spy)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", help="the daemon's logging.level (default info, as in production)"
     )
     parser.add_argument("--profile-target", choices=["token", "proxy"], default="token", help="what --profile samples")
     parser.add_argument("--load-generator", nargs=3, metavar=("URL", "CONCURRENCY", "SECONDS"), help=argparse.SUPPRESS)
