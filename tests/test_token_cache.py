@@ -302,3 +302,23 @@ async def test_this_process_commits_are_seen_at_once(store: SqlStore) -> None:
     assert stored_tokens(await cache.get(APP, account.key)) == stored_tokens(renewed)
     assert await store.delete(APP, account.key)
     assert await cache.get(APP, account.key) is None
+
+
+async def test_a_lease_alone_keeps_the_cache_and_a_save_under_it_does_not(store: SqlStore) -> None:
+    """Claim, mark and release touch only lease columns (no NOTIFY, no miss); the save replaces tokens."""
+    (account,) = await _seed(store)
+    cache = TokenCache(store)
+    await tracking(store)
+    assert await cache.get(APP, account.key) is not None
+    claimed = await store.claim(APP, account.key, "owner-1", dt.timedelta(minutes=1))
+    assert claimed is not None
+    await store.mark_refresh_started(claimed.id, "owner-1")
+    await store.release(claimed.id, "owner-1")
+    hits = cache.hits
+    assert await cache.get(APP, account.key) is not None
+    if store.backend == "postgresql":  # SQLite's data_version moves with any commit: a miss is right there
+        assert cache.hits == hits + 1
+    claimed = await store.claim(APP, account.key, "owner-1", dt.timedelta(minutes=1))
+    assert claimed is not None
+    saved = await store.save_tokens(claimed.id, "owner-1", grant(account.key, 3).tokens)
+    assert stored_tokens(await cache.get(APP, account.key)) == stored_tokens(saved)

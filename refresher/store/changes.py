@@ -13,7 +13,8 @@ of ``accounts``, or ``None`` when that cannot be known right now (then nothing m
   meanwhile are lost).
 
 Coarse on purpose: any write to any account changes the token (the feed does not know which rows a
-statement touched), so a cache built on it is exact and empties itself while a sweep writes.
+statement touched), so a cache built on it is exact and empties itself while a sweep saves tokens.
+Only an UPDATE of lease and timing columns alone (:data:`BOOKKEEPING`) does not count.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from sqlalchemy.engine import Connection
 log = structlog.get_logger("refresher.store")
 
 CHANNEL = "refresher_accounts"
+# Columns no token read depends on: the lease and the scheduler's timing. An UPDATE of these alone (a
+# claim, the mark before a platform call, a release) changes nothing a cached account hands out, so it
+# neither invalidates nor sends a NOTIFY (on PostgreSQL a sweep would otherwise pay one round trip more
+# for each of them).
+BOOKKEEPING = frozenset({"lease_owner", "lease_expires_at", "refresh_started_at", "next_attempt_at", "last_attempt_at"})
 WROTE_ACCOUNTS = "refresher.wrote_accounts"  # key in the connection's info dict
 RECONNECT_DELAY = 1.0
 
@@ -40,9 +46,22 @@ def mark_account_writes(
     """Engine event (``after_cursor_execute``): flag the transaction when a statement wrote ``accounts``."""
     if context is None or not (context.isupdate or context.isinsert or context.isdelete):
         return
-    table = getattr(getattr(context.compiled, "statement", None), "table", None)
-    if getattr(table, "name", None) == "accounts":
-        conn.info[WROTE_ACCOUNTS] = True
+    statement = getattr(context.compiled, "statement", None)
+    if getattr(getattr(statement, "table", None), "name", None) != "accounts":
+        return
+    if context.isupdate and _bookkeeping_only(statement):
+        return
+    conn.info[WROTE_ACCOUNTS] = True
+
+
+def _bookkeeping_only(statement: Any) -> bool:
+    # The columns an ``update().values(...)`` sets; anything else (values given at execution, an
+    # unfamiliar statement) counts as a change.
+    try:
+        names = {getattr(column, "key", column) for column in statement._values or ()}
+    except (AttributeError, TypeError):
+        return False
+    return bool(names) and names <= BOOKKEEPING
 
 
 class ChangeFeed:
