@@ -80,6 +80,7 @@ SLOW_MODULES = frozenset(
         "test_tiktok",
         "test_tiktok_shop",
         "test_token_read",
+        "test_token_cache",
     }
 )
 # Single slow tests of otherwise fast modules (by "module::name" prefix): each runs the CLI as a

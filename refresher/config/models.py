@@ -85,6 +85,10 @@ class ServerSettings(_Strict):
     # refresh_before, at most 5 minutes); re-authorization links in alarms and 409s live reauth_link_ttl.
     token_read_margin: Duration | None = None
     reauth_link_ttl: Duration = dt.timedelta(days=7)
+    # Accounts the token API and the proxy keep in memory between reads (0: none), each at most
+    # token_cache_max_age old; the store's change token keeps them exact (refresher/token_cache.py).
+    token_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    token_cache_max_age: Duration = dt.timedelta(seconds=30)
     # Who the seller pages say is asking for access (an app's own values win), and how long a console
     # login lasts.
     display_name: str | None = Field(default=None, max_length=120)

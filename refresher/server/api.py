@@ -35,9 +35,10 @@ from refresher.server.api_models import (
     TokenOut,
     TokenRefusedOut,
 )
-from refresher.server.auth import Caller, get_runtime, require, require_caller
+from refresher.server.auth import Caller, require, require_caller, runtime_dependency
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
+from refresher.token_cache import TokenCache, cache_for
 from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
 
 MAX_PAGE = 500
@@ -91,9 +92,15 @@ def _check_app(runtime: Runtime, app: str) -> None:
         raise HTTPException(status_code=404, detail=f"unknown app {app!r}")
 
 
-async def _account(runtime: Runtime, app: str, key: str) -> Account:
+def token_cache(runtime: Runtime) -> TokenCache:
+    """The store's cache of accounts for token reads and the proxy (its bounds follow a reload)."""
+    server = runtime.settings.server
+    return cache_for(runtime.store, size=server.token_cache_size, max_age=server.token_cache_max_age.total_seconds())
+
+
+async def _account(runtime: Runtime, app: str, key: str, *, cached: bool = False) -> Account:
     _check_app(runtime, app)
-    account = await runtime.store.get(app, key)
+    account = await (token_cache(runtime) if cached else runtime.store).get(app, key)
     if account is None:
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
     return account
@@ -113,7 +120,7 @@ AppPath = Annotated[str, Path(description="App name from the config.", min_lengt
 KeyPath = Annotated[
     str, Path(description="Account key, e.g. shop:123 (URL-encode it if you like).", min_length=1, max_length=200)
 ]
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+RuntimeDep = Annotated[Runtime, Depends(runtime_dependency)]
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -230,11 +237,11 @@ async def get_token(
     key: KeyPath,
     caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
     include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
-) -> TokenOut | JSONResponse:
+) -> Response:
     response.headers.update(NO_STORE)
     if include_refresh and not caller.allows("tokens:read_refresh"):
         raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
-    account = await _account(runtime, app, key)
+    account = await _account(runtime, app, key, cached=True)
     try:
         account = await _reader(runtime).fresh(account)
     except AccountNotFound:
@@ -244,11 +251,11 @@ async def get_token(
     if reason is not None or tokens is None:
         reason = reason or Refusal.NO_TOKEN
         link = runtime.reauth_link(app, account.key) if reason != Refusal.DISABLED else None
-        body = TokenRefusedOut(
+        refused = TokenRefusedOut(
             detail=refusal_message(account, reason), status=account.status, reason=reason, reauth_url=link
         )
-        return JSONResponse(body.model_dump(mode="json"), status_code=409, headers=NO_STORE)
-    return TokenOut(
+        return JSONResponse(refused.model_dump(mode="json"), status_code=409, headers=NO_STORE)
+    body = TokenOut(
         app=account.app,
         account=account.key,
         identity=_identity_out(account),
@@ -259,6 +266,8 @@ async def get_token(
         refresh_expires_at=tokens.refresh_expires_at,
         version=account.version,
     )
+    # Rendered here: returned as a model, FastAPI would validate it against response_model once more.
+    return Response(body.model_dump_json(), media_type="application/json", headers=NO_STORE)
 
 
 @router.post(

@@ -46,20 +46,34 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8")).digest()
 
 
+def _candidates(server: ServerSettings) -> list[tuple[str, bytes, frozenset[str]]]:
+    """(name, digest of the secret, scopes) of every configured token, hashed once per settings object
+    (a reload brings new settings, so new digests)."""
+    cached = _CANDIDATES.get(id(server))
+    if cached is not None and cached[0] is server:
+        return cached[1]
+    candidates: list[tuple[str, bytes, frozenset[str]]] = []
+    if server.admin_token is not None and server.admin_token.get_secret_value():
+        candidates.append((ADMIN_NAME, _digest(server.admin_token.get_secret_value()), ALL_SCOPES))
+    for token in server.api_tokens:
+        candidates.append((token.name, _digest(token.secret.get_secret_value()), frozenset(token.scopes)))
+    _CANDIDATES.clear()  # one live settings object at a time; the dict only avoids rehashing per call
+    _CANDIDATES[id(server)] = (server, candidates)
+    return candidates
+
+
+_CANDIDATES: dict[int, tuple[ServerSettings, list[tuple[str, bytes, frozenset[str]]]]] = {}
+
+
 def authenticate(server: ServerSettings, presented: str | None) -> Caller | None:
     """The caller whose secret is ``presented``, or ``None``. Compares against every token, always."""
     if not presented:
         return None
     given = _digest(presented)
     found: Caller | None = None
-    candidates: list[tuple[str, str, frozenset[str]]] = []
-    if server.admin_token is not None and server.admin_token.get_secret_value():
-        candidates.append((ADMIN_NAME, server.admin_token.get_secret_value(), ALL_SCOPES))
-    for token in server.api_tokens:
-        candidates.append((token.name, token.secret.get_secret_value(), frozenset(token.scopes)))
-    for name, secret, scopes in candidates:
+    for name, digest, scopes in _candidates(server):
         # No early exit: the loop's duration must not tell which token (if any) matched.
-        if hmac.compare_digest(given, _digest(secret)) and found is None:
+        if hmac.compare_digest(given, digest) and found is None:
             found = Caller(name, scopes)
     return found
 
@@ -68,6 +82,13 @@ def get_runtime(request: Request) -> Runtime:
     """The running daemon, as :func:`refresher.server.app.create_app` left it on the app state."""
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def runtime_dependency(request: Request) -> Runtime:
+    """:func:`get_runtime` as a FastAPI dependency: ``Depends(runtime_dependency)``, never the plain
+    function — FastAPI runs a ``def`` dependency in its thread pool, and that hop (a thread hand-off and
+    a GIL switch per request) cost more than the whole token read behind it."""
+    return get_runtime(request)
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -97,11 +118,10 @@ def require_caller(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     """Like :func:`require`, but returns the whole :class:`Caller` (for finer scope checks)."""
 
     async def dependency(
-        request: Request,
-        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-        runtime: Runtime = Depends(get_runtime),
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> Caller:
-        caller = await _caller(request, credentials, runtime)
+        # The runtime straight from the request, not as one more dependency: each costs per request.
+        caller = await _caller(request, credentials, get_runtime(request))
         if not caller.allows(scope):
             _log_call(request, caller.name, scope, "forbidden")
             raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope {scope}")

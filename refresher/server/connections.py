@@ -23,7 +23,7 @@ from refresher.alerts.lifecycle import EventType
 from refresher.invites import MAX_TTL, invite_url, make_invite, new_invitation_id
 from refresher.onboarding import Completed, return_to_allowed
 from refresher.server.api_models import Problem
-from refresher.server.auth import get_runtime, require
+from refresher.server.auth import require, runtime_dependency
 from refresher.server.runtime import Runtime
 from refresher.server.ui import seller
 from refresher.server.ui.seller import Brand
@@ -86,7 +86,7 @@ router = APIRouter(
 )
 async def create_connect_session(
     body: ConnectSessionIn,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
+    runtime: Annotated[Runtime, Depends(runtime_dependency)],
     _caller: Annotated[str, Depends(require("connect"))],
 ) -> ConnectSessionOut:
     settings = runtime.settings

@@ -33,7 +33,8 @@ from refresher.domain import (
 )
 from refresher.platforms.base import MAX_API_ANSWER_BYTES, Answer, ApiCall, Platform
 from refresher.refresh_events import Outcome
-from refresher.server.auth import get_runtime, require
+from refresher.server.api import token_cache
+from refresher.server.auth import require, runtime_dependency
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
 
@@ -151,14 +152,14 @@ async def proxy(
     app: str,
     account: str,
     path: str,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
+    runtime: Annotated[Runtime, Depends(runtime_dependency)],
     caller: Annotated[str, Depends(require("proxy"))],
 ) -> Response:
     """Forward one call to the platform's API host with the account's token and signature."""
     platform = runtime.platforms.get(app)
     if platform is None:
         return _problem(404, f"unknown app {app!r}")
-    current = await runtime.store.get(app, account)
+    current = await token_cache(runtime).get(app, account)
     if current is None:
         return _problem(404, f"unknown account {account!r} of app {app!r}")
     if current.status != AccountStatus.ACTIVE or current.tokens is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from refresher.domain import AccountStatus, ErrorInfo, Grant, Identity, RefresherError, TokenSet
 from refresher.store.connection_types import ConnectionStore
@@ -151,6 +151,14 @@ class SchemaAdmin(Protocol):
 
 class AccountLookup(Protocol):
     async def get(self, app: str, key: str) -> Account | None: ...
+
+
+@runtime_checkable
+class ChangeTracking(Protocol):
+    def change_token(self) -> tuple[int, int] | None:
+        """A value that changes whenever a committed transaction (of any process) may have changed an
+        account, or ``None`` when that cannot be known now: what a cache of accounts checks before each
+        hit (:mod:`refresher.token_cache`). A store without it is never cached."""
 
 
 class AccountReader(AccountLookup, Protocol):

@@ -33,6 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from refresher.store.base import StoreError
+from refresher.store.changes import CHANNEL, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
 from refresher.store.writers import NORMAL, WriterQueue
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -116,6 +117,12 @@ class SqlDatabase:
         self._engine: AsyncEngine | None = None
         self._writer_queue: WriterQueue | None = None
         self._writer_queue_loop: asyncio.AbstractEventLoop | None = None
+        conninfo = None if self._path else self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.changes = ChangeFeed(self._backend, self._path, conninfo)
+
+    def change_token(self) -> tuple[int, int] | None:
+        """Changes whenever an account may have changed (see :mod:`refresher.store.changes`); None: unknown."""
+        return self.changes.token()
 
     @property
     def backend(self) -> str:
@@ -168,6 +175,7 @@ class SqlDatabase:
         return heads[0] if heads else None
 
     async def close(self) -> None:
+        await self.changes.close()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -209,6 +217,7 @@ class SqlDatabase:
                 max_overflow=self._pool_size,
                 pool_pre_ping=True,
             )
+        event.listen(engine.sync_engine, "after_cursor_execute", mark_account_writes)
         self._engine = engine
 
     def _prepare_file(self) -> None:
@@ -270,8 +279,16 @@ class SqlDatabase:
             async with self._engine.connect() as conn:
                 if write and self._backend == "sqlite":
                     await conn.execution_options(refresher_begin="BEGIN IMMEDIATE")
-                async with conn.begin():
-                    yield conn
+                conn.info.pop(WROTE_ACCOUNTS, None)
+                try:
+                    async with conn.begin():
+                        yield conn
+                        if self._backend == "postgresql" and conn.info.get(WROTE_ACCOUNTS):
+                            # Delivered to every LISTENing replica at commit, never for a rollback.
+                            await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+                finally:
+                    if conn.info.pop(WROTE_ACCOUNTS, False):
+                        self.changes.committed()  # after the commit: a read from now on sees it
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
             raise StoreError(f"store: database error ({type(exc.orig).__name__}: {first})") from exc
