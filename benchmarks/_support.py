@@ -18,7 +18,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: tests.support
 
 from refresher.sandbox import SandboxServer
-from refresher.store.base import Store
+from refresher.store.roles import Store
 from tests import support
 
 

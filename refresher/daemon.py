@@ -42,7 +42,8 @@ from refresher.scheduler import Scheduler
 from refresher.server.app import create_app
 from refresher.server.http import EmbeddedServer, bind_listener, start_server, stop_server
 from refresher.store import open_store
-from refresher.store.base import Account, Store, StoreError
+from refresher.store.base import Account, StoreError
+from refresher.store.roles import Store
 from refresher.systemd import Notifier
 
 log = structlog.get_logger("refresher.daemon")

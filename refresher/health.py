@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import structlog
 
-from refresher.store.base import Store, StoreError
+from refresher.store.base import StoreError
+from refresher.store.roles import Store
 from refresher.systemd import Notifier
 
 log = structlog.get_logger("refresher.daemon")

@@ -24,7 +24,8 @@ import structlog
 
 from refresher.domain import Clock, ConfigError, RefresherError, from_epoch
 from refresher.platforms.base import PKCE, Platform
-from refresher.store.base import Account, OAuthState, OnboardingStore, StateStore
+from refresher.store.base import Account, OAuthState
+from refresher.store.roles import OnboardingStore, StateStore
 
 log = structlog.get_logger("refresher.onboarding")
 

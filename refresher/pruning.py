@@ -12,7 +12,8 @@ import datetime as dt
 
 import structlog
 
-from refresher.store.base import Store, StoreError
+from refresher.store.base import StoreError
+from refresher.store.roles import Store
 
 log = structlog.get_logger("refresher.daemon")
 

@@ -42,7 +42,8 @@ from refresher.redaction import register_secrets
 from refresher.refresh_events import Outcome, RefreshEvent, RefreshResult, SweepResult
 from refresher.refresh_leases import LeaseKeeper, StoreTrouble
 from refresher.refresh_policy import CONFIG_ERROR_RETRY, AppPolicy, call_with_retries, sweep_backoff
-from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
+from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, StoreError
+from refresher.store.roles import RefreshStore
 
 log = structlog.get_logger("refresher.refresh")
 

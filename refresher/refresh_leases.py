@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from refresher.domain import TokenSet
-from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, RefreshStore, StoreError
+from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost, StoreError
+from refresher.store.roles import RefreshStore
 
 log = structlog.get_logger("refresher.refresh")
 

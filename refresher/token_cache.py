@@ -22,7 +22,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from refresher.store.base import Account, AccountLookup, ChangeTracking
+from refresher.store.base import Account
+from refresher.store.roles import AccountLookup, ChangeTracking
 
 DEFAULT_SIZE = 10_000
 DEFAULT_MAX_AGE = 30.0

@@ -14,8 +14,9 @@ import pytest
 
 from refresher.domain import AccountStatus, FakeClock, Grant, Identity, TokenSet
 from refresher.store import SqlStore
-from refresher.store.base import EventOutbox, OutboxEvent
+from refresher.store.base import OutboxEvent
 from refresher.store.memory import MemoryOutbox
+from refresher.store.roles import EventOutbox
 from tests.support import pg_schema
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)

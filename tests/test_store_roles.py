@@ -17,8 +17,9 @@ import pytest
 from refresher.domain import FakeClock
 from refresher.onboarding import StateError, new_state, take_state
 from refresher.store import Alarm, AlarmStore, OAuthState, SqlStore, StateStore, StoreError
-from refresher.store.base import AlarmDelivery, DeliveryStore, LogoutStore
+from refresher.store.base import AlarmDelivery
 from refresher.store.memory import MemoryAlarms, MemoryDeliveries, MemoryLogouts, MemoryStates
+from refresher.store.roles import DeliveryStore, LogoutStore
 from tests.support import pg_schema
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)

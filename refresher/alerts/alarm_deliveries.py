@@ -25,7 +25,8 @@ from refresher.alerts.dispatcher import DeliveryError, Done
 from refresher.alerts.events import AlarmMessage
 from refresher.domain import Clock
 from refresher.redaction import redact_text
-from refresher.store.base import AlarmDelivery, DeliveryStore
+from refresher.store.base import AlarmDelivery
+from refresher.store.roles import DeliveryStore
 
 log = structlog.get_logger("refresher.alerts")
 
@@ -52,7 +53,7 @@ class _Progress:
 
 
 class DeliveryRecorder:
-    """Writes each tracked send's outcome to a :class:`~refresher.store.base.DeliveryStore`."""
+    """Writes each tracked send's outcome to a :class:`~refresher.store.roles.DeliveryStore`."""
 
     def __init__(self, store: DeliveryStore, clock: Clock) -> None:
         self.store = store

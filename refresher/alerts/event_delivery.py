@@ -24,7 +24,8 @@ from refresher.alerts.dispatcher import DeliveryError
 from refresher.config import Settings
 from refresher.domain import Clock
 from refresher.metrics import Metrics
-from refresher.store.base import EventOutbox, OutboxEvent
+from refresher.store.base import OutboxEvent
+from refresher.store.roles import EventOutbox
 
 log = structlog.get_logger("refresher.alerts")
 

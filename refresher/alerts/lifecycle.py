@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import structlog
 
 from refresher.domain import AccountStatus, Clock
-from refresher.store.base import Account, EventOutbox, OutboxEvent
+from refresher.store.base import Account, OutboxEvent
+from refresher.store.roles import EventOutbox
 
 PAYLOAD_VERSION = 1
 log = structlog.get_logger("refresher.alerts")

@@ -24,7 +24,8 @@ from refresher.config import AlertSettings
 from refresher.domain import AccountStatus, Clock
 from refresher.redaction import redact_text
 from refresher.refresh_events import RefreshEvent
-from refresher.store.base import Account, Alarm, AlertStore
+from refresher.store.base import Account, Alarm
+from refresher.store.roles import AlertStore
 
 log = structlog.get_logger("refresher.alerts")
 

@@ -17,7 +17,8 @@ from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.config import Settings
 from refresher.domain import AccountStatus
-from refresher.store.base import Account, AuditEntry, HistoryEntry, Store
+from refresher.store.base import Account, AuditEntry, HistoryEntry
+from refresher.store.roles import Store
 
 # Unknown "options" are arguments here: an account key such as "-Xb3k" is not a flag.
 KEY_ARGS: dict[str, Any] = {"ignore_unknown_options": True}

@@ -27,7 +27,8 @@ from refresher.cli.common import (
 from refresher.config import Settings, format_duration, parse_duration
 from refresher.domain import Clock, SystemClock
 from refresher.platforms.base import Platform
-from refresher.store.base import Account, Store, StoreError
+from refresher.store.base import Account, StoreError
+from refresher.store.roles import Store
 
 EXIT_GRANTED = 0
 EXIT_FAILED = 1

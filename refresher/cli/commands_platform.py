@@ -124,7 +124,7 @@ def recover(config_path: str | None, app: str, account: str) -> None:
     from refresher import platforms
     from refresher.domain import AccountStatus, RefresherError
     from refresher.redaction import register_secrets
-    from refresher.store.base import Store
+    from refresher.store.roles import Store
 
     settings = load_settings(config_path)
     app_settings = settings.app(app)

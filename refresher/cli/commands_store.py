@@ -17,7 +17,7 @@ from refresher.cli.commands_tokens import accounts
 from refresher.cli.common import config_option, fail, friendly_errors, load_settings, main, with_store
 from refresher.config import Settings
 from refresher.domain import AccountStatus, Identity, TokenSet
-from refresher.store.base import Store
+from refresher.store.roles import Store
 
 T = TypeVar("T")
 

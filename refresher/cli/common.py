@@ -16,7 +16,7 @@ from refresher import platforms
 from refresher.config import ConfigFileError, LoggingSettings, Settings, load_config
 
 if TYPE_CHECKING:
-    from refresher.store.base import Store
+    from refresher.store.roles import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

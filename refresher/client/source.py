@@ -21,7 +21,7 @@ from refresher.domain import (
     SystemClock,
     TransientError,
 )
-from refresher.store.base import AccountLookup
+from refresher.store.roles import AccountLookup
 from refresher.token_read import ReadRefresher, judge, refusal_message
 
 MIN_MARGIN = dt.timedelta(seconds=60)

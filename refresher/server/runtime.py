@@ -11,7 +11,8 @@ from refresher.domain import Clock
 from refresher.metrics import Metrics
 from refresher.platforms.base import Platform
 from refresher.refresh import Refresher
-from refresher.store.base import Account, Store
+from refresher.store.base import Account
+from refresher.store.roles import Store
 
 
 class Runtime(Protocol):

@@ -3,28 +3,30 @@ SQLite and PostgreSQL (:class:`SqlStore`, opened through :func:`open_store`)."""
 
 from refresher.store.base import (
     Account,
-    AccountLookup,
     AccountNotFound,
+    Alarm,
+    AuditEntry,
+    HistoryEntry,
+    LeaseLost,
+    OAuthState,
+    StoreError,
+)
+from refresher.store.roles import (
+    AccountLookup,
     AccountReader,
     AccountWriter,
-    Alarm,
     AlarmStore,
     AlertStore,
-    AuditEntry,
     AuditLog,
-    HistoryEntry,
     HistoryStore,
     KeyAdmin,
-    LeaseLost,
     LeaseStore,
     Lifecycle,
-    OAuthState,
     OnboardingStore,
     RefreshStore,
     SchemaAdmin,
     StateStore,
     Store,
-    StoreError,
 )
 from refresher.store.sql import SqlStore, open_store
 

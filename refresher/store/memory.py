@@ -13,19 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refresher.domain import Clock, as_utc
-from refresher.store.base import (
-    USED_STATE_MEMORY,
-    Account,
-    Alarm,
-    AlarmDelivery,
-    OAuthState,
-    OutboxEvent,
-    StoreError,
-)
+from refresher.store.base import USED_STATE_MEMORY, Account, Alarm, AlarmDelivery, OAuthState, OutboxEvent, StoreError
 
 
 class MemoryAccounts:
-    """:class:`~refresher.store.base.AccountLookup` over accounts put in with :meth:`add`."""
+    """:class:`~refresher.store.roles.AccountLookup` over accounts put in with :meth:`add`."""
 
     def __init__(self) -> None:
         self._accounts: dict[tuple[str, str], Account] = {}
@@ -38,7 +30,7 @@ class MemoryAccounts:
 
 
 class MemoryAlarms:
-    """:class:`~refresher.store.base.AlarmStore` in a dict (one process, no replicas)."""
+    """:class:`~refresher.store.roles.AlarmStore` in a dict (one process, no replicas)."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -104,7 +96,7 @@ class MemoryAlarms:
 
 
 class MemoryDeliveries:
-    """:class:`~refresher.store.base.DeliveryStore` in a dict."""
+    """:class:`~refresher.store.roles.DeliveryStore` in a dict."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str, str, str], AlarmDelivery] = {}
@@ -120,7 +112,7 @@ class MemoryDeliveries:
 
 
 class MemoryLogouts:
-    """:class:`~refresher.store.base.LogoutStore` in a dict (one process: no other replica learns of it)."""
+    """:class:`~refresher.store.roles.LogoutStore` in a dict (one process: no other replica learns of it)."""
 
     def __init__(self) -> None:
         self._logouts: dict[str, dt.datetime] = {}
@@ -135,7 +127,7 @@ class MemoryLogouts:
 
 
 class MemoryStates:
-    """:class:`~refresher.store.base.StateStore` in a dict: single use, expiring, remembered after use."""
+    """:class:`~refresher.store.roles.StateStore` in a dict: single use, expiring, remembered after use."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -165,7 +157,7 @@ class MemoryStates:
 
 
 class MemoryOutbox:
-    """:class:`~refresher.store.base.EventOutbox` in a dict (leases between tasks of one process)."""
+    """:class:`~refresher.store.roles.EventOutbox` in a dict (leases between tasks of one process)."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -237,7 +229,7 @@ class MemoryOutbox:
 
 
 class MemoryAlertStore(MemoryAccounts, MemoryAlarms):
-    """:class:`~refresher.store.base.AlertStore`: what the alert policy needs, in memory."""
+    """:class:`~refresher.store.roles.AlertStore`: what the alert policy needs, in memory."""
 
     def __init__(self, clock: Clock) -> None:
         MemoryAccounts.__init__(self)

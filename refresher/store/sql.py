@@ -32,7 +32,7 @@ __all__ = ["SqlStore", "alembic_config", "head_revision", "open_store"]
 class SqlStore(
     SqlAccounts, SqlLeases, SqlAlarms, SqlStates, SqlKeys, SqlBrowse, SqlConnections, SqlDeliveries, SqlLogouts
 ):
-    """Every role of :mod:`refresher.store.base` on SQLite (aiosqlite) or PostgreSQL (psycopg 3), and the
+    """Every role of :mod:`refresher.store.roles` on SQLite (aiosqlite) or PostgreSQL (psycopg 3), and the
     console's read-only queries (:mod:`~refresher.store.browse`)."""
 
 

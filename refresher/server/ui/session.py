@@ -34,7 +34,7 @@ from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from refresher.config import ServerSettings
-from refresher.store.base import LogoutStore
+from refresher.store.roles import LogoutStore
 
 log = structlog.get_logger("refresher.console")
 
