@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from refresher.domain import AccountStatus, ErrorInfo, UnknownApp
+from refresher.domain import AccountStatus, UnknownApp
 from refresher.refresh import Refresher
 from refresher.refresh_events import Outcome
 from refresher.server import account_actions, connections
@@ -25,15 +25,16 @@ from refresher.server.api_models import (
     AppOut,
     AuditItem,
     AuditOut,
-    ErrorOut,
     HistoryItem,
     HistoryOut,
-    IdentityOut,
     Problem,
     ReauthLinkOut,
     RefreshOut,
     TokenOut,
     TokenRefusedOut,
+    account_out,
+    error_out,
+    identity_out,
 )
 from refresher.server.auth import Caller, require, require_caller, runtime_dependency
 from refresher.server.runtime import Runtime
@@ -54,37 +55,6 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "descript
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def _error_out(error: ErrorInfo | None) -> ErrorOut | None:
-    # The API models mirror the domain's dataclasses field for field: read them by attribute.
-    return None if error is None else ErrorOut.model_validate(error, from_attributes=True)
-
-
-def _identity_out(account: Account) -> IdentityOut:
-    return IdentityOut.model_validate(account.identity, from_attributes=True)
-
-
-def account_out(account: Account) -> AccountOut:
-    tokens = account.tokens
-    return AccountOut(
-        app=account.app,
-        platform=account.platform,
-        key=account.key,
-        identity=_identity_out(account),
-        status=account.status,
-        access_expires_at=tokens.access_expires_at if tokens else None,
-        refresh_expires_at=tokens.refresh_expires_at if tokens else None,
-        scopes=list(tokens.scopes) if tokens else [],
-        consecutive_failures=account.consecutive_failures,
-        last_success_at=account.last_success_at,
-        last_attempt_at=account.last_attempt_at,
-        next_attempt_at=account.next_attempt_at,
-        last_error=_error_out(account.last_error),
-        version=account.version,
-        created_at=account.created_at,
-        updated_at=account.updated_at,
-    )
 
 
 def _check_app(runtime: Runtime, app: str) -> None:
@@ -258,7 +228,7 @@ async def get_token(
     body = TokenOut(
         app=account.app,
         account=account.key,
-        identity=_identity_out(account),
+        identity=identity_out(account),
         status=account.status,
         access_token=tokens.access_token,
         access_expires_at=tokens.access_expires_at,
@@ -302,7 +272,7 @@ async def refresh_account(
         outcome=result.outcome.value,
         attempts=result.attempts,
         duration_ms=result.duration_ms,
-        error=_error_out(result.error.info()) if result.error else None,
+        error=error_out(result.error.info()) if result.error else None,
         account=account_out(result.account),
     )
 

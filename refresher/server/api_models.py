@@ -1,4 +1,5 @@
-"""The token API's answer models: what /openapi.json documents and every route returns."""
+"""The token API's answer models: what /openapi.json documents and every route returns, and how the
+store's records become them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from refresher.domain import AccountStatus
+from refresher.domain import AccountStatus, ErrorInfo
+from refresher.store.base import Account
 from refresher.token_read import Refusal
 
 
@@ -146,3 +148,37 @@ class AuditOut(BaseModel):
     app: str
     account: str
     items: list[AuditItem]
+
+
+# -- from the store's records ------------------------------------------------------------------------
+
+
+def error_out(error: ErrorInfo | None) -> ErrorOut | None:
+    # The API models mirror the domain's dataclasses field for field: read them by attribute.
+    return None if error is None else ErrorOut.model_validate(error, from_attributes=True)
+
+
+def identity_out(account: Account) -> IdentityOut:
+    return IdentityOut.model_validate(account.identity, from_attributes=True)
+
+
+def account_out(account: Account) -> AccountOut:
+    tokens = account.tokens
+    return AccountOut(
+        app=account.app,
+        platform=account.platform,
+        key=account.key,
+        identity=identity_out(account),
+        status=account.status,
+        access_expires_at=tokens.access_expires_at if tokens else None,
+        refresh_expires_at=tokens.refresh_expires_at if tokens else None,
+        scopes=list(tokens.scopes) if tokens else [],
+        consecutive_failures=account.consecutive_failures,
+        last_success_at=account.last_success_at,
+        last_attempt_at=account.last_attempt_at,
+        next_attempt_at=account.next_attempt_at,
+        last_error=error_out(account.last_error),
+        version=account.version,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+    )
