@@ -22,9 +22,7 @@ classifies on ``error`` alone.
 
 from __future__ import annotations
 
-import hmac
 import json
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,54 +30,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from refresher.platforms.signing import shopee_sign
 from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
-from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
-
-AUTH_PARTNER = "/api/v2/shop/auth_partner"
-TOKEN_GET = "/api/v2/auth/token/get"
-REFRESH = "/api/v2/auth/access_token/get"
-RESEND = "/api/v2/public/get_token_by_resend_code"
-SHOP_INFO = "/api/v2/shop/get_shop_info"
-MERCHANT_INFO = "/api/v2/merchant/get_merchant_info"
-SHOPS_BY_PARTNER = "/api/v2/public/get_shops_by_partner"
-MERCHANTS_BY_PARTNER = "/api/v2/public/get_merchants_by_partner"
-KINDS = ("shop", "merchant", "supplier")
-UPDATE_STOCK = "/api/v2/product/update_stock"  # a shop POST with a JSON body (not part of Shopee's sign)
-
-TIMESTAMP_WINDOW = 300  # seconds, either way (docs/platforms.md)
-
-
-class ShopeeError(Exception):
-    """A Shopee error answer, raised inside a handler and rendered as the envelope."""
-
-    def __init__(self, error: str, message: str, status: int = 400) -> None:
-        super().__init__(error)
-        self.error, self.message, self.status = error, message, status
+from refresher.sandbox.server import base_url_of, with_query
+from refresher.sandbox.shopee_api import ShopeeShopApi
+from refresher.sandbox.shopee_wire import (
+    AUTH_PARTNER,
+    KINDS,
+    MERCHANT_INFO,
+    MERCHANTS_BY_PARTNER,
+    REFRESH,
+    RESEND,
+    SHOP_INFO,
+    SHOPS_BY_PARTNER,
+    TOKEN_GET,
+    UPDATE_STOCK,
+    ShopeeError,
+    envelope,
+    error_answer,
+    int_param,
+)
 
 
-def _request_id() -> str:
-    return secrets.token_hex(16)
-
-
-def envelope(fields: Mapping[str, Any]) -> JSONResponse:
-    return JSONResponse({**fields, "error": "", "message": "", "request_id": _request_id()})
-
-
-def error_answer(error: str, message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message, "request_id": _request_id()}, status_code=status)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ShopeeError("error_param", f"Wrong parameters, detail: {name} must be an integer.")
-    return value
-
-
-class ShopeeSandbox(SandboxPlatform):
-    name = "shopee"
-    prefix = "/shopee"
-
+class ShopeeSandbox(ShopeeShopApi):
     def hosts(self, base_url: str) -> dict[str, str]:
         return {"api": f"{base_url.rstrip('/')}{self.prefix}"}
 
@@ -96,48 +68,6 @@ class ShopeeSandbox(SandboxPlatform):
             Route(MERCHANTS_BY_PARTNER, self.authed_list, methods=["GET"]),
             Route("/console/resend_code", self.console_resend_code, methods=["POST"]),
         ]
-
-    # -- verification ------------------------------------------------------------------------------
-
-    def verify(self, request: Request, path: str, access_token: str | None = None) -> tuple[str, int]:
-        """Check partner_id, timestamp and sign of a call; returns (partner_id, timestamp)."""
-        query = request.query_params
-        partner_id = query.get("partner_id", "")
-        if not partner_id:
-            raise ShopeeError("error_param", "There is no partner_id in query.")
-        secret = self.state.secret(self.name, partner_id)
-        if secret is None:
-            raise ShopeeError("error_param", "Invalid partner_id.")
-        raw_ts = query.get("timestamp", "")
-        if not raw_ts:
-            raise ShopeeError("error_param", "no timestamp")
-        if not raw_ts.isdigit():
-            raise ShopeeError("error_param", "Invalid timestamp")
-        sign = query.get("sign", "")
-        if not sign:
-            raise ShopeeError("error_param", "There is no sign in query.")
-        shop_id = query.get("shop_id") if access_token is not None else None
-        merchant_id = query.get("merchant_id") if access_token is not None and shop_id is None else None
-        expected = shopee_sign(secret, partner_id, path, raw_ts, access_token, shop_id, merchant_id)
-        if not hmac.compare_digest(expected, sign):
-            self.state.count(self.name, "bad_sign")
-            raise ShopeeError("error_sign", "Wrong sign.", 403)
-        now = self.state.clock.now().timestamp()
-        if abs(now - int(raw_ts)) > TIMESTAMP_WINDOW:
-            self.state.count(self.name, "bad_timestamp")
-            raise ShopeeError("error_param", "Invalid timestamp")
-        return partner_id, int(raw_ts)
-
-    async def body(self, request: Request, partner_id: str) -> dict[str, Any]:
-        try:
-            data = json.loads(await request.body() or b"null")
-        except ValueError:
-            raise ShopeeError("error_param", "Wrong parameters, detail: invalid json body.") from None
-        if not isinstance(data, dict):
-            raise ShopeeError("error_param", "Wrong parameters, detail: body must be an object.")
-        if _int(data.get("partner_id"), "partner_id") != int(partner_id):
-            raise ShopeeError("error_param", "Invalid partner_id.")
-        return data
 
     # -- consent -----------------------------------------------------------------------------------
 
@@ -257,11 +187,11 @@ class ShopeeSandbox(SandboxPlatform):
             pending = self.state.codes.get(code)
             if pending is not None and pending.platform == self.name and not pending.used:
                 if has_shop:
-                    shop_id = str(_int(body["shop_id"], "shop_id"))
+                    shop_id = str(int_param(body["shop_id"], "shop_id"))
                     if [s.id for s in pending.subjects] != [shop_id]:
                         raise ShopeeError("invalid_shop_id", "The code or shop_id is wrong")
                 else:
-                    main_id = str(_int(body["main_account_id"], "main_account_id"))
+                    main_id = str(int_param(body["main_account_id"], "main_account_id"))
                     if not pending.subjects or pending.subjects[0].extra.get("main_account_id") != main_id:
                         raise ShopeeError("invalid_main_acount_id", "The code or main_account_id is wrong")
             try:
@@ -297,7 +227,7 @@ class ShopeeSandbox(SandboxPlatform):
             if len(given) != 1:
                 raise ShopeeError("error_param", "Wrong parameters, detail: give shop_id, merchant_id or supplier_id.")
             kind = given[0]
-            subject_id = str(_int(body[f"{kind}_id"], f"{kind}_id"))
+            subject_id = str(int_param(body[f"{kind}_id"], f"{kind}_id"))
             self._check_validity(subject_id, kind)
             try:
                 chain = self.state.refresh_subject(self.name, partner_id, token, subject_id)
@@ -397,57 +327,3 @@ class ShopeeSandbox(SandboxPlatform):
             return Response("upstream trouble", status_code=500, media_type="text/plain")
         extra = self._lists(chain.subjects) if len(chain.subjects) > 1 else {}
         return self._token_answer(chain, extra)
-
-    # -- business API ------------------------------------------------------------------------------
-
-    async def shop_info(self, request: Request) -> Response:
-        fault = await self.begin("api")
-        if isinstance(fault, Response):
-            return fault
-        merchant = request.url.path.endswith(MERCHANT_INFO)
-        kind = "merchant" if merchant else "shop"
-        access_token = request.query_params.get("access_token", "")
-        subject_id = request.query_params.get(f"{kind}_id", "")
-        try:
-            if not access_token or not subject_id:
-                raise ShopeeError("error_param", f"Wrong parameters, detail: access_token and {kind}_id are required.")
-            self.verify(request, MERCHANT_INFO if merchant else SHOP_INFO, access_token)
-            try:
-                chain = self.state.check_access(self.name, access_token)
-            except SandboxRejection:
-                raise ShopeeError("invalid_acceess_token", "Invalid access_token.", 403) from None
-            subject = next((s for s in chain.subjects if s.id == subject_id and s.kind == kind), None)
-            if subject is None:
-                raise ShopeeError("error_auth", "Invalid access_token.", 403)
-        except ShopeeError as exc:
-            return error_answer(exc.error, exc.message, exc.status)
-        self.state.count(self.name, "api")
-        if merchant:
-            return envelope({"merchant_name": subject.name, "merchant_region": subject.region})
-        return envelope({"shop_name": subject.name, "region": subject.region, "status": "NORMAL"})
-
-    async def update_stock(self, request: Request) -> Response:
-        """A signed shop POST with a JSON body; echoes the body it received."""
-        fault = await self.begin("api")
-        if isinstance(fault, Response):
-            return fault
-        access_token = request.query_params.get("access_token", "")
-        shop_id = request.query_params.get("shop_id", "")
-        try:
-            if not access_token or not shop_id:
-                raise ShopeeError("error_param", "Wrong parameters, detail: access_token and shop_id are required.")
-            self.verify(request, UPDATE_STOCK, access_token)
-            try:
-                chain = self.state.check_access(self.name, access_token)
-            except SandboxRejection:
-                raise ShopeeError("invalid_acceess_token", "Invalid access_token.", 403) from None
-            if not any(s.id == shop_id and s.kind == "shop" for s in chain.subjects):
-                raise ShopeeError("error_auth", "Invalid access_token.", 403)
-            try:
-                body = json.loads(await request.body() or b"")
-            except ValueError:
-                raise ShopeeError("error_param", "Wrong parameters, detail: body is not JSON.") from None
-        except ShopeeError as exc:
-            return error_answer(exc.error, exc.message, exc.status)
-        self.state.count(self.name, "api")
-        return envelope({"echo": body, "success_list": [], "failure_list": []})
