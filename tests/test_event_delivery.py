@@ -8,6 +8,7 @@ PostgreSQL schema; a webhook receiver on a loopback port that checks every signa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import signal
 from collections import Counter
@@ -77,6 +78,41 @@ async def test_two_deliverers_on_one_store_send_each_event_once(store_url: str) 
     finally:
         for store in stores:
             await store.close()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+class SlowFirst(Receiver):
+    """Each request waits less than the one before: sent at once, they would arrive in reverse order."""
+
+    def __init__(self) -> None:
+        self._delays = [0.4, 0.3, 0.2, 0.1]
+        super().__init__()
+
+    @property
+    def delay(self) -> float:
+        return self._delays.pop(0) if self._delays else 0.0
+
+    @delay.setter
+    def delay(self, _value: float) -> None:
+        pass
+
+
+async def test_one_accounts_events_arrive_in_the_order_they_were_stored(store_url: str) -> None:
+    receiver = SlowFirst()
+    clock = SystemClock()
+    store = SqlStore(store_url, clock=clock)
+    await store.open()
+    try:
+        settings = settings_for(store_url, receiver.url)
+        deliverer = EventDeliverer(store, settings, build_channels(settings.alerts), clock=clock, owner="one")
+        stored = [dataclasses.replace(event(n), account_key="shop:1") for n in range(4)]
+        for one in stored:
+            assert await store.add_event(one)
+        assert await deliverer.deliver_due() == 4  # one pass: all four leased together
+        assert [m["idempotency_key"] for m in receiver.messages()] == [e.idempotency_key for e in stored]
+    finally:
+        await store.close()
         receiver.server.shutdown()
         receiver.server.server_close()
 

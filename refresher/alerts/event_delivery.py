@@ -117,10 +117,22 @@ class EventDeliverer:
         return True
 
     async def deliver_due(self) -> int:
-        """One pass: lease due events, send them (all at once), settle them; returns how many."""
+        """One pass: lease due events, send them, settle them; returns how many.
+
+        Accounts are served at once, but one account's events one after the other, in the order they were
+        stored (a receiver sees ``account.disabled`` before ``account.deleted``). A retried event may still
+        arrive after a later one of its account: receivers order by the payload's ``at``."""
         async with self._pass:
             events = await self.store.claim_events(self.owner, EVENT_LEASE, BATCH)
-            await asyncio.gather(*(self._deliver(event) for event in events))
+            by_account: dict[tuple[str, str], list[OutboxEvent]] = {}
+            for event in sorted(events, key=lambda e: e.id or 0):
+                by_account.setdefault((event.app, event.account_key), []).append(event)
+
+            async def in_order(chain: list[OutboxEvent]) -> None:
+                for event in chain:
+                    await self._deliver(event)
+
+            await asyncio.gather(*(in_order(chain) for chain in by_account.values()))
             return len(events)
 
     async def _loop(self) -> None:
