@@ -1,5 +1,6 @@
-"""Keeping the store's history tables bounded: audit rows and delivered lifecycle events older than
-``store.audit_retention`` are deleted after sweeps.
+"""Keeping the store's history tables bounded: audit rows, delivered lifecycle events, resolved alarms
+(with their per-channel delivery rows) and expired invitations older than ``store.audit_retention`` are
+deleted after sweeps.
 
 At most once an hour, in short batches, each its own transaction: on SQLite each holds the write lock
 only briefly, so refreshes interleave. A backlog (a first start on an old table) takes a few passes
@@ -37,20 +38,31 @@ class Pruner:
             return 0
         self._running = True
         cutoff = now - retention
-        removed = events = 0
+        removed = events = alarms_gone = links_gone = 0
         try:
             for _ in range(AUDIT_PRUNE_BATCHES_PER_PASS):
                 count = await self.store.prune_audit(cutoff, limit=AUDIT_PRUNE_BATCH)
-                # Delivered lifecycle events are kept as long as the audit rows (what was said, and when).
+                # Delivered lifecycle events, resolved alarms (with their per-channel delivery rows) and
+                # expired invitations are kept as long as the audit rows: what was said, and when.
                 settled = await self.store.prune_events(cutoff, limit=AUDIT_PRUNE_BATCH)
+                closed = await self.store.prune_resolved_alarms(cutoff, limit=AUDIT_PRUNE_BATCH)
+                expired = await self.store.prune_invitations(cutoff, limit=AUDIT_PRUNE_BATCH)
                 removed, events = removed + count, events + settled
-                if max(count, settled) < AUDIT_PRUNE_BATCH:
+                alarms_gone, links_gone = alarms_gone + closed, links_gone + expired
+                if max(count, settled, closed, expired) < AUDIT_PRUNE_BATCH:
                     self._caught_up_at = now
                     break
         except StoreError as exc:
             log.warning("audit.prune_failed", error=str(exc))
         finally:
             self._running = False
-        if removed or events:
-            log.info("audit.pruned", removed=removed, events=events, older_than=cutoff.isoformat())
+        if removed or events or alarms_gone or links_gone:
+            log.info(
+                "audit.pruned",
+                removed=removed,
+                events=events,
+                alarms=alarms_gone,
+                invitations=links_gone,
+                older_than=cutoff.isoformat(),
+            )
         return removed

@@ -38,6 +38,8 @@ from refresher.store import (
     StoreError,
     open_store,
 )
+from refresher.store.base import AlarmDelivery
+from refresher.store.connection_types import Invitation
 from refresher.store.schema import metadata
 from refresher.store.sql import head_revision
 from tests.support import PG_URL, pg_schema
@@ -826,3 +828,21 @@ async def test_stores_opening_a_new_sqlite_file_together_all_open(tmp_path: Path
                 await s.close()
         with sqlite3.connect(tmp_path / str(round_) / "tokens.db") as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_resolved_alarms_and_expired_invitations_are_pruned_in_batches(store: SqlStore) -> None:
+    for n in range(5):
+        resolved = T0 + dt.timedelta(minutes=n) if n < 4 else None  # the fifth stays open
+        await store.put_alarm(Alarm(APP, f"shop:{n}", "failures", T0, T0, resolved))
+        await store.record_delivery(AlarmDelivery(APP, f"shop:{n}", "failures", "pager", "delivered", 1, T0, T0))
+        await store.put_invitation(Invitation(f"inv_{n}", "invite", APP, T0, T0 + dt.timedelta(minutes=n)))
+    later = T0 + dt.timedelta(minutes=3)
+    assert await store.prune_resolved_alarms(later, limit=2) == 2  # the oldest first
+    assert await store.prune_resolved_alarms(later, limit=2) == 1  # then the one left before `later`
+    assert await store.prune_resolved_alarms(later) == 0
+    left = [n for n in range(5) if await store.get_alarm(APP, f"shop:{n}", "failures") is not None]
+    assert left == [3, 4]  # resolved at `later` itself, and the open one
+    keys = [(APP, f"shop:{n}", "failures") for n in range(5)]
+    assert sorted(d.account_key for d in await store.alarm_deliveries(keys)) == ["shop:3", "shop:4"]
+    assert await store.prune_invitations(later) == 3
+    assert sorted(i.id for i in await store.list_invitations()) == ["inv_3", "inv_4"]

@@ -18,7 +18,8 @@ from refresher.daemon import Daemon
 from refresher.domain import FakeClock
 from refresher.sandbox import SandboxServer
 from refresher.store import AuditEntry, SqlStore
-from refresher.store.base import OutboxEvent
+from refresher.store.base import Alarm, AlarmDelivery, OutboxEvent
+from refresher.store.connection_types import Invitation
 from refresher.store.schema import audit_log
 
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -115,5 +116,32 @@ async def test_sweeps_prune_delivered_lifecycle_events_after_the_audit_retention
             clock.advance(8 * DAY)  # past the 7 days kept
             await daemon.tick("shopee")
             assert [e.idempotency_key for e in await store.events()] == [pending.idempotency_key]
+        finally:
+            await daemon.stop()
+
+
+async def test_sweeps_prune_resolved_alarms_and_expired_invitations_after_the_audit_retention(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    async with SandboxServer(clock=clock, seed=3) as sandbox:
+        daemon = Daemon(settings_for(sandbox, tmp_path / "tokens.db"), clock=clock)
+        await daemon.start(schedule=False)
+        try:
+            store = daemon.store
+            for key, resolved in (("shop:old", T0), ("shop:open", None)):
+                await store.put_alarm(Alarm("shopee", key, "failures", T0 - DAY, T0 - DAY, resolved))
+                await store.record_delivery(
+                    AlarmDelivery("shopee", key, "failures", "pager", "delivered", 1, T0 - DAY, T0 - DAY)
+                )
+            for link, ttl in (("inv_expired", DAY), ("inv_live", 30 * DAY)):
+                await store.put_invitation(Invitation(link, "invite", "shopee", T0, T0 + ttl))
+            clock.advance(
+                8 * DAY + dt.timedelta(hours=1)
+            )  # past the 7 days kept: the resolved alarm, the expired link go
+            await daemon.tick("shopee")
+            assert await store.get_alarm("shopee", "shop:old", "failures") is None
+            assert await store.get_alarm("shopee", "shop:open", "failures") is not None  # open: kept
+            kept = await store.alarm_deliveries([("shopee", k, "failures") for k in ("shop:old", "shop:open")])
+            assert [d.account_key for d in kept] == ["shop:open"]
+            assert [i.id for i in await store.list_invitations()] == ["inv_live"]
         finally:
             await daemon.stop()

@@ -6,14 +6,14 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, case, delete, or_, select, tuple_, update
 from sqlalchemy.engine import Row
 
 from refresher.domain import as_utc
 from refresher.store.base import Alarm
 from refresher.store.codec import jsonable
 from refresher.store.core import StoreCore
-from refresher.store.schema import alarms
+from refresher.store.schema import alarm_deliveries, alarms
 
 
 def alarm_from_row(row: Row[Any]) -> Alarm:
@@ -119,3 +119,18 @@ class SqlAlarms(StoreCore):
         )
         async with self._tx(write=True) as conn:
             await conn.execute(stmt)
+
+    async def prune_resolved_alarms(self, older_than: dt.datetime, limit: int = 500) -> int:
+        c = alarms.c
+        oldest = select(c.app, c.account_key, c.cause).where(
+            c.resolved_at.is_not(None), c.resolved_at < as_utc(older_than)
+        )
+        oldest = oldest.order_by(c.resolved_at).limit(limit)
+        async with self._tx(write=True) as conn:
+            keys = [tuple(row) for row in await conn.execute(oldest)]
+            if not keys:
+                return 0
+            d = alarm_deliveries.c
+            await conn.execute(delete(alarm_deliveries).where(tuple_(d.app, d.account_key, d.cause).in_(keys)))
+            result = await conn.execute(delete(alarms).where(tuple_(c.app, c.account_key, c.cause).in_(keys)))
+            return int(result.rowcount or 0)

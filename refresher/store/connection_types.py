@@ -61,3 +61,6 @@ class ConnectionStore(Protocol):
     async def revoke_invitation(self, invitation_id: str) -> bool: ...
 
     async def list_invitations(self, app: str | None = None) -> Sequence[Invitation]: ...
+
+    async def prune_invitations(self, older_than: dt.datetime, limit: int = 500) -> int:
+        """Forget up to ``limit`` invitations that expired before ``older_than``; returns how many."""

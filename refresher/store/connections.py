@@ -4,10 +4,11 @@ callback connected, and the invitations that are single-use or revocable one by 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, insert, select, update
 
 from refresher.domain import as_utc
 from refresher.store.connection_types import Invitation
@@ -145,6 +146,13 @@ class SqlConnections(StoreCore):
             stmt = stmt.where(invitations.c.app == app)
         async with self._tx() as conn:
             return [_invitation(row) for row in await conn.execute(stmt)]
+
+    async def prune_invitations(self, older_than: dt.datetime, limit: int = 500) -> int:
+        c = invitations.c
+        oldest = select(c.id).where(c.expires_at < as_utc(older_than)).order_by(c.expires_at).limit(limit)
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(delete(invitations).where(c.id.in_(oldest.scalar_subquery())))
+            return int(result.rowcount or 0)
 
 
 def _invitation(row: Any) -> Invitation:

@@ -36,6 +36,13 @@ class MemoryAlarms:
         self.clock = clock
         self._alarms: dict[tuple[str, str, str], Alarm] = {}
 
+    async def prune_resolved_alarms(self, older_than: dt.datetime, limit: int = 500) -> int:
+        old = [k for k, a in self._alarms.items() if a.resolved_at is not None and a.resolved_at < as_utc(older_than)]
+        old.sort(key=lambda k: self._alarms[k].resolved_at or older_than)
+        for key in old[:limit]:
+            del self._alarms[key]
+        return len(old[:limit])
+
     async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]:
         found = [
             a

@@ -213,6 +213,10 @@ class AlarmStore(Protocol):
     async def mark_alarm_delivered(self, app: str, account_key: str, cause: str, sent_at: dt.datetime) -> None:
         """A channel took the message stamped ``sent_at``; a later message of the alarm stays undelivered."""
 
+    async def prune_resolved_alarms(self, older_than: dt.datetime, limit: int = 500) -> int:
+        """Forget up to ``limit`` alarms resolved before ``older_than``, with their per-channel delivery
+        rows; returns how many alarms went. Open alarms are never pruned."""
+
 
 class StateStore(Protocol):
     """Single-use OAuth ``state`` values of onboarding flows (issue 5)."""
