@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -124,3 +126,34 @@ def assert_no_secret(texts: Iterable[str], secrets: Iterable[str], where: str) -
                     if other:
                         excerpt = excerpt.replace(other, "<secret>")
                 pytest.fail(f"a secret leaked into {where}: …{excerpt!r}…")
+
+
+class Answering:
+    """A real HTTP server in a thread answering every POST with ``status`` (a webhook that accepts or
+    refuses); counts the requests it took."""
+
+    def __init__(self, status: int) -> None:
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                outer.hits += 1
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

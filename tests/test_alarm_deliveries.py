@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -24,42 +22,12 @@ from refresher.server.ui.common import deliveries_of
 from refresher.store.base import Alarm, AlarmDelivery
 from refresher.store.memory import MemoryDeliveries
 from refresher.store.sql import SqlStore, open_store
-from tests.support import assert_no_secret
+from tests.support import Answering, assert_no_secret
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 APP, KEY = "shopee-sg", "shop:1001"
 # Chat and incident webhooks carry their credential in the URL: it must never reach the table.
 URL_TOKEN = "T0KENinPATH8d7f6e5d4c3b2a1"
-
-
-class Answering:
-    """A real HTTP server in a thread answering every POST with ``status``."""
-
-    def __init__(self, status: int) -> None:
-        self.hits = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                outer.hits += 1
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

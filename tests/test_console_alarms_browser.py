@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +19,7 @@ from refresher.domain import FakeClock
 from refresher.sandbox import SandboxServer
 from tests.console_support import AUTH, SHOTS, assert_clean, base, secrets_of
 from tests.onboarding_support import ADMIN_TOKEN, browse, config_text, free_port, settings_from
+from tests.support import Answering
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -29,30 +27,7 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)"),
 ]
 URL_TOKEN = "hookT0KEN9f8e7d6c5b4a3210"  # in both webhooks' URLs, as chat services put it
-
-
-class Answering:
-    """A real HTTP server in a thread answering every POST with ``status``."""
-
-    def __init__(self, status: int) -> None:
-        self.hits = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                outer.hits += 1
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/{URL_TOKEN}?token={URL_TOKEN}"
+HOOK = f"/hooks/{URL_TOKEN}?token={URL_TOKEN}"
 
 
 @pytest.fixture
@@ -74,8 +49,8 @@ async def daemon(tmp_path: Path, receivers: tuple[Answering, Answering]) -> Asyn
         document["alerts"] = {
             "delivery_attempts": 2,
             "channels": [
-                {"type": "webhook", "name": "pager", "url": refusing.url, "timeout": "2s"},
-                {"type": "webhook", "name": "team-chat", "url": accepting.url, "timeout": "2s"},
+                {"type": "webhook", "name": "pager", "url": refusing.url(HOOK), "timeout": "2s"},
+                {"type": "webhook", "name": "team-chat", "url": accepting.url(HOOK), "timeout": "2s"},
             ],
         }
         running = Daemon(settings_from(yaml.safe_dump(document)), clock=clock)
@@ -141,6 +116,6 @@ async def test_alarms_page_shows_failed_and_delivered_per_channel(
             await browser.close()
 
     # A channel is named, never shown by its URL (which carries the hook's token).
-    secrets = [*await secrets_of(daemon), URL_TOKEN, refusing.url, accepting.url]
+    secrets = [*await secrets_of(daemon), URL_TOKEN, refusing.url(HOOK), accepting.url(HOOK)]
     assert_clean(alarms_html, secrets, "alarms")
     assert_clean(account_html, secrets, "account")
