@@ -17,10 +17,10 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -34,7 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from refresher.store.base import StoreError
 from refresher.store.changes import CHANNEL, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
+from refresher.store.sync_tx import SqliteTransactions
 from refresher.store.writers import NORMAL, WriterQueue
+
+T = TypeVar("T")
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same for every replica migrating the same database.
@@ -115,6 +118,7 @@ class SqlDatabase:
         self._display_url = make_url(url).render_as_string(hide_password=True)
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._sqlite_tx: SqliteTransactions | None = None
         self._writer_queue: WriterQueue | None = None
         self._writer_queue_loop: asyncio.AbstractEventLoop | None = None
         conninfo = None if self._path else self._url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -176,6 +180,9 @@ class SqlDatabase:
 
     async def close(self) -> None:
         await self.changes.close()
+        if self._sqlite_tx is not None:
+            await asyncio.to_thread(self._sqlite_tx.close)  # waits for a transaction still in a thread
+            self._sqlite_tx = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -209,6 +216,14 @@ class SqlDatabase:
             )
             event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
             event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+            self._sqlite_tx = SqliteTransactions(
+                self._path,  # type: ignore[arg-type]  # set for SQLite by parse_url
+                threads=self._pool_size,
+                busy_timeout_s=_SQLITE_BUSY_TIMEOUT_MS / 1000,
+                on_connect=_sqlite_on_connect,
+                on_begin=_sqlite_on_begin,
+                on_execute=mark_account_writes,
+            )
         else:
             engine = create_async_engine(
                 self._url,
@@ -271,11 +286,38 @@ class SqlDatabase:
         async with self._tx_unlocked(write=write) as conn:
             yield conn
 
+    async def _run_tx(
+        self, work: Callable[[Connection], T], *, write: bool = False, priority: int = NORMAL, durable: bool = True
+    ) -> T:
+        """``work`` (a function of a synchronous connection) in one transaction: on SQLite in one thread
+        hand-off (:mod:`refresher.store.sync_tx`), on PostgreSQL with ``run_sync``. ``durable=False`` for
+        bookkeeping whose loss in a power cut costs nothing but a hint (the mark before a platform call):
+        its commit does not wait for the disk (SQLite ``synchronous = NORMAL``, PostgreSQL
+        ``synchronous_commit = off``); a crash of this process still keeps it."""
+        self._connect()
+        if self._sqlite_tx is None:
+            async with self._tx(write=write, priority=priority) as conn:
+                if not durable:
+                    await conn.execute(text("SET LOCAL synchronous_commit = off"))
+                return await conn.run_sync(work)
+        wrote = True  # after a failure, whether it wrote is unknown: the change feed assumes it did
+        try:
+            with _store_errors():
+                if write:
+                    async with self._writers().turn(priority):
+                        result, wrote = await self._sqlite_tx.run(work, write=True, durable=durable)
+                else:
+                    result, wrote = await self._sqlite_tx.run(work, write=False)
+        finally:
+            if wrote:
+                self.changes.committed()
+        return result
+
     @asynccontextmanager
     async def _tx_unlocked(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
         self._connect()
         assert self._engine is not None
-        try:
+        with _store_errors():
             async with self._engine.connect() as conn:
                 if write and self._backend == "sqlite":
                     await conn.execution_options(refresher_begin="BEGIN IMMEDIATE")
@@ -289,11 +331,6 @@ class SqlDatabase:
                 finally:
                     if conn.info.pop(WROTE_ACCOUNTS, False):
                         self.changes.committed()  # after the commit: a read from now on sees it
-        except DBAPIError as exc:
-            first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-            raise StoreError(f"store: database error ({type(exc.orig).__name__}: {first})") from exc
-        except OSError as exc:
-            raise StoreError(f"store: cannot reach the database ({exc.strerror or type(exc).__name__})") from exc
 
     def _for_update(self, stmt: Any, *, skip_locked: bool = False) -> Any:
         if self._backend == "postgresql":
@@ -302,6 +339,18 @@ class SqlDatabase:
 
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self._backend == "postgresql" else sqlite.insert)(table)
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """The driver's errors as :class:`StoreError`, first line only (no statement, no parameters)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        raise StoreError(f"store: database error ({type(exc.orig).__name__}: {first})") from exc
+    except OSError as exc:
+        raise StoreError(f"store: cannot reach the database ({exc.strerror or type(exc).__name__})") from exc
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
