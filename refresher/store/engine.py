@@ -26,7 +26,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from refresher.store.base import StoreError
 from refresher.store.changes import CHANNEL, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
-from refresher.store.sync_tx import SqliteTransactions
+from refresher.store.sync_tx import SyncTransactions
 from refresher.store.writers import NORMAL, WriterQueue
 
 T = TypeVar("T")
@@ -118,7 +118,7 @@ class SqlDatabase:
         self._display_url = make_url(url).render_as_string(hide_password=True)
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
-        self._sqlite_tx: SqliteTransactions | None = None
+        self._sync_tx: SyncTransactions | None = None
         self._writer_queue: WriterQueue | None = None
         self._writer_queue_loop: asyncio.AbstractEventLoop | None = None
         conninfo = None if self._path else self._url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -180,9 +180,9 @@ class SqlDatabase:
 
     async def close(self) -> None:
         await self.changes.close()
-        if self._sqlite_tx is not None:
-            await asyncio.to_thread(self._sqlite_tx.close)  # waits for a transaction still in a thread
-            self._sqlite_tx = None
+        if self._sync_tx is not None:
+            await asyncio.to_thread(self._sync_tx.close)  # waits for a transaction still in a thread
+            self._sync_tx = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -216,14 +216,15 @@ class SqlDatabase:
             )
             event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
             event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-            self._sqlite_tx = SqliteTransactions(
-                self._path,  # type: ignore[arg-type]  # set for SQLite by parse_url
-                threads=self._pool_size,
-                busy_timeout_s=_SQLITE_BUSY_TIMEOUT_MS / 1000,
-                on_connect=_sqlite_on_connect,
-                on_begin=_sqlite_on_begin,
-                on_execute=mark_account_writes,
+            sync_engine = create_engine(
+                self._url.set(drivername="sqlite+pysqlite"),
+                hide_parameters=True,
+                pool_size=self._pool_size,
+                max_overflow=0,
+                connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             )
+            event.listen(sync_engine, "connect", _sqlite_on_connect)
+            event.listen(sync_engine, "begin", _sqlite_on_begin)
         else:
             engine = create_async_engine(
                 self._url,
@@ -232,8 +233,14 @@ class SqlDatabase:
                 max_overflow=self._pool_size,
                 pool_pre_ping=True,
             )
+            sync_engine = create_engine(
+                self._url, hide_parameters=True, pool_size=self._pool_size, max_overflow=0, pool_pre_ping=True
+            )
         event.listen(engine.sync_engine, "after_cursor_execute", mark_account_writes)
+        event.listen(sync_engine, "after_cursor_execute", mark_account_writes)
         self._engine = engine
+        # The refresh path's transactions: whole, in one thread hand-off each (see store/sync_tx.py).
+        self._sync_tx = SyncTransactions(sync_engine, threads=self._pool_size)
 
     def _prepare_file(self) -> None:
         """Create the SQLite file 0600 before SQLite does (it would use the umask), in a 0700 dir."""
@@ -289,25 +296,21 @@ class SqlDatabase:
     async def _run_tx(
         self, work: Callable[[Connection], T], *, write: bool = False, priority: int = NORMAL, durable: bool = True
     ) -> T:
-        """``work`` (a function of a synchronous connection) in one transaction: on SQLite in one thread
-        hand-off (:mod:`refresher.store.sync_tx`), on PostgreSQL with ``run_sync``. ``durable=False`` for
+        """``work`` (a function of a synchronous connection) in one transaction, in one thread hand-off
+        (:mod:`refresher.store.sync_tx`). ``durable=False`` for
         bookkeeping whose loss in a power cut costs nothing but a hint (the mark before a platform call):
         its commit does not wait for the disk (SQLite ``synchronous = NORMAL``, PostgreSQL
         ``synchronous_commit = off``); a crash of this process still keeps it."""
         self._connect()
-        if self._sqlite_tx is None:
-            async with self._tx(write=write, priority=priority) as conn:
-                if not durable:
-                    await conn.execute(text("SET LOCAL synchronous_commit = off"))
-                return await conn.run_sync(work)
+        assert self._sync_tx is not None
         wrote = True  # after a failure, whether it wrote is unknown: the change feed assumes it did
         try:
             with _store_errors():
-                if write:
+                if write and self._backend == "sqlite":
                     async with self._writers().turn(priority):
-                        result, wrote = await self._sqlite_tx.run(work, write=True, durable=durable)
+                        result, wrote = await self._sync_tx.run(work, write=True, durable=durable)
                 else:
-                    result, wrote = await self._sqlite_tx.run(work, write=False)
+                    result, wrote = await self._sync_tx.run(work, write=write, durable=durable)
         finally:
             if wrote:
                 self.changes.committed()
