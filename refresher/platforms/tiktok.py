@@ -348,7 +348,7 @@ class TikTokPlatform(Platform):
             return AccessTokenInvalid(text, **kwargs)
         if code == "scope_not_authorized":
             return ReauthRequired(f"{text}: the user did not grant this scope", **kwargs)
-        if code in ("scope_permission_missed", "invalid_params"):
+        if code in ("scope_permission_missed", "invalid_params", "invalid_file_upload"):
             return ConfigError(text, **kwargs)
         retry_after = retry_after_seconds(answer.headers)
         return TransientError(

@@ -36,6 +36,8 @@ from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
 
 TIMESTAMP_WINDOW = 7200  # seconds, either way (docs/platforms.md)
 COUNTRIES = ("sg", "my", "th", "vn", "ph", "id")
+# The ``unlisted`` fault's code: well formed, in no document (refresher must retry it and name it).
+UNLISTED_CODE = "SandboxUnlistedFailure"
 SYSTEM_PARAMS = frozenset({"app_key", "timestamp", "sign_method", "sign", "access_token", "partner_id"})
 
 
@@ -207,6 +209,8 @@ class LazadaSandbox(SandboxPlatform):
     def protocol_fault(self, kind: str, op: str) -> Response | None:
         if kind == "error200":
             return error_answer("SYS_ERROR", "inner service fail", "ISP")
+        if kind == "unlisted":
+            return error_answer(UNLISTED_CODE, "A new kind of failure.", "ISP")
         if kind == "wrongtypes":
             return JSONResponse(
                 {

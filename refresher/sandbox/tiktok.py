@@ -44,6 +44,9 @@ WRONG_TYPES: dict[str, Any] = {
     "token_type": "Bearer",
 }
 
+# The ``unlisted`` fault's code: well formed, in no document (refresher must retry it and name it).
+UNLISTED_CODE = "sandbox_unlisted_failure"
+
 USER_FIELDS = {"open_id", "union_id", "avatar_url", "avatar_url_100", "avatar_large_url", "display_name"}
 
 
@@ -163,6 +166,8 @@ class TikTokSandbox(SandboxPlatform):
             return refused
         if fault == "error200":
             return self.oauth_error("server_error", "Internal server error, please retry.", 200)
+        if fault == "unlisted":
+            return self.oauth_error(UNLISTED_CODE, "A new kind of failure.")
         if fault == "revoked":
             return self.oauth_error("invalid_grant", "Authorization has been revoked by the user.")
         if fault == "wrongtypes":  # answered without redeeming or rotating, so the fault stays a one-off
@@ -225,6 +230,8 @@ class TikTokSandbox(SandboxPlatform):
             return fault
         if fault == "error200":
             return self.api_answer({}, "internal_error", "Something went wrong. Please try again later.", 200)
+        if fault == "unlisted":
+            return self.api_answer({}, UNLISTED_CODE, "A new kind of failure.", 400)
         header = request.headers.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if fault == "revoked":
