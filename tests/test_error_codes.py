@@ -215,12 +215,13 @@ def test_each_docs_table_lists_exactly_the_codes_refresher_classifies(platform: 
 
 
 def _plugin(platform: str) -> Platform:
-    credentials = {
+    every: dict[str, dict[str, Any]] = {
         "shopee": {"partner_id": 1, "partner_key": "k"},
         "tiktok_shop": {"app_key": "k", "app_secret": "s"},
         "lazada": {"app_key": "1", "app_secret": "s"},
         "tiktok": {"client_key": "k", "client_secret": "s"},
-    }[platform]
+    }
+    credentials = every[platform]
     cls = platforms.get(platform)
     app = AppSettings.model_validate({"name": "a", "platform": platform, **credentials})
     app = app.model_copy(update={"credentials": cls.credentials_model.model_validate(app.credentials)})
@@ -234,6 +235,7 @@ def _answer(body: dict[str, Any], status: int = 200) -> Answer:
 def classify(platform: str, code: str, context: str, message: str) -> RefresherError | None:
     """The plugin's verdict on an answer carrying ``code`` in its platform's envelope."""
     plugin: Any = _plugin(platform)
+    body: dict[str, Any]
     if platform == "shopee":
         body = {"error": code, "message": message, "request_id": "r1"}
         if context == "api":
@@ -316,7 +318,7 @@ EMITTERS: dict[str, tuple[dict[str, tuple[int, str]], tuple[str, ...]]] = {
     "tiktok": ({"oauth_error": (0, ""), "api_answer": (1, "api:")}, ("tiktok.py",)),
 }
 # The f-string variables the Shopee sandbox builds codes from: the kinds of account it serves.
-VARIABLES = {"kind": ("shop", "merchant", "supplier")}
+VARIABLES: dict[str, tuple[str, ...]] = {"kind": ("shop", "merchant", "supplier")}
 
 
 def sandbox_codes(platform: str) -> set[str]:

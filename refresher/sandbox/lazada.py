@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,7 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from refresher.platforms.signing import lazada_value
-from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
+from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, SandboxState, Subject
 from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
 
 TIMESTAMP_WINDOW = 7200  # seconds, either way (docs/platforms.md)
@@ -92,6 +93,12 @@ class LazadaSandbox(SandboxPlatform):
     name = "lazada"
     prefix = "/lazada"
 
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__(state)
+        # Every signature the gateway accepted, oldest first (bounded): lets a test compare what two
+        # signers sent for the same request.
+        self.accepted_signs: deque[str] = deque(maxlen=100)
+
     def hosts(self, base_url: str) -> dict[str, str]:
         root = f"{base_url.rstrip('/')}{self.prefix}"
         return {"auth": root, "api": f"{root}/rest", **{f"api_{c}": f"{root}/{c}/rest" for c in COUNTRIES}}
@@ -146,6 +153,7 @@ class LazadaSandbox(SandboxPlatform):
         if when is None or abs(self.state.clock.now().timestamp() - when) > TIMESTAMP_WINDOW:
             self.state.count(self.name, "bad_timestamp")
             raise LazadaError("OPEN_API_TIMESTAMP_INVALID", "The input timestamp is invalid")
+        self.accepted_signs.append(params["sign"].upper())
         return app_key
 
     # -- consent -----------------------------------------------------------------------------------
