@@ -276,3 +276,13 @@ def test_a_secret_with_a_lone_surrogate_is_rejected_by_check_config(tmp_path: Pa
     assert "Traceback" not in checked.output
     signed = CliRunner().invoke(main, ["sign", "-c", str(config), "a", "/seller/get"])
     assert signed.exit_code == 2 and "Traceback" not in signed.output
+
+
+def test_a_secret_file_that_is_not_utf8_is_rejected_by_check_config(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"\xff\xfe-not-text")
+    config = tmp_path / "refresher.yaml"
+    config.write_text('apps:\n  a:\n    platform: lazada\n    app_key: "1"\n    app_secret_file: secret\n')
+    checked = CliRunner().invoke(main, ["check-config", "-c", str(config)])
+    assert checked.exit_code == 2, checked.output
+    assert "apps.a.app_secret_file" in checked.output and "not UTF-8" in checked.output
+    assert "Traceback" not in checked.output and "unexpected error" not in checked.output
