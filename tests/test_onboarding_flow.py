@@ -10,12 +10,14 @@ import secrets
 import string
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from refresher import platforms as registry
 from refresher.domain import AuthorizationDenied, ConfigError, FakeClock
@@ -43,10 +45,15 @@ MINUTE = dt.timedelta(minutes=1)
 # clock, store (SQLite and PostgreSQL), sandbox and http come from tests/conftest.py.
 
 
-def plugin(sandbox: SandboxServer, name: str, http: httpx.AsyncClient, clock: FakeClock) -> Platform:
+def plugin(
+    sandbox: SandboxServer, name: str, http: httpx.AsyncClient, clock: FakeClock, **credentials: Any
+) -> Platform:
     port = free_port()
     settings = settings_from(config_text(sandbox, port, Path("/nonexistent/unused.db")))
     app = settings.apps[name]
+    if credentials:
+        assert isinstance(app.credentials, BaseModel)
+        app = app.model_copy(update={"credentials": app.credentials.model_copy(update=credentials)})
     register_redirect(sandbox, name, app.redirect_uri or "")
     return registry.get(app.platform)(app, http=http, clock=clock)
 
@@ -54,7 +61,7 @@ def plugin(sandbox: SandboxServer, name: str, http: httpx.AsyncClient, clock: Fa
 async def test_begin_stores_a_single_use_state_with_pkce_where_supported(
     store: SqlStore, sandbox: SandboxServer, http: httpx.AsyncClient, clock: FakeClock
 ) -> None:
-    tiktok = plugin(sandbox, "tiktok", http, clock)
+    tiktok = plugin(sandbox, "tiktok", http, clock, pkce="s256")  # a web app's default is no PKCE
     url, state = await begin("tiktok", tiktok, store, clock, ttl=dt.timedelta(minutes=5), return_to="https://x/y")
     assert dict(parse_qsl(urlsplit(url).query))["state"] == state.state
     assert state.pkce_verifier and state.expires_at == clock.now() + dt.timedelta(minutes=5)
@@ -62,6 +69,8 @@ async def test_begin_stores_a_single_use_state_with_pkce_where_supported(
     lazada = plugin(sandbox, "lazada", http, clock)
     _, plain = await begin("lazada", lazada, store, clock)
     assert plain.pkce_verifier is None
+    web_url, web = await begin("tiktok", plugin(sandbox, "tiktok", http, clock), store, clock)
+    assert web.pkce_verifier is None and "code_challenge" not in web_url
     taken = await take_state("tiktok", store, clock, state.state)
     assert (taken.return_to, taken.pkce_verifier) == ("https://x/y", state.pkce_verifier)
     with pytest.raises(StateError) as caught:
