@@ -396,7 +396,7 @@ async def test_a_restart_takes_back_the_leases_of_its_killed_predecessor_at_once
     not after the 10-minute lease."""
     lifetimes = {"shopee": Lifetimes(access=dt.timedelta(seconds=40), refresh=dt.timedelta(days=30))}
     async with SandboxServer(lifetimes=lifetimes, fault_delay=120) as sandbox:
-        document = {
+        document: dict[str, Any] = {
             "store": {"url": f"sqlite:///{tmp_path / 'tokens.db'}"},  # lease_ttl: the 10-minute default
             "server": {"enabled": False},
             "logging": {"level": "info", "format": "json"},
