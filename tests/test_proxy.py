@@ -238,17 +238,22 @@ async def test_method_query_body_and_safe_headers_are_forwarded(
     assert TOKENS["proxy"][0] not in json.dumps(seen)
 
 
-async def raw_get(port: int, target: str, headers: dict[str, str]) -> int:
-    """The status of a GET sent over a plain socket, so no client library normalises the target."""
+async def raw_answer(port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """The status and body of a GET sent over a plain socket, so no client library normalises the target."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
-    status_line = await reader.readline()
+    answer = await reader.read()  # Connection: close, so the whole answer
     writer.close()
     await writer.wait_closed()
-    return int(status_line.split()[1])
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def raw_get(port: int, target: str, headers: dict[str, str]) -> int:
+    return (await raw_answer(port, target, headers))[0]
 
 
 @pytest.mark.parametrize("path", ["/api/../../other/x", "/api/%2E%2E/x", "/api/..%5Cx", "/./x"])
@@ -282,8 +287,11 @@ async def test_hostile_paths_are_400_and_never_forwarded(api_env: ApiEnv, upstre
     platform = api_env.daemon.platforms[APP]
     platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url + "/base"}})
     assert api_env.daemon.port is not None
-    status = await raw_get(api_env.daemon.port, f"/proxy/{APP}/{account.key}{path}", api_env.auth("proxy"))
-    assert status == 400
+    status, body = await raw_answer(api_env.daemon.port, f"/proxy/{APP}/{account.key}{path}", api_env.auth("proxy"))
+    assert status == 400, body[:300]
+    detail = json.loads(body)["detail"]  # a clear message: one line, naming what is wrong, no echo of it all
+    assert "\n" not in detail and len(detail) < 200
+    assert any(word in detail for word in ("path", "query", "URL")), detail
     assert upstream.seen == []
 
 
