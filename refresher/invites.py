@@ -25,6 +25,7 @@ import re
 import secrets
 from urllib.parse import quote
 
+from refresher.config.models import MIN_SECRET_LENGTH  # the one minimum for every configured secret
 from refresher.domain import Clock, RefresherError, from_epoch
 
 # A domain separator, so an invitation MAC can never be replayed as some other HMAC the project makes
@@ -33,7 +34,6 @@ _CONTEXT = b"refresher-invite-v1\x00"
 _ACCOUNT_CONTEXT = b"refresher-reauth-v1\x00"
 _STORED_CONTEXT = b"refresher-stored-invite-v1\x00"
 _TOKEN = re.compile(r"^([0-9a-z]{1,12})\.([A-Za-z0-9_-]{43})$")
-MIN_SECRET_LENGTH = 16
 # A link that works for years is a standing door; a year is longer than any onboarding needs, and keeps the
 # expiry far from datetime's year-9999 end (``--ttl 100000000d`` overflowed it).
 MAX_TTL = dt.timedelta(days=365)

@@ -215,3 +215,18 @@ async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: Wo
     [event] = world.events()
     assert event["type"] == "account.needs_reauth" and event["status"] == "needs_reauth"
     assert httpx.URL(event["reauth_url"]).params["account"] == world.key
+
+
+async def test_an_unlisted_code_is_retried_through_the_budget_and_the_alarm_names_it(world: World) -> None:
+    """A code no document lists is transient: every attempt of every sweep is made (3 retries x 2 sweeps),
+    and the alarm that follows carries the platform's raw code, so the operator can look it up."""
+    from refresher.sandbox.shopee import UNLISTED_CODE
+
+    world.sandbox.set_faults("shopee:refresh:unlisted")
+    assert await world.sweep() == "active"
+    assert world.kinds() == []
+    await world.sweep()
+    assert world.sandbox.state.counters.get("shopee.fault.unlisted") == 6  # the whole retry budget, twice
+    [alarm] = world.alarms()
+    assert (alarm["kind"], alarm["cause"], alarm["error_class"]) == ("alarm", "failures", "transient")
+    assert alarm["error_code"] == UNLISTED_CODE and UNLISTED_CODE in alarm["error_message"]

@@ -391,11 +391,11 @@ async def test_embedded_server_answers_without_the_nagle_delay() -> None:
 
 async def test_a_restart_takes_back_the_leases_of_its_killed_predecessor_at_once(tmp_path: Path) -> None:
     """kill -9 while the daemon holds leases (one refresh out, two claimed and waiting), restart: the new
-    process recognises its dead predecessor's owner id and every account is refreshed in its first sweeps,
+    process recognises its dead predecessor's owner id and every account is refreshed in its first sweep,
     not after the 10-minute lease."""
     lifetimes = {"shopee": Lifetimes(access=dt.timedelta(seconds=40), refresh=dt.timedelta(days=30))}
     async with SandboxServer(lifetimes=lifetimes, fault_delay=120) as sandbox:
-        document = {
+        document: dict[str, Any] = {
             "store": {"url": f"sqlite:///{tmp_path / 'tokens.db'}"},  # lease_ttl: the 10-minute default
             "server": {"enabled": False},
             "logging": {"level": "info", "format": "json"},
@@ -468,6 +468,10 @@ async def test_a_restart_takes_back_the_leases_of_its_killed_predecessor_at_once
             await reader
 
         sandbox.set_faults(None)
+        # The successor sweeps once at start and then hourly: every account refreshed within 20 s was
+        # refreshed by that one sweep, which only works if it took the dead leases back before it.
+        document["apps"]["shopee"]["interval"] = "1h"
+        config.write_text(yaml.safe_dump(document))
         second, reader = await start()
         try:
             restarted = loop.time()
@@ -475,7 +479,7 @@ async def test_a_restart_takes_back_the_leases_of_its_killed_predecessor_at_once
                 accounts = await store.list(limit=10)
                 if all(a.version > before[a.key] for a in accounts):
                     break
-                # A sweep a second: well within 20 s, where waiting for the dead lease would take 10 min.
+                # One sweep: well within 20 s, where waiting for the dead lease would take 10 min.
                 assert loop.time() - restarted < 20, [(a.key, a.version, a.lease_owner) for a in accounts]
                 await asyncio.sleep(0.2)
         finally:

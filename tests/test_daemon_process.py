@@ -379,6 +379,7 @@ async def test_reload_keeps_the_access_log_off_and_refuses_files_that_would_stop
         truncated = {
             "no apps key": (yaml.safe_dump(without_apps), "no apps"),
             "empty apps": (yaml.safe_dump({**without_apps, "apps": {}}), "no apps"),
+            "apps an empty string": (yaml.safe_dump({**without_apps, "apps": ""}), "apps"),
             "no admin token": (yaml.safe_dump({**run.document, "server": {"port": run.port}}), "admin_token"),
             "another store": (
                 yaml.safe_dump({**run.document, "store": {"url": f"sqlite:///{run.tmp / 'other.db'}"}}),

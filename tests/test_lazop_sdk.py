@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 import httpx
@@ -120,3 +121,57 @@ async def test_sdk_form_post_and_the_proxy_post_sign_alike_and_are_both_accepted
         relayed = await plugin.transport.send(signed.method, signed.url, headers=signed.headers, content=signed.body)
         assert plugin.classify_api_answer(relayed) is None, relayed.body
         assert sandbox.state.counters["lazada.bad_sign"] == 0
+
+
+async def test_sdk_form_post_and_a_post_through_the_running_proxy_sign_alike_and_both_pass(
+    lazop: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same as above, end to end: the service POSTs its form to the daemon's /proxy route (no
+    credentials), the daemon signs and relays it; lazop-sdk POSTs the same parameters itself. The sandbox
+    takes both, and the signatures it accepted are the same one."""
+    import time
+    import types
+    from urllib.parse import urlencode
+
+    import requests
+
+    from tests.test_api import running_api
+
+    sent: list[dict[str, str]] = []
+
+    def post(url: str, data: dict[str, str], **kwargs: object) -> requests.Response:
+        sent.append(dict(data))
+        return requests.post(url, data, **kwargs)  # type: ignore[arg-type]
+
+    payload = '{"Request":{"Product":{"Skus":{"Sku":[{"SellerSku":"sku-1","Quantity":"5"}]}}}}'
+    async with running_api(tmp_path, capsys) as env:
+        # One instant for both signers: the daemon's clock (shared with the sandbox) is not moved.
+        now = env.clock.now().timestamp()
+        base = importlib.import_module("lazop_sdk.base")
+        clock = types.SimpleNamespace(time=lambda: now, strftime=time.strftime, localtime=time.localtime)
+        monkeypatch.setattr(base, "time", clock)
+        monkeypatch.setattr(base, "requests", types.SimpleNamespace(post=post, get=requests.get))
+        (account,) = await env.onboard("lazada-sg")
+        assert account.tokens is not None
+        gateway = env.sandbox.platforms["lazada"]
+        gateway.accepted_signs.clear()  # type: ignore[attr-defined]
+
+        client = lazop.LazopClient(f"{env.sandbox.url}/lazada/rest", APP_KEY, SECRET, timeout=10)
+        request = lazop.LazopRequest("/seller/get")  # POST: a form with every parameter
+        request.add_api_param("payload", payload)
+        answer = await asyncio.to_thread(client.execute, request, account.tokens.access_token)
+        assert answer.code == "0", answer.body
+        [sdk_form] = sent
+
+        form = urlencode({"payload": payload, "partner_id": sdk_form["partner_id"]})
+        relayed = await env.call(
+            "POST",
+            f"/proxy/lazada-sg/{account.key}/rest/seller/get",
+            "proxy",
+            content=form,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert relayed.status_code == 200 and relayed.json()["code"] == "0", relayed.text
+        assert relayed.json()["data"]["received"]["payload"] == payload
+        assert list(gateway.accepted_signs) == [sdk_form["sign"], sdk_form["sign"]]  # type: ignore[attr-defined]
+        assert env.sandbox.state.counters["lazada.bad_sign"] == 0

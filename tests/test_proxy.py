@@ -250,17 +250,22 @@ async def test_method_query_body_and_safe_headers_are_forwarded(
     assert TOKENS["proxy"][0] not in json.dumps(seen)
 
 
-async def raw_get(port: int, target: str, headers: dict[str, str]) -> int:
-    """The status of a GET sent over a plain socket, so no client library normalises the target."""
+async def raw_answer(port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """The status and body of a GET sent over a plain socket, so no client library normalises the target."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
-    status_line = await reader.readline()
+    answer = await reader.read()  # Connection: close, so the whole answer
     writer.close()
     await writer.wait_closed()
-    return int(status_line.split()[1])
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def raw_get(port: int, target: str, headers: dict[str, str]) -> int:
+    return (await raw_answer(port, target, headers))[0]
 
 
 @pytest.mark.parametrize("path", ["/api/../../other/x", "/api/%2E%2E/x", "/api/..%5Cx", "/./x"])
@@ -294,8 +299,11 @@ async def test_hostile_paths_are_400_and_never_forwarded(api_env: ApiEnv, upstre
     platform = api_env.daemon.platforms[APP]
     platform.app = platform.app.model_copy(update={"hosts": {**platform.app.hosts, "api": upstream.url + "/base"}})
     assert api_env.daemon.port is not None
-    status = await raw_get(api_env.daemon.port, f"/proxy/{APP}/{account.key}{path}", api_env.auth("proxy"))
-    assert status == 400
+    status, body = await raw_answer(api_env.daemon.port, f"/proxy/{APP}/{account.key}{path}", api_env.auth("proxy"))
+    assert status == 400, body[:300]
+    detail = json.loads(body)["detail"]  # a clear message: one line, naming what is wrong, no echo of it all
+    assert "\n" not in detail and len(detail) < 200
+    assert any(word in detail for word in ("path", "query", "URL")), detail
     assert upstream.seen == []
 
 
@@ -360,3 +368,55 @@ async def test_httpx_client_through_the_proxy(api_env: ApiEnv) -> None:
     assert answer.status_code == 200 and answer.json()["shop_name"] == "Sandbox Shop 1"
     # Silence "unused" for the shared fixture names imported above.
     assert httpx is not None
+
+
+# ------------------------------------------------ identity the proxy uses (issue 14: shops, ventures)
+
+ORDER_SEARCH = "/order/202309/orders/search"
+
+
+async def test_a_refused_cipher_is_read_again_retried_once_and_stored(api_env: ApiEnv) -> None:
+    """TikTok Shop changed the seller's shop ciphers: the first call is refused (101000), the proxy reads
+    the shops again, retries once with the new cipher, and stores the shops, so the next call goes
+    straight through."""
+    (account,) = await api_env.onboard("tts-us")
+    old_cipher = account.identity.extra["shops"][0]["cipher"]
+    api_env.sandbox.platforms["tiktok_shop"].rotate_ciphers(account.identity.key)  # type: ignore[attr-defined]
+    path = proxy_path(account.key, ORDER_SEARCH, app="tts-us")
+    answer = await api_env.call("POST", path, "proxy", json={"order_status": "UNPAID"})
+    assert answer.status_code == 200 and answer.json()["code"] == 0, answer.text
+    assert answer.headers["x-refresher-retried"] == "1"
+    stored = await api_env.daemon.store.get("tts-us", account.key)
+    assert stored is not None and stored.identity.extra["shops"][0]["cipher"] != old_cipher
+    before = await api_env.counters()
+    again = await api_env.call("POST", path, "proxy", json={"order_status": "UNPAID"})
+    assert again.status_code == 200 and "x-refresher-retried" not in again.headers, again.text
+    after = await api_env.counters()
+    assert after.get("tiktok_shop.wrong_cipher", 0) == before.get("tiktok_shop.wrong_cipher", 0)
+
+
+async def test_a_multi_shop_seller_names_the_shop_by_id_through_the_proxy(api_env: ApiEnv) -> None:
+    (account,) = await api_env.onboard("tts-us", shops="3")
+    shop = account.identity.extra["shops"][2]
+    path = proxy_path(account.key, f"{ORDER_SEARCH}?shop_id={shop['id']}", app="tts-us")
+    answer = await api_env.call("POST", path, "proxy", json={"order_status": "UNPAID"})
+    assert answer.status_code == 200 and answer.json()["data"]["shop_id"] == shop["id"], answer.text
+    unknown = await api_env.call("POST", proxy_path(account.key, f"{ORDER_SEARCH}?shop_id=999", app="tts-us"), "proxy")
+    assert unknown.status_code == 502 and "not among the seller's authorized shops" in unknown.json()["detail"]
+
+
+async def test_lazada_calls_go_to_the_gateway_of_the_accounts_venture(api_env: ApiEnv) -> None:
+    """A Malaysian seller's call goes to the Malaysian gateway (the app's default is Singapore's, which does
+    not know the seller); a cross-border seller picks a venture per call with x-refresher-country."""
+    (malaysian,) = await api_env.onboard("lazada-sg", countries="my")
+    answer = await api_env.call("GET", proxy_path(malaysian.key, "/rest/seller/get", app="lazada-sg"), "proxy")
+    assert answer.status_code == 200 and answer.json()["data"]["location"] == "MY", answer.text
+    (cross,) = await api_env.onboard("lazada-sg", countries="sg,th")
+    thai = await api_env.call(
+        "GET",
+        proxy_path(cross.key, "/rest/seller/get", app="lazada-sg"),
+        "proxy",
+        headers={"x-refresher-country": "th"},
+    )
+    assert thai.status_code == 200 and thai.json()["data"]["location"] == "TH", thai.text
+    assert (await api_env.counters()).get("lazada.wrong_gateway", 0) == 0

@@ -227,6 +227,33 @@ def test_account_fills_its_token_and_shop_from_the_store(tmp_path: Path) -> None
     assert missing.exit_code == 2 and "no account 'shop:1'" in missing.output
 
 
+def test_a_cross_border_lazada_account_is_signed_for_the_venture_a_header_picks(tmp_path: Path) -> None:
+    """As through the proxy: ACCOUNT's ventures come from the store, x-refresher-country picks one and is
+    not sent on."""
+    from refresher.store import SqlStore
+
+    infos = [{"country": "sg", "seller_id": "1001"}, {"country": "my", "seller_id": "2002"}]
+
+    async def seed() -> None:
+        store = SqlStore(f"sqlite:///{tmp_path}/tokens.db", clock=FakeClock())
+        await store.open()
+        identity = Identity("1001", "seller", "1001", region="cb", extra={"country_user_info": infos})
+        tokens = TokenSet("stored-lazada-token-456", "stored-refresh", FakeClock().now())
+        await store.import_account("a", "lazada", identity, tokens, "active")  # type: ignore[arg-type]
+        await store.close()
+
+    asyncio.run(seed())
+    app = {"platform": "lazada", "app_key": "102802", "app_secret": "lazada-secret"}
+    target = ["1001", "/seller/get?timestamp=1717000000000"]
+    first = _run(tmp_path, app, target, store=True)
+    assert first["request"]["url"].startswith("https://api.lazada.sg/rest/seller/get?")
+    chosen = _run(tmp_path, app, [*target, "-H", "X-Refresher-Country: my"], store=True)
+    assert chosen["request"]["url"].startswith("https://api.lazada.com.my/rest/seller/get?")
+    assert "x-refresher-country" not in chosen["request"]["headers"]
+    bad = _invoke(tmp_path, app, [*target, "-H", "no colon"], store=True)
+    assert bad.exit_code == 2 and "--header" in bad.output
+
+
 def test_sign_refuses_an_unsigned_platform_in_one_line(tmp_path: Path) -> None:
     app = {"platform": "tiktok", "client_key": "k", "client_secret": "s"}
     result = _invoke(tmp_path, app, ["https://open.tiktokapis.com/v2/user/info/"])
@@ -249,3 +276,13 @@ def test_a_secret_with_a_lone_surrogate_is_rejected_by_check_config(tmp_path: Pa
     assert "Traceback" not in checked.output
     signed = CliRunner().invoke(main, ["sign", "-c", str(config), "a", "/seller/get"])
     assert signed.exit_code == 2 and "Traceback" not in signed.output
+
+
+def test_a_secret_file_that_is_not_utf8_is_rejected_by_check_config(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"\xff\xfe-not-text")
+    config = tmp_path / "refresher.yaml"
+    config.write_text('apps:\n  a:\n    platform: lazada\n    app_key: "1"\n    app_secret_file: secret\n')
+    checked = CliRunner().invoke(main, ["check-config", "-c", str(config)])
+    assert checked.exit_code == 2, checked.output
+    assert "apps.a.app_secret_file" in checked.output and "not UTF-8" in checked.output
+    assert "Traceback" not in checked.output and "unexpected error" not in checked.output

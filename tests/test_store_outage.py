@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -172,6 +173,57 @@ async def test_a_store_locked_past_its_busy_timeout_settles_the_account_and_alar
                 locker.unlock()
             assert problems.get("store", "").startswith("refuses writes"), problems
             assert "store" not in await daemon.readiness()
+        finally:
+            locker.conn.close()
+            await daemon.stop(grace=5)
+
+
+async def test_a_sweep_whose_store_locks_after_the_claim_settles_every_claimed_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled sweep claims three due accounts, then another connection holds the write lock past the
+    busy timeout: the sweep ends (no crash), sends nothing, gives every lease back once the store takes
+    writes, and the outage alarms; the next sweep refreshes all three."""
+    monkeypatch.setattr(engine, "_SQLITE_BUSY_TIMEOUT_MS", 400)
+    clock = FakeClock(T0)
+    db = tmp_path / "tokens.db"
+    async with SandboxServer(clock=clock, seed=5) as sandbox:
+        daemon = Daemon(outage_settings(sandbox, db), clock=clock)
+        await daemon.start(schedule=False)
+        locker = Locker(db)
+        try:
+            keys = {await onboard(daemon, sandbox) for _ in range(3)}
+            assert len(keys) == 3
+            clock.advance(dt.timedelta(days=1))  # all three due
+            refreshes_before = sandbox.state.counters.get("shopee.refresh", 0)
+            claim_due = daemon.store.claim_due
+            holds: list[asyncio.Task[None]] = []
+
+            async def claim_then_lock(*args: Any, **kwargs: Any) -> Any:
+                claimed = await claim_due(*args, **kwargs)
+                if claimed and not holds:  # the first claim only: the lock lands between claim and mark
+                    locker.lock()
+                    holds.append(asyncio.create_task(locker.hold(2.5)))  # past alerts.store_outage (1 s)
+                return claimed
+
+            monkeypatch.setattr(daemon.store, "claim_due", claim_then_lock)
+            with structlog.testing.capture_logs() as logged:
+                await daemon.tick("shopee")
+                await asyncio.gather(*holds)
+            assert holds, "the lock must have been taken after a claim"
+            swept = [e for e in logged if e["event"] == "sweep"]
+            assert [(e["claimed"], e["failed"]) for e in swept] == [(3, 3)], logged
+            assert sorted(e["account"] for e in logged if e["event"] == "refresh.not_started") == sorted(keys)
+            assert sandbox.state.counters.get("shopee.refresh", 0) == refreshes_before  # nothing sent
+            for key in keys:
+                account = await daemon.store.get("shopee", key)
+                assert account is not None and account.lease_owner is None and account.refresh_started_at is None
+                assert account.status is AccountStatus.ACTIVE and account.consecutive_failures == 0
+            alarms = [e["kind"] for e in logged if e["event"] == "alert" and e.get("cause") == "store_unavailable"]
+            assert alarms == ["alarm", "resolved"], logged
+
+            monkeypatch.setattr(daemon.store, "claim_due", claim_due)
+            assert (await daemon.refresher.sweep("shopee")).succeeded == 3
         finally:
             locker.conn.close()
             await daemon.stop(grace=5)

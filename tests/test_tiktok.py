@@ -73,7 +73,7 @@ async def onboard(rig: Rig, plugin: TikTokPlatform | None = None, **options: str
     plugin = plugin or rig.plugin
     pkce = plugin.pkce_pair()
     params = await rig.sandbox.approve(plugin.authorize_url("st-1", REDIRECT, pkce), **options)
-    rig.secrets.update({params["code"], pkce.verifier})
+    rig.secrets.update({params["code"], *([pkce.verifier] if pkce else [])})
     grants = await plugin.exchange_code(params, pkce, REDIRECT)
     assert len(grants) == 1
     rig.secrets.update({grants[0].tokens.access_token, grants[0].tokens.refresh_token})
@@ -95,8 +95,9 @@ def offline_plugin(**extra: Any) -> TikTokPlatform:
 
 
 def test_authorize_url_shape_web() -> None:
-    plugin = offline_plugin(scopes=["user.info.basic", "video.list"])
+    plugin = offline_plugin(scopes=["user.info.basic", "video.list"], pkce="s256")
     pkce = plugin.pkce_pair()
+    assert pkce is not None
     url = plugin.authorize_url("st 1", "https://erp.example.com/cb", pkce)
     assert url.startswith("https://www.tiktok.com/v2/auth/authorize/?")
     assert query_of(url) == {
@@ -125,8 +126,12 @@ def test_desktop_pkce_uses_the_hex_challenge() -> None:
 
 
 def test_pkce_encoding_is_a_per_app_setting() -> None:
-    """Desktop defaults to the documented hex challenge, web to RFC 7636; either can be chosen, or none."""
-    web = offline_plugin().pkce_pair()
+    """The defaults are the documented flows: the hex challenge for desktop apps, no PKCE for web apps
+    (the web guide has none); RFC 7636 base64url or hex can be chosen per app."""
+    assert offline_plugin().pkce_pair() is None
+    desktop = offline_plugin(desktop=True).pkce_pair()
+    assert desktop is not None and desktop.challenge == pkce_challenge_hex(desktop.verifier)
+    web = offline_plugin(pkce="s256").pkce_pair()
     assert web is not None and web.challenge == pkce_challenge_s256(web.verifier)
     hexed = offline_plugin(pkce="hex").pkce_pair()
     assert hexed is not None and hexed.challenge == pkce_challenge_hex(hexed.verifier)
@@ -165,7 +170,9 @@ async def test_sandbox_consent_validates_the_request(rig: Rig) -> None:
 # ------------------------------------------------------------------------------------- onboarding
 
 
-async def test_onboarding_web_with_pkce(rig: Rig) -> None:
+async def test_onboarding_web_without_pkce(rig: Rig) -> None:
+    """A web app follows the web guide: no code_challenge on the link, no code_verifier in the exchange."""
+    assert "code_challenge" not in rig.plugin.authorize_url("s", REDIRECT, rig.plugin.pkce_pair())
     grant, params = await onboard(rig)
     assert params["state"] == "st-1" and params["scopes"] == "user.info.basic"
     chain = rig.sandbox.state.chains[1]
@@ -198,10 +205,13 @@ async def test_onboarding_desktop_with_hex_pkce(rig: Rig) -> None:
     assert err.value.code == "invalid_request" and "Code verifier" in str(err.value)
     assert rig.sandbox.state.counters["tiktok.pkce_mismatch"] == 1
     rig.clean(err.value)
+    # The desktop guide requires PKCE: a desktop app's link without a challenge is refused.
+    bare = await rig.http.get(desktop.authorize_url("s", REDIRECT))
+    assert bare.status_code == 400 and "code_challenge" in bare.text
 
 
 async def test_wrong_verifier_and_redirect_mismatch(rig: Rig) -> None:
-    pkce = rig.plugin.pkce_pair()
+    pkce = PKCE("w" * 60, pkce_challenge_s256("w" * 60))
     params = await rig.sandbox.approve(rig.plugin.authorize_url("s", REDIRECT, pkce))
     rig.secrets.add(params["code"])
     other = PKCE("x" * 60, pkce.challenge)

@@ -23,9 +23,23 @@ from refresher.cli.common import config_option, fail, friendly_errors, load_sett
 @click.option("--method", "-X", default="GET", show_default=True)
 @click.option("--body", default=None, metavar="TEXT", help="Request body exactly as it will be sent.")
 @click.option("--content-type", default="application/json", show_default=True)
+@click.option(
+    "--header",
+    "-H",
+    "header_lines",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="A request header as the proxy would get it (x-refresher-country: my picks a Lazada venture).",
+)
 @friendly_errors
 def sign(
-    config_path: str | None, app: str, target: tuple[str, ...], method: str, body: str | None, content_type: str
+    config_path: str | None,
+    app: str,
+    target: tuple[str, ...],
+    method: str,
+    body: str | None,
+    content_type: str,
+    header_lines: tuple[str, ...],
 ) -> None:
     """Print, as JSON, the signature, the text it covers and the signed request of PATH_OR_URL as APP
     (and its ACCOUNT, whose identity and access token come from the store) would send it.
@@ -48,6 +62,12 @@ def sign(
             json.loads(body)
         except ValueError as exc:
             fail(f"--body: not JSON ({exc.args[0].split(':')[0]})")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            fail(f"--header: expected 'NAME: VALUE', got {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
     parts = urlsplit(where)
     if not (parts.scheme and parts.netloc) and not where.startswith("/"):
         fail(f"PATH_OR_URL must be an absolute URL or a path starting with '/': {where[:80]!r}")
@@ -79,6 +99,7 @@ def sign(
         body=body.encode("utf-8", "surrogateescape") if body is not None else None,
         content_type=content_type if body is not None else None,
         timestamp=int(stamp) if stamp and stamp.isdigit() else None,
+        headers=headers,
     )
     try:
         signed = platform.sign_call(call, token, identity)

@@ -131,6 +131,16 @@ def _interpolate(
                             file, where, lines.line((*path, key)), f"cannot read {secret_path}: {exc.strerror}"
                         )
                     )
+                except UnicodeDecodeError as exc:
+                    # Like an unpaired surrogate: a secret no signer can encode (the bytes are not shown).
+                    problems.append(
+                        ConfigProblem(
+                            file,
+                            where,
+                            lines.line((*path, key)),
+                            f"{secret_path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+                        )
+                    )
                 continue
             result[key] = expanded
         return result

@@ -25,7 +25,16 @@ _TRANSIENT_CODES = frozenset(
     {"error_server", "error_network", "error_data", "error_inner", "error_system_busy", "error_busy"}
 )
 _ACCESS_TOKEN_CODES = frozenset({"invalid_acceess_token", "invalid_access_token"})  # sic: both seen live
-_REFRESH_TOKEN_CODES = frozenset({"refresh_token_expired", "error_shop_refresh_token", "error_merchant_refresh_token"})
+_REFRESH_TOKEN_CODES = frozenset(
+    {
+        "refresh_token_expired",
+        "error_shop_refresh_token",
+        "error_merchant_refresh_token",
+        # Not in Shopee's tables: suppliers are refreshed like merchants (docs/platforms.md), so their
+        # mismatch answer is read like a merchant's rather than retried as an unknown code.
+        "error_supplier_refresh_token",
+    }
+)
 _REAUTH_CODES = frozenset(
     {
         "invalid_code",

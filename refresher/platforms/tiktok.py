@@ -72,9 +72,10 @@ class TikTokCredentials(BaseModel):
 
     ``desktop``: the app is registered as a desktop app. ``pkce`` is how the PKCE challenge is encoded:
     ``hex`` (hex SHA-256 of the verifier, what TikTok documents for desktop and its Android SDK does),
-    ``s256`` (RFC 7636 base64url) or ``none`` (no PKCE). Default: ``hex`` for desktop apps; ``s256`` for
-    web apps, whose guide documents no PKCE at all (a confidential client), so the standard encoding is
-    sent and a web app that the platform refuses it for sets ``pkce: none`` or ``hex``.
+    ``s256`` (RFC 7636 base64url) or ``none`` (no PKCE). The defaults are the documented flows: ``hex``
+    for desktop apps, ``none`` for web apps (the web guide has no PKCE: a confidential client proves
+    itself with its secret, and an RFC 7636 challenge has been seen refused as "Code verifier or code
+    challenge is invalid").
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,7 +87,7 @@ class TikTokCredentials(BaseModel):
 
     @property
     def pkce_encoding(self) -> str:
-        return self.pkce or ("hex" if self.desktop else "s256")
+        return self.pkce or ("hex" if self.desktop else "none")
 
 
 class TikTokPlatform(Platform):
@@ -350,7 +351,7 @@ class TikTokPlatform(Platform):
             return AccessTokenInvalid(text, **kwargs)
         if code == "scope_not_authorized":
             return ReauthRequired(f"{text}: the user did not grant this scope", **kwargs)
-        if code in ("scope_permission_missed", "invalid_params"):
+        if code in ("scope_permission_missed", "invalid_params", "invalid_file_upload"):
             return ConfigError(text, **kwargs)
         retry_after = retry_after_seconds(answer.headers)
         return TransientError(

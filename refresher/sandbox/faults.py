@@ -12,8 +12,9 @@ from refresher.domain import ConfigError
 from refresher.sandbox.apps import SANDBOX_CREDENTIALS
 
 GENERIC_FAULTS = {"timeout", "500", "502", "503", "429", "html", "truncated", "empty", "slow", "big"}
-# Faults whose shape depends on the platform's protocol; the platform module renders them.
-PROTOCOL_FAULTS = {"revoked", "wrongtypes", "error200", "lost"}
+# Faults whose shape depends on the platform's protocol; the platform module renders them. ``unlisted``
+# answers with a well-formed error code no platform document lists (each module's UNLISTED_CODE).
+PROTOCOL_FAULTS = {"revoked", "wrongtypes", "error200", "lost", "unlisted"}
 FAULT_KINDS = GENERIC_FAULTS | PROTOCOL_FAULTS
 FAULT_OPS = {"consent", "token", "refresh", "api"}
 _FAULT_RE = re.compile(

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,11 +32,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from refresher.platforms.signing import lazada_value
-from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, Subject
+from refresher.sandbox.core import Chain, ConsentTicket, SandboxRejection, SandboxState, Subject
 from refresher.sandbox.server import SandboxPlatform, base_url_of, with_query
 
 TIMESTAMP_WINDOW = 7200  # seconds, either way (docs/platforms.md)
 COUNTRIES = ("sg", "my", "th", "vn", "ph", "id")
+# The ``unlisted`` fault's code: well formed, in no document (refresher must retry it and name it).
+UNLISTED_CODE = "SandboxUnlistedFailure"
 SYSTEM_PARAMS = frozenset({"app_key", "timestamp", "sign_method", "sign", "access_token", "partner_id"})
 
 
@@ -89,6 +92,12 @@ def _timestamp(raw: str) -> float | None:
 class LazadaSandbox(SandboxPlatform):
     name = "lazada"
     prefix = "/lazada"
+
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__(state)
+        # Every signature the gateway accepted, oldest first (bounded): lets a test compare what two
+        # signers sent for the same request.
+        self.accepted_signs: deque[str] = deque(maxlen=100)
 
     def hosts(self, base_url: str) -> dict[str, str]:
         root = f"{base_url.rstrip('/')}{self.prefix}"
@@ -144,6 +153,7 @@ class LazadaSandbox(SandboxPlatform):
         if when is None or abs(self.state.clock.now().timestamp() - when) > TIMESTAMP_WINDOW:
             self.state.count(self.name, "bad_timestamp")
             raise LazadaError("OPEN_API_TIMESTAMP_INVALID", "The input timestamp is invalid")
+        self.accepted_signs.append(params["sign"].upper())
         return app_key
 
     # -- consent -----------------------------------------------------------------------------------
@@ -207,6 +217,8 @@ class LazadaSandbox(SandboxPlatform):
     def protocol_fault(self, kind: str, op: str) -> Response | None:
         if kind == "error200":
             return error_answer("SYS_ERROR", "inner service fail", "ISP")
+        if kind == "unlisted":
+            return error_answer(UNLISTED_CODE, "A new kind of failure.", "ISP")
         if kind == "wrongtypes":
             return JSONResponse(
                 {

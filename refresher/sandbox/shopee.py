@@ -50,6 +50,9 @@ from refresher.sandbox.shopee_wire import (
     int_param,
 )
 
+# The ``unlisted`` fault's code: well formed, in no document (refresher must retry it and name it).
+UNLISTED_CODE = "error_sandbox_unlisted"
+
 
 class ShopeeSandbox(ShopeeShopApi):
     def hosts(self, base_url: str) -> dict[str, str]:
@@ -141,6 +144,8 @@ class ShopeeSandbox(ShopeeShopApi):
     def protocol_fault(self, kind: str, op: str) -> Response | None:
         if kind == "error200":
             return error_answer("error_server", "Something wrong. Please try later.", 200)
+        if kind == "unlisted":
+            return error_answer(UNLISTED_CODE, "A new kind of failure.", 200)
         if kind == "wrongtypes":
             return envelope({"access_token": 12345, "refresh_token": ["x"], "expire_in": "abc"})
         if kind == "revoked":

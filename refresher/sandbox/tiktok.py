@@ -44,6 +44,9 @@ WRONG_TYPES: dict[str, Any] = {
     "token_type": "Bearer",
 }
 
+# The ``unlisted`` fault's code: well formed, in no document (refresher must retry it and name it).
+UNLISTED_CODE = "sandbox_unlisted_failure"
+
 USER_FIELDS = {"open_id", "union_id", "avatar_url", "avatar_url_100", "avatar_large_url", "display_name"}
 
 
@@ -78,7 +81,8 @@ class TikTokSandbox(SandboxPlatform):
 
     def pkce_encoding(self, client_key: str) -> str:
         """How the app's PKCE challenge is checked: its ``pkce`` setting, else hex for desktop apps
-        (documented) and RFC 7636 base64url for web apps (undocumented; what standard clients send)."""
+        (documented). A web app's guide has no PKCE; one that sends a challenge anyway has it checked as
+        RFC 7636 base64url (UNCERTAIN: what TikTok does with it is undocumented)."""
         chosen = self.state.app_details.get(self.name, {}).get(client_key, {}).get("pkce")
         return str(chosen) if chosen else ("hex" if self.desktop(client_key) else "s256")
 
@@ -97,6 +101,9 @@ class TikTokSandbox(SandboxPlatform):
             return HTMLResponse("<p>Something went wrong: redirect_uri is missing.</p>", status_code=400)
         if params.get("response_type") != "code":
             return HTMLResponse("<p>Something went wrong: response_type must be code.</p>", status_code=400)
+        if self.desktop(client_key) and not params.get("code_challenge"):
+            # The desktop guide requires PKCE (code_challenge, code_challenge_method=S256).
+            return HTMLResponse("<p>Something went wrong: code_challenge is required.</p>", status_code=400)
         scopes = [s for s in params.get("scope", "").split(",") if s] or ["user.info.basic"]
         ticket = self.state.open_ticket(self.name, client_key, redirect, params.get("state"), scopes, dict(params))
         return await self.consent(ticket, base_url_of(request))
@@ -163,6 +170,8 @@ class TikTokSandbox(SandboxPlatform):
             return refused
         if fault == "error200":
             return self.oauth_error("server_error", "Internal server error, please retry.", 200)
+        if fault == "unlisted":
+            return self.oauth_error(UNLISTED_CODE, "A new kind of failure.")
         if fault == "revoked":
             return self.oauth_error("invalid_grant", "Authorization has been revoked by the user.")
         if fault == "wrongtypes":  # answered without redeeming or rotating, so the fault stays a one-off
@@ -225,6 +234,8 @@ class TikTokSandbox(SandboxPlatform):
             return fault
         if fault == "error200":
             return self.api_answer({}, "internal_error", "Something went wrong. Please try again later.", 200)
+        if fault == "unlisted":
+            return self.api_answer({}, UNLISTED_CODE, "A new kind of failure.", 400)
         header = request.headers.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if fault == "revoked":

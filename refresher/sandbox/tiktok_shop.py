@@ -43,6 +43,8 @@ WRONG_TYPES: dict[str, Any] = {
     "open_id": None,
     "granted_scopes": "seller.shop.info",
 }
+# The ``unlisted`` fault's code: well formed, in no document (refresher must retry it and name it).
+UNLISTED_CODE = 99990001
 TIMESTAMP_PAST = 300
 TIMESTAMP_FUTURE = 30
 
@@ -195,6 +197,8 @@ class TikTokShopSandbox(SandboxPlatform):
             return self.envelope(36004004, "invalid auth code")
         if fault == "error200":
             return self.envelope(36009003, "Internal error. Please try again")
+        if fault == "unlisted":
+            return self.envelope(UNLISTED_CODE, "A new kind of failure.")
         if fault == "wrongtypes":  # answered without redeeming, so the fault stays a one-off
             return self.envelope(0, "success", WRONG_TYPES)
         try:
@@ -221,6 +225,8 @@ class TikTokShopSandbox(SandboxPlatform):
             return self.envelope(36004005, "can not find related auth record")
         if fault == "error200":
             return self.envelope(36009003, "Internal error. Please try again")
+        if fault == "unlisted":
+            return self.envelope(UNLISTED_CODE, "A new kind of failure.")
         if fault == "wrongtypes":  # answered without rotating, so the fault stays a one-off
             return self.envelope(0, "success", WRONG_TYPES)
         try:
@@ -282,6 +288,8 @@ class TikTokShopSandbox(SandboxPlatform):
             return fault
         if fault == "error200":
             return self.envelope(36009003, "Internal error. Please try again")
+        if fault == "unlisted":
+            return self.envelope(UNLISTED_CODE, "A new kind of failure.")
         if fault == "revoked":
             return self.envelope(
                 105001, "access token is invalid; detail: your token has been deauthorized", status=401
@@ -311,6 +319,8 @@ class TikTokShopSandbox(SandboxPlatform):
         fault = await self.fault("api")
         if isinstance(fault, Response):
             return fault
+        if fault == "unlisted":
+            return self.envelope(UNLISTED_CODE, "A new kind of failure.")
         found = await self.verify_signed(request)
         if isinstance(found, Response):
             return found
@@ -327,6 +337,7 @@ class TikTokShopSandbox(SandboxPlatform):
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
-            return self.envelope(36009001, "Invalid request body: not JSON.", status=400)
+            # No code for a broken body is documented; 36009004 is the documented "invalid request" family.
+            return self.envelope(36009004, "Invalid request. The request body is not valid JSON.", status=400)
         self.state.count(self.name, "api")
         return self.envelope(0, "Success", {"orders": [], "total_count": 0, "shop_id": shop["id"], "echo": body})

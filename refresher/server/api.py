@@ -36,7 +36,7 @@ from refresher.server.api_models import (
     error_out,
     identity_out,
 )
-from refresher.server.auth import Caller, require, require_caller, runtime_dependency
+from refresher.server.auth import Caller, get_runtime, require, require_caller, runtime_dependency
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
 from refresher.token_cache import TokenCache, cache_for
@@ -201,14 +201,15 @@ def _reader(runtime: Runtime) -> ReadRefresher:
     "(one platform call however many readers ask at once, across replicas too).",
 )
 async def get_token(
-    runtime: RuntimeDep,
-    response: Response,
+    request: Request,
     app: AppPath,
     key: KeyPath,
     caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
     include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
 ) -> Response:
-    response.headers.update(NO_STORE)
+    # The hottest route: as few dependencies as it can have (FastAPI resolves each one per request),
+    # the runtime straight from the request, and every answer built here with its no-store headers.
+    runtime = get_runtime(request)
     if include_refresh and not caller.allows("tokens:read_refresh"):
         raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
     account = await _account(runtime, app, key, cached=True)

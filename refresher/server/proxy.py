@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from refresher.domain import (
     AccessTokenInvalid,
     AccountStatus,
+    Identity,
     PlatformTimeout,
     RefresherError,
     TransientError,
@@ -36,7 +37,7 @@ from refresher.refresh_events import Outcome
 from refresher.server.api import token_cache
 from refresher.server.auth import require, runtime_dependency
 from refresher.server.runtime import Runtime
-from refresher.store.base import Account, AccountNotFound
+from refresher.store.base import Account, AccountNotFound, StoreError
 
 log = structlog.get_logger("refresher.proxy")
 
@@ -145,6 +146,15 @@ async def _send(platform: Platform, call: ApiCall, account: Account) -> Answer:
     )
 
 
+async def _keep_identity(runtime: Runtime, app: str, account: str, identity: Identity) -> None:
+    """Store an identity the proxy had to read again (new shop ciphers), so the next call starts from it
+    instead of being refused and re-reading once more. Failing to store it never fails the call."""
+    try:
+        await runtime.store.update_identity(app, account, identity)
+    except StoreError as exc:
+        log.warning("proxy.identity_not_stored", app=app, account=account, error=str(exc))
+
+
 @router.api_route("/proxy/{app}/{account}/{path:path}", methods=METHODS, include_in_schema=False)
 async def proxy(
     request: Request,
@@ -196,6 +206,7 @@ async def proxy(
                 retried = True
                 answer = await _send(platform, call, dataclasses.replace(current, identity=fresh_identity))
                 verdict = platform.classify_api_answer(answer)
+                await _keep_identity(runtime, app, account, fresh_identity)
         if isinstance(verdict, AccessTokenInvalid):
             # Refresh once under the lease (another worker's concurrent refresh counts), then retry once.
             fresh: Account | None = None

@@ -37,9 +37,9 @@ class SqlAlarms(StoreCore):
             stmt = stmt.where(alarms.c.app == app)
         if account_key is not None:
             stmt = stmt.where(alarms.c.account_key == account_key)
-        async with self._tx() as conn:
-            rows = await conn.execute(stmt.order_by(alarms.c.opened_at, alarms.c.app, alarms.c.account_key))
-            return [alarm_from_row(row) for row in rows]
+        stmt = stmt.order_by(alarms.c.opened_at, alarms.c.app, alarms.c.account_key)
+        # Read after every refresh by the alert policy: one hand-off (see SqlDatabase._run_tx).
+        return await self._run_tx(lambda conn: [alarm_from_row(row) for row in conn.execute(stmt)])
 
     async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None:
         stmt = select(alarms).where(alarms.c.app == app, alarms.c.account_key == account_key, alarms.c.cause == cause)

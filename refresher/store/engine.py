@@ -17,16 +17,16 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -34,7 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from refresher.store.base import StoreError
 from refresher.store.changes import CHANNEL, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
+from refresher.store.sync_tx import SyncTransactions
 from refresher.store.writers import NORMAL, WriterQueue
+
+T = TypeVar("T")
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same for every replica migrating the same database.
@@ -115,6 +118,7 @@ class SqlDatabase:
         self._display_url = make_url(url).render_as_string(hide_password=True)
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._sync_tx: SyncTransactions | None = None
         self._writer_queue: WriterQueue | None = None
         self._writer_queue_loop: asyncio.AbstractEventLoop | None = None
         conninfo = None if self._path else self._url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -176,6 +180,9 @@ class SqlDatabase:
 
     async def close(self) -> None:
         await self.changes.close()
+        if self._sync_tx is not None:
+            await asyncio.to_thread(self._sync_tx.close)  # waits for a transaction still in a thread
+            self._sync_tx = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -209,6 +216,15 @@ class SqlDatabase:
             )
             event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
             event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+            sync_engine = create_engine(
+                self._url.set(drivername="sqlite+pysqlite"),
+                hide_parameters=True,
+                pool_size=self._pool_size,
+                max_overflow=0,
+                connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            )
+            event.listen(sync_engine, "connect", _sqlite_on_connect)
+            event.listen(sync_engine, "begin", _sqlite_on_begin)
         else:
             engine = create_async_engine(
                 self._url,
@@ -217,8 +233,14 @@ class SqlDatabase:
                 max_overflow=self._pool_size,
                 pool_pre_ping=True,
             )
+            sync_engine = create_engine(
+                self._url, hide_parameters=True, pool_size=self._pool_size, max_overflow=0, pool_pre_ping=True
+            )
         event.listen(engine.sync_engine, "after_cursor_execute", mark_account_writes)
+        event.listen(sync_engine, "after_cursor_execute", mark_account_writes)
         self._engine = engine
+        # The refresh path's transactions: whole, in one thread hand-off each (see store/sync_tx.py).
+        self._sync_tx = SyncTransactions(sync_engine, threads=self._pool_size)
 
     def _prepare_file(self) -> None:
         """Create the SQLite file 0600 before SQLite does (it would use the umask), in a 0700 dir."""
@@ -271,11 +293,34 @@ class SqlDatabase:
         async with self._tx_unlocked(write=write) as conn:
             yield conn
 
+    async def _run_tx(
+        self, work: Callable[[Connection], T], *, write: bool = False, priority: int = NORMAL, durable: bool = True
+    ) -> T:
+        """``work`` (a function of a synchronous connection) in one transaction, in one thread hand-off
+        (:mod:`refresher.store.sync_tx`). ``durable=False`` for
+        bookkeeping whose loss in a power cut costs nothing but a hint (the mark before a platform call):
+        its commit does not wait for the disk (SQLite ``synchronous = NORMAL``, PostgreSQL
+        ``synchronous_commit = off``); a crash of this process still keeps it."""
+        self._connect()
+        assert self._sync_tx is not None
+        wrote = True  # after a failure, whether it wrote is unknown: the change feed assumes it did
+        try:
+            with _store_errors():
+                if write and self._backend == "sqlite":
+                    async with self._writers().turn(priority):
+                        result, wrote = await self._sync_tx.run(work, write=True, durable=durable)
+                else:
+                    result, wrote = await self._sync_tx.run(work, write=write, durable=durable)
+        finally:
+            if wrote:
+                self.changes.committed()
+        return result
+
     @asynccontextmanager
     async def _tx_unlocked(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
         self._connect()
         assert self._engine is not None
-        try:
+        with _store_errors():
             async with self._engine.connect() as conn:
                 if write and self._backend == "sqlite":
                     await conn.execution_options(refresher_begin="BEGIN IMMEDIATE")
@@ -289,11 +334,6 @@ class SqlDatabase:
                 finally:
                     if conn.info.pop(WROTE_ACCOUNTS, False):
                         self.changes.committed()  # after the commit: a read from now on sees it
-        except DBAPIError as exc:
-            first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-            raise StoreError(f"store: database error ({type(exc.orig).__name__}: {first})") from exc
-        except OSError as exc:
-            raise StoreError(f"store: cannot reach the database ({exc.strerror or type(exc).__name__})") from exc
 
     def _for_update(self, stmt: Any, *, skip_locked: bool = False) -> Any:
         if self._backend == "postgresql":
@@ -302,6 +342,18 @@ class SqlDatabase:
 
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self._backend == "postgresql" else sqlite.insert)(table)
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """The driver's errors as :class:`StoreError`, first line only (no statement, no parameters)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        raise StoreError(f"store: database error ({type(exc.orig).__name__}: {first})") from exc
+    except OSError as exc:
+        raise StoreError(f"store: cannot reach the database ({exc.strerror or type(exc).__name__})") from exc
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

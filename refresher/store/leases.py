@@ -44,21 +44,24 @@ class SqlLeases(SqlHistory, SqlAudit):
         # Soonest expiry first (index app, status, access_expires_at), then retries whose time has come
         # (index app, status, next_attempt_at); an account in both is taken once.
         soonest = select(c.id).where(*free, expiring).order_by(c.access_expires_at, c.id).limit(limit)
-        async with self._tx(write=True) as conn:
-            ids = list((await conn.execute(self._for_update(soonest, skip_locked=True))).scalars())
+
+        def claim(conn: Connection) -> list[Account]:
+            ids = list(conn.execute(self._for_update(soonest, skip_locked=True)).scalars())
             if len(ids) < limit:
                 retries = select(c.id).where(*free, retry_due).order_by(c.next_attempt_at, c.id)
                 if ids:
                     retries = retries.where(c.id.not_in(ids))
                 retries = retries.limit(limit - len(ids))
-                ids.extend((await conn.execute(self._for_update(retries, skip_locked=True))).scalars())
+                ids.extend(conn.execute(self._for_update(retries, skip_locked=True)).scalars())
             if not ids:
                 return []
-            await conn.execute(
+            conn.execute(
                 update(accounts).where(c.id.in_(ids)).values(lease_owner=owner, lease_expires_at=now + lease_ttl)
             )
-            rows = await conn.execute(select(accounts).where(c.id.in_(ids)).order_by(c.access_expires_at, c.id))
+            rows = conn.execute(select(accounts).where(c.id.in_(ids)).order_by(c.access_expires_at, c.id))
             return [self._codec.account(row) for row in rows]
+
+        return await self._run_tx(claim, write=True)
 
     async def claim(self, app: str, key: str, owner: str, lease_ttl: dt.timedelta) -> Account | None:
         now = self.clock.now()
@@ -74,10 +77,9 @@ class SqlLeases(SqlHistory, SqlAudit):
             )
             return await self._read(conn, row.id)
 
-    # Settling writes are plain functions of a synchronous connection, run with ``run_sync`` in their own
-    # transaction: no re-read of the row they wrote, the lease checked in the UPDATE itself where the row
-    # is not needed. (Group commit was tried: a save queued behind a group's transaction widened the
-    # window between a platform's rotation and our commit several times over; see benchmarks/RESULTS.md.)
+    # Settling writes are plain functions of a synchronous connection, run by ``_run_tx`` (one thread
+    # hand-off on SQLite): no re-read of the row they wrote, the lease checked in the UPDATE itself where
+    # the row is not needed.
 
     async def mark_refresh_started(self, account_id: int, owner: str) -> None:
         now = self.clock.now()
@@ -85,8 +87,9 @@ class SqlLeases(SqlHistory, SqlAudit):
         def mark(conn: Connection) -> None:
             self._update_leased(conn, account_id, owner, refresh_started_at=now, last_attempt_at=now)
 
-        async with self._tx(write=True) as conn:
-            await conn.run_sync(mark)
+        # Not durable: the mark only tells a restarted daemon that a call may have gone out (a hint in its
+        # messages); the outcome of the refresh is the same without it, so it does not wait for the disk.
+        await self._run_tx(mark, write=True, durable=False)
 
     async def save_tokens(
         self, account_id: int, owner: str, tokens: TokenSet, audit: AuditEntry | None = None
@@ -120,9 +123,10 @@ class SqlLeases(SqlHistory, SqlAudit):
 
         # Its own transaction, first in the writers' line: returned only after the commit, so the caller
         # may then log, notify and alarm.
-        async with self._tx(write=True, priority=URGENT) as conn:
-            saved: Account = await conn.run_sync(save)
-        return saved
+        # First in the writers' line; answered only after the commit, so the caller may then log, notify
+        # and alarm. (Group commit was measured and not kept: in a sweep bound by CPU, saves hardly ever
+        # overlap a commit, 1.1 per group at 1,000 accounts; see benchmarks/RESULTS.md.)
+        return await self._run_tx(save, write=True, priority=URGENT)
 
     async def record_failure(
         self,
@@ -154,16 +158,13 @@ class SqlLeases(SqlHistory, SqlAudit):
             conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
             return self._after(row, values)
 
-        async with self._tx(write=True) as conn:
-            failed: Account = await conn.run_sync(record)
-        return failed
+        return await self._run_tx(record, write=True)
 
     async def release(self, account_id: int, owner: str) -> None:
         def release(conn: Connection) -> None:
             self._update_leased(conn, account_id, owner, lease_owner=None, lease_expires_at=None)
 
-        async with self._tx(write=True) as conn:
-            await conn.run_sync(release)
+        await self._run_tx(release, write=True)
 
     def _after(self, row: Any, values: Mapping[str, Any]) -> Account:
         """The account as ``values`` leave the row, without reading it again."""
