@@ -36,15 +36,6 @@ def machine() -> str:
     )
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now (VmRSS), in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def cpu_seconds() -> float:
     """User + system CPU of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -278,7 +278,7 @@ class Refresher:
 
     async def _keep_identity_current(self, platform: Platform, account: Account, tokens: TokenSet) -> Account:
         """After the new tokens are committed, store what the platform now says about the account
-        (``Platform.updated_identity``: TikTok Shop's shops and ciphers, Lazada's ventures). It never
+        (``Platform.updated_identity``: a seller's shops, regional identities …). It never
         costs the refresh: a failure is logged and the old identity stays."""
         try:
             identity = await platform.updated_identity(account.identity, tokens)

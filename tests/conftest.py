@@ -142,6 +142,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path}/tokens.db" if request.param == "sqlite" else stack.enter_context(pg_schema())
 
 
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def role_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """Where a store role's contract test runs: ``None`` for its in-memory stand-in (store/memory.py), a
+    SQLite file, or a fresh PostgreSQL schema. Open it with :func:`tests.support.store_or_fake`."""
+    if request.param == "memory":
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        yield f"sqlite:///{tmp_path}/tokens.db" if request.param == "sqlite" else stack.enter_context(pg_schema())
+
+
 @pytest.fixture
 async def store(store_url: str, clock: FakeClock) -> AsyncIterator[SqlStore]:
     """The real store on ``store_url``, migrated and open, closed after the test."""

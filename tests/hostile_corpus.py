@@ -16,7 +16,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -535,9 +535,3 @@ def corpus(platform: str, now: int, elsewhere: str) -> list[Case]:
         )
     )
     return cases
-
-
-def iter_cases(now: int, elsewhere: str) -> Iterator[tuple[str, Case]]:
-    for platform in PLATFORMS:
-        for case in corpus(platform, now, elsewhere):
-            yield platform, case

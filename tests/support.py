@@ -7,9 +7,9 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -17,7 +17,8 @@ import yaml
 
 from refresher import platforms
 from refresher.config import AppSettings, Settings, parse_config
-from refresher.domain import RefresherError
+from refresher.domain import Clock, RefresherError
+from refresher.store import SqlStore
 
 PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
 
@@ -77,6 +78,24 @@ ECHO_CALLS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "lazada": ("/seller/get", []),
     "tiktok": ("/v2/user/info/", [("fields", "open_id,union_id,avatar_url,display_name")]),
 }
+
+
+Fake = TypeVar("Fake")
+
+
+@contextlib.asynccontextmanager
+async def store_or_fake(url: str | None, clock: Clock, fake: Callable[[], Fake]) -> AsyncIterator[Fake | SqlStore]:
+    """For a role's contract test over the ``role_url`` fixture: the in-memory stand-in ``fake()`` when
+    ``url`` is ``None``, otherwise the real store on ``url``, migrated, open, and closed afterwards."""
+    if url is None:
+        yield fake()
+        return
+    store = SqlStore(url, clock=clock)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def settings_for(sandbox: Any, apps: dict[str, str] | None = None, **top: Any) -> Settings:

@@ -109,10 +109,17 @@ async def test_history_alarms_and_activity(store: SqlStore) -> None:
     )
     recent = await store.recent_alarms(NOW - dt.timedelta(days=7))
     assert [(a.app, a.resolved_at) for a in recent] == [("a1", None)]
-    for minutes, outcome in ((5, "success"), (65, "success"), (70, "failure"), (600, "failure")):
+    # Audit outcomes as the refresher writes them: "success", or the failure's error class.
+    for minutes, outcome in (
+        (5, "success"),
+        (65, "success"),
+        (70, "transient"),
+        (80, "reauth_required"),
+        (600, "transient"),
+    ):
         await store.audit(AuditEntry(NOW - dt.timedelta(minutes=minutes), "a1", "shop:1000", outcome, 10))
     buckets = await store.activity(NOW - dt.timedelta(hours=3), dt.timedelta(hours=1), 3)
-    assert [(b.successes, b.failures) for b in buckets] == [(0, 0), (1, 1), (1, 0)]
+    assert [(b.successes, b.failures) for b in buckets] == [(0, 0), (1, 2), (1, 0)]
     # a1 holds one active account, re-authorized above (expires in 4 h): due 30 min before
     assert await store.next_due("a1", dt.timedelta(minutes=30)) == NOW + dt.timedelta(hours=3, minutes=30)
     assert await store.refresh_expiring_count("a1", NOW + dt.timedelta(days=30)) == 0  # a1's accounts: no end

@@ -110,7 +110,6 @@ class Rig:
         self.sandbox: asyncio.subprocess.Process | None = None
         self.daemon: asyncio.subprocess.Process | None = None
         self.logs: list[dict[str, Any]] = []
-        self.secret_hits = 0
 
     async def start_sandbox(self) -> None:
         self.sandbox = await asyncio.create_subprocess_exec(

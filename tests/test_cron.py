@@ -100,11 +100,13 @@ def test_generated_weekday_fields_match_croniter(items: list[str], day: str) -> 
     items = [item for item in items if not (item.isalpha() and "/" in item)]
     weekday = ",".join(items) or "*"
 
-    def starred_step(field: str, other: str) -> bool:
-        return field.startswith("*") and field != "*" and not other.startswith("*")
+    def starred_step(field: str) -> bool:
+        return field.startswith("*") and field != "*"
 
-    if starred_step(day, weekday) or starred_step(weekday, day):
-        return  # e.g. */10 beside a restricted field: croniter and Vixie cron differ (tested below)
+    if (starred_step(day) and weekday != "*") or (starred_step(weekday) and day != "*"):
+        return  # */10 beside a field other than *: croniter and Vixie cron differ (tested below)
+    if any(item.startswith("*") for item in items[1:]) and not weekday.startswith("*") and day != "*":
+        return  # sun,* beside a restricted day: Vixie cron reads the field's first character (tested below)
     expr = f"0 6 {day} * {weekday}"
     if "/" in expr.split()[4] and any(i.split("/")[0].isalpha() and i[0] != "*" for i in items):
         return  # croniter refuses a step after a single day name
@@ -117,8 +119,13 @@ def test_generated_weekday_fields_match_croniter(items: list[str], day: str) -> 
         # Vixie cron: a field starting with * does not count as restricted, so both fields must match.
         ("0 0 */10 * 1", lambda d: (d.day - 1) % 10 == 0 and d.isoweekday() == 1),
         ("0 0 1 * */2", lambda d: d.day == 1 and d.isoweekday() % 7 in (0, 2, 4, 6)),
+        ("0 0 */10 * */2", lambda d: (d.day - 1) % 10 == 0 and d.isoweekday() % 7 in (0, 2, 4, 6)),
         # Both restricted: either field.
         ("0 0 13 * 5", lambda d: d.day == 13 or d.isoweekday() == 5),
+        # Restricted is decided by the field's first character: "sun,*" is, and means every day (croniter
+        # reads it as *, so the 1st only; hypothesis found the difference).
+        ("0 0 1 * sun,*", lambda d: True),
+        ("0 0 1 * *,sun", lambda d: d.day == 1),
     ],
 )
 def test_the_either_day_rule_as_vixie_cron_reads_it(expr: str, matches: Callable[[dt.date], bool]) -> None:

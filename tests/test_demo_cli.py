@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -213,3 +214,22 @@ def test_the_demo_leaves_a_directory_it_did_not_write_alone(tmp_path: Path) -> N
         f"refresher: --dir {tmp_path}: its refresher.yaml was not written by the demo; choose another --dir"
     ]
     assert (tmp_path / "tokens.db").read_bytes() == b"not the demo's"
+
+
+def test_check_config_finds_the_demos_own_apps_safe_even_after_a_crash(tmp_path: Path) -> None:
+    """Issue 12.14: check-config said "worst-case margin NONE" for the demo's own apps; later, once it also
+    counted a crashed worker's lease (10m by default), "after a crash NONE" and four warnings."""
+    from click.testing import CliRunner
+
+    from refresher.cli import main
+    from refresher.cli.commands_sandbox import demo_config, demo_timing
+    from refresher.sandbox import SandboxServer
+
+    config = demo_config(SandboxServer(port=8780), tmp_path, 8765, demo_timing(dt.timedelta(seconds=90)))
+    path = tmp_path / "refresher.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["check-config", "--strict", "-c", str(path)])
+    assert result.exit_code == 0, result.output  # --strict: exit 1 on any warning
+    margins = [line for line in result.output.splitlines() if "worst-case margin" in line]
+    assert len(margins) == 4 and not any("NONE" in line for line in margins), result.output
+    assert "warning" not in result.output, result.output

@@ -39,7 +39,7 @@ async def test_exchange_a_bare_code_and_refuse_it_for_a_pkce_app(tmp_path: Path)
         params = await sandbox.approve(plugin.authorize_url("s", plugin.app.redirect_uri))
         code, err = params["code"], ""
         status, out, err = await run_cli(
-            "exchange", "-c", str(config), "shopee", "--code", code, "--shop-id", params["shop_id"]
+            "exchange", "-c", str(config), "shopee", "--code", code, "--param", f"shop_id={params['shop_id']}"
         )
         assert status == 0, err
         assert "granted: 1 account(s)" in out and code not in out + err

@@ -129,6 +129,25 @@ def event(outcome: str, app: str = "shopee-sg") -> RefreshEvent:
     )
 
 
+EVENTS_DOC = Path(__file__).resolve().parent.parent / "docs" / "events.md"
+
+
+def documented_fields(heading: str, table: int) -> set[str]:
+    """The field names of the ``table``-th table under the docs/events.md section starting ``heading``."""
+    section = EVENTS_DOC.read_text().split("\n" + heading, 1)[1].split("\n## ", 1)[0]
+    tables: list[set[str]] = []
+    in_table = False
+    for line in section.splitlines():
+        if line.startswith("| field |"):
+            tables.append(set())
+            in_table = True
+        elif in_table and line.startswith("| `"):
+            tables[-1].update(name.strip(" `") for name in line.split("|")[1].split(","))
+        elif not line.startswith("|"):
+            in_table = False
+    return tables[table]
+
+
 TOKENS = TokenSet(NEW_ACCESS, NEW_REFRESH, T0 + dt.timedelta(hours=4), T0 + dt.timedelta(days=30), ("shop",))
 
 
@@ -195,6 +214,17 @@ async def test_token_goes_only_to_the_success_hook(
     assert failure["error"]["code"] == "invalid_refresh_token" and failure["status"] == "needs_reauth"
     assert "x-refresher-signature" not in headers  # that hook has no secret: timestamp only
     assert "x-refresher-timestamp" in headers
+
+    # What went over the wire is what docs/events.md documents, field for field (alarm, success, failure).
+    bodies = {path: json.loads(body) for path, _headers, body in recorder.requests}
+    assert set(bodies["/hook/ok"]) == documented_fields("## Refresh hooks", table=0)
+    assert set(bodies["/hook/fail"]) == documented_fields("## Refresh hooks", table=1)
+    assert set(payload["identity"]) == {"key", "kind", "platform_id", "name", "region", "extra"}
+    assert set(failure["error"]) == {"class", "code", "message", "request_id", "http_status"}
+    alarm_bodies = [json.loads(body) for path, _headers, body in recorder.requests if path == "/alarm"]
+    assert {b["kind"] for b in alarm_bodies} == {"alarm", "resolved"}
+    for alarm_body in alarm_bodies:
+        assert set(alarm_body) == documented_fields("## Alarm messages", table=0)
 
 
 async def test_no_hook_configured_sends_nothing(recorder: Recorder, dispatcher: Dispatcher) -> None:

@@ -216,6 +216,22 @@ async def test_connect_needs_the_admin_token_or_a_valid_invitation(
     assert (await client.get(f"{base(daemon)}/connect/nope", headers=AUTH)).status_code == 404
 
 
+async def test_the_landing_page_names_the_platform_and_what_the_seller_grants(
+    daemon: Daemon, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    """Both from the plugin (display_name, grant_subject); the page once asked `platform == 'TikTok'`."""
+    for app, name, subject in (
+        ("shopee", "Shopee", "shop"),
+        ("tiktok_shop", "TikTok Shop", "shop"),
+        ("tiktok", "TikTok", "account"),
+    ):
+        invite = make_invite(app, dt.timedelta(hours=1), secret=INVITE_SECRET, clock=clock)
+        landing = await client.get(f"{base(daemon)}/connect/{app}", params={"invite": invite})
+        assert landing.status_code == 200, landing.text
+        assert f"<title>Connect your {name} {subject}" in landing.text, landing.text
+        assert f"your <strong>{name}</strong> {subject}." in landing.text, landing.text
+
+
 async def test_open_connect_when_auth_is_not_required(
     sandbox: SandboxServer, clock: FakeClock, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:

@@ -74,7 +74,8 @@ def acme_distribution(tmp_path: Path) -> Iterator[Path]:
         platforms.reload()
 
 
-def test_third_party_platform_is_discovered_and_configurable(acme_distribution: Path) -> None:
+@pytest.mark.usefixtures("acme_distribution")
+def test_third_party_platform_is_discovered_and_configurable() -> None:
     assert "acme" in platforms.available()
     cls = platforms.get("acme")
     settings = parse_config(
@@ -86,7 +87,8 @@ def test_third_party_platform_is_discovered_and_configurable(acme_distribution: 
     assert plugin.authorize_url("xyz") == "https://api.acme.example/authorize?key=k1&state=xyz"
 
 
-def test_unknown_credential_key_of_a_third_party_platform_is_a_config_error(acme_distribution: Path) -> None:
+@pytest.mark.usefixtures("acme_distribution")
+def test_unknown_credential_key_of_a_third_party_platform_is_a_config_error() -> None:
     from refresher.config import ConfigFileError
 
     with pytest.raises(ConfigFileError) as err:
@@ -102,7 +104,8 @@ def test_the_four_builtin_platforms_are_registered() -> None:
     assert {"shopee", "tiktok_shop", "lazada", "tiktok"} <= set(platforms.available())
 
 
-def test_refresher_sign_works_for_a_third_party_platform(acme_distribution: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("acme_distribution")
+def test_refresher_sign_works_for_a_third_party_platform(tmp_path: Path) -> None:
     """``refresher sign`` runs the plugin's own sign_call: a new platform gets the debugger for free."""
     import hashlib
     import hmac

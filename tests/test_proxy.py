@@ -70,6 +70,18 @@ async def test_every_platform_accepts_the_proxy_signature(api_env: ApiEnv, app: 
     assert account.tokens is not None and account.tokens.access_token not in answer.text
 
 
+async def test_a_header_the_plugin_declares_reaches_it_through_the_proxy(api_env: ApiEnv) -> None:
+    """Lazada's x-refresher-country (a cross-border seller's venture for this call) is the plugin's own
+    proxy_request_headers, not a name in the proxy: it reaches the plugin, which routes by it and removes it."""
+    account = (await api_env.onboard("lazada-sg", countries="sg,my,th"))[0]
+    path = proxy_path(account.key, "/rest/seller/get", app="lazada-sg")
+    answer = await api_env.call("GET", path, "proxy", headers={"x-refresher-country": "th"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["location"] == "TH", answer.text
+    default = await api_env.call("GET", path, "proxy")
+    assert default.json()["data"]["location"] == "SG", default.text
+
+
 @pytest.mark.parametrize(
     ("app", "path"),
     [("tts-us", "/order/202309/orders/search?page_size=20"), ("shopee-sg", "/api/v2/product/update_stock")],

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,7 +16,7 @@ from refresher.store import SqlStore
 from refresher.store.base import OutboxEvent
 from refresher.store.memory import MemoryOutbox
 from refresher.store.roles import EventOutbox
-from tests.support import pg_schema
+from tests.support import store_or_fake
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 LEASE = dt.timedelta(seconds=60)
@@ -29,28 +28,10 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
-    if request.param == "memory":
-        yield None
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/tokens.db"
-    else:
-        with pg_schema() as url:
-            yield url
-
-
 @pytest.fixture
-async def outbox(db_url: str | None, clock: FakeClock) -> AsyncIterator[EventOutbox]:
-    if db_url is None:
-        yield MemoryOutbox(clock)
-        return
-    store = SqlStore(db_url, clock=clock)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+async def outbox(role_url: str | None, clock: FakeClock) -> AsyncIterator[EventOutbox]:
+    async with store_or_fake(role_url, clock, lambda: MemoryOutbox(clock)) as found:
+        yield found
 
 
 def event(n: int) -> OutboxEvent:
@@ -105,16 +86,7 @@ async def test_retry_then_give_up_then_prune(outbox: EventOutbox, clock: FakeClo
     assert await outbox.add_event(event(7))  # pruned: the key is free again
 
 
-@pytest.fixture
-async def store(db_url: str | None, clock: FakeClock) -> AsyncIterator[SqlStore]:
-    if db_url is None:
-        pytest.skip("the SQL store's transactions")
-    opened = SqlStore(db_url, clock=clock)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+# The SQL store's transactions (tests/conftest.py's ``store``: SQLite and PostgreSQL): an event and its cause.
 
 
 async def test_disable_and_delete_store_their_event_in_their_own_transaction(store: SqlStore) -> None:

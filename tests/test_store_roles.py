@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
 
 from refresher.domain import FakeClock
 from refresher.onboarding import StateError, new_state, take_state
-from refresher.store import Alarm, AlarmStore, OAuthState, SqlStore, StateStore, StoreError
+from refresher.store import Alarm, AlarmStore, OAuthState, StateStore, StoreError
 from refresher.store.base import AlarmDelivery
 from refresher.store.memory import MemoryAlarms, MemoryDeliveries, MemoryLogouts, MemoryStates
 from refresher.store.roles import DeliveryStore, LogoutStore
-from tests.support import pg_schema
+from tests.support import store_or_fake
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -45,33 +44,10 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path) -> Iterator[str | None]:
-    if backend == "memory":
-        yield None
-    elif backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/tokens.db"
-    else:
-        with pg_schema() as url:
-            yield url
-
-
-@pytest.fixture
-async def roles(db_url: str | None, clock: FakeClock) -> AsyncIterator[Roles]:
-    if db_url is None:
-        yield MemoryRoles(clock)
-        return
-    store = SqlStore(db_url, clock=clock)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+async def roles(role_url: str | None, clock: FakeClock) -> AsyncIterator[Roles]:
+    async with store_or_fake(role_url, clock, lambda: MemoryRoles(clock)) as found:
+        yield found
 
 
 # ------------------------------------------------------------------------------------------- alarms

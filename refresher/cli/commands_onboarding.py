@@ -129,33 +129,46 @@ def auth_url(config_path: str | None, app: str, state: str | None, redirect_uri:
 @click.argument("app")
 @click.argument("callback", required=False)
 @click.option("--code", default=None, help="The authorization code alone (instead of CALLBACK).")
-@click.option("--shop-id", default=None, help="Shopee: the shop_id that came with the code.")
-@click.option("--main-account-id", default=None, help="Shopee: the main_account_id that came with the code.")
+@click.option(
+    "--param",
+    "extra",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Another parameter that came with the code, as the platform named it (e.g. shop_id=123). Repeatable.",
+)
+# Shorthands for --param shop_id=N / main_account_id=N, kept for the scripts that used them.
+@click.option("--shop-id", default=None, hidden=True)
+@click.option("--main-account-id", default=None, hidden=True)
 @friendly_errors
 def exchange(
     config_path: str | None,
     app: str,
     callback: str | None,
     code: str | None,
+    extra: tuple[str, ...],
     shop_id: str | None,
     main_account_id: str | None,
 ) -> None:
     """Complete a flow by hand: CALLBACK is the URL the platform redirected to (or its query string), whose
-    state is checked against one `refresher auth-url` stored; or give `--code` (and, for Shopee,
-    `--shop-id` or `--main-account-id`) to exchange a code you obtained some other way."""
+    state is checked against one `refresher auth-url` stored; or give `--code` (and, with `--param`, the
+    other parameters the platform's redirect carried, such as a shop id) to exchange a code you obtained
+    some other way."""
     from refresher.onboarding import complete, parse_callback
 
     settings = settings_for(config_path, app)
     if (callback is None) == (code is None):
         fail("give either CALLBACK (the redirect URL) or --code CODE")
-    if shop_id is not None and main_account_id is not None:
-        fail("--shop-id and --main-account-id exclude each other")
+    if extra and code is None:
+        fail("--param goes with --code (a CALLBACK carries its own parameters)")
     if code is not None:
         params = {"code": code}
-        if shop_id is not None:
-            params["shop_id"] = shop_id
-        if main_account_id is not None:
-            params["main_account_id"] = main_account_id
+        shorthands = {"shop_id": shop_id, "main_account_id": main_account_id}
+        params.update({name: value for name, value in shorthands.items() if value is not None})
+        for item in extra:
+            name, sep, value = item.partition("=")
+            if not sep or not name or name in params:
+                fail(f"--param {item!r}: give NAME=VALUE, once per name (code is --code)")
+            params[name] = value
     else:
         params = parse_callback(callback or "")
         if not params:

@@ -29,7 +29,7 @@ from refresher.cli.common import config_option, fail, friendly_errors, load_sett
     "header_lines",
     multiple=True,
     metavar="'NAME: VALUE'",
-    help="A request header as the proxy would get it (x-refresher-country: my picks a Lazada venture).",
+    help="A request header as the proxy would get it, for a plugin that reads one (e.g. x-refresher-country: my).",
 )
 @friendly_errors
 def sign(

@@ -134,12 +134,15 @@ DEMO_REFRESH_TTL = "30d"
 
 def demo_timing(access: dt.timedelta) -> dict[str, Any]:
     """Schedule, window and retries scaled to the demo's short tokens, so that ``check-config`` finds a
-    positive worst-case margin: refresh_before (half the life) > one tick + the whole retry budget."""
+    positive worst-case margin, also after a crash (for the default 90s and longer lifetimes): refresh_before
+    (three quarters of the life) > two ticks + the whole retry budget + the lease a dead worker leaves
+    behind (at least 1.5 x the retry budget + 30s, see ``AppPolicy.resolve``). At 90s: ticks 5s apart, a 7s
+    retry budget, a 40.5s lease, 67s before expiry: 9.5s to spare after a crash."""
     life = int(access.total_seconds())
-    timeout = min(max(life // 18, 1), 5)
+    timeout = min(max(life // 30, 1), 5)
     return {
-        "interval": f"{max(life // 9, 2)}s",
-        "refresh_before": f"{life // 2}s",
+        "interval": f"{max(life // 18, 2)}s",
+        "refresh_before": f"{life * 3 // 4}s",
         "timeout": f"{timeout}s",
         "retry": {"attempts": 2, "initial_delay": "1s", "max_delay": f"{max(timeout // 2, 1)}s"},
     }
@@ -147,7 +150,9 @@ def demo_timing(access: dt.timedelta) -> dict[str, Any]:
 
 def demo_config(sandbox: Any, directory: Path, port: int, timing: dict[str, Any]) -> dict[str, Any]:
     return {
-        "store": {"url": f"sqlite:///{directory / DEMO_STORE}"},
+        # The shortest lease the apps' retry budgets allow (the 10m default would leave no margin after a
+        # crash for 90s tokens; check-config would say so for every app).
+        "store": {"url": f"sqlite:///{directory / DEMO_STORE}", "lease_ttl": "30s"},
         "server": {
             "host": "127.0.0.1",
             "port": port,

@@ -84,6 +84,14 @@ class Platform(ABC):
 
     #: entry-point name (``shopee``, ``tiktok_shop`` …)
     name: ClassVar[str]
+    #: how a person calls the platform (seller pages, console); a plugin without one is shown by its
+    #: name, title-cased
+    display_name: ClassVar[str] = ""
+    #: what a seller grants access to, as the seller pages say it ("Connect your Shopee shop")
+    grant_subject: ClassVar[str] = "shop"
+    #: request headers the signing proxy hands to the plugin beyond the common ones (the plugin reads and
+    #: removes them before the call leaves)
+    proxy_request_headers: ClassVar[frozenset[str]] = frozenset()
     #: pydantic model of the app's credential keys (``extra="forbid"`` so typos are errors)
     credentials_model: ClassVar[type[BaseModel]]
     #: role → production URL; ``base_url`` of the app replaces them all, ``hosts`` one by one

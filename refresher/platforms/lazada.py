@@ -85,6 +85,8 @@ class LazadaPlatform(Platform):
     """Lazada Open Platform: signed token create/refresh, one account per seller."""
 
     name: ClassVar[str] = "lazada"
+    display_name = "Lazada"
+    proxy_request_headers = frozenset({COUNTRY_HEADER})  # picks a cross-border seller's venture
     credentials_model: ClassVar[type[BaseModel]] = LazadaCredentials
     default_hosts: ClassVar[Mapping[str, str]] = {
         "auth": "https://auth.lazada.com",

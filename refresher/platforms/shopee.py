@@ -70,6 +70,7 @@ class ShopeePlatform(Platform):
     """Shopee Open Platform v2: signed auth_partner consent, single-use refresh tokens per shop/merchant."""
 
     name: ClassVar[str] = "shopee"
+    display_name = "Shopee"
     credentials_model: ClassVar[type[BaseModel]] = ShopeeCredentials
     default_hosts: ClassVar[Mapping[str, str]] = {"api": "https://partner.shopeemobile.com"}
     # Access tokens live 4 h: a sweep every 10 minutes refreshing within the last hour leaves room for

@@ -92,6 +92,8 @@ class TikTokCredentials(BaseModel):
 
 class TikTokPlatform(Platform):
     name = "tiktok"
+    display_name = "TikTok"
+    grant_subject = "account"  # a TikTok user, not a shop
     credentials_model = TikTokCredentials
     default_hosts: ClassVar[Mapping[str, str]] = {
         "consent": "https://www.tiktok.com",

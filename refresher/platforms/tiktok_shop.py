@@ -71,6 +71,7 @@ class TikTokShopCredentials(BaseModel):
 
 class TikTokShopPlatform(Platform):
     name = "tiktok_shop"
+    display_name = "TikTok Shop"
     credentials_model = TikTokShopCredentials
     default_hosts: ClassVar[Mapping[str, str]] = {
         "consent": "https://services.tiktokshop.com",

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import ssl
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -97,9 +96,7 @@ class SandboxServer:
     async def __aenter__(self) -> SandboxServer:
         return await self.start()
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
     async def approve(self, authorize_url: str, **options: str) -> dict[str, str]:

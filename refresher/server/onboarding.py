@@ -297,11 +297,12 @@ def router(runtime: Runtime) -> APIRouter:
         query = request.url.query
         return seller.render_seller(
             "seller/landing.html",
-            f"Connect your {platform_name(settings.apps[app].platform)} account",
+            f"Connect your {platform_name(platform.name)} {platform.grant_subject}",
             "landing",
             200,
             brand_of(settings, app),
-            platform=platform_name(settings.apps[app].platform),
+            platform=platform_name(platform.name),
+            subject=platform.grant_subject,
             continue_url=f"/connect/{quote(app, safe='')}/continue" + (f"?{query}" if query else ""),
         )
 

@@ -59,7 +59,6 @@ FORWARD_REQUEST_HEADERS = frozenset(
         "if-none-match",
         "if-modified-since",
         "x-request-id",
-        "x-refresher-country",  # picks a cross-border Lazada seller's venture; the plugin removes it
     }
 )
 # Answer headers that describe the connection or the (already decoded) encoding, not the content.
@@ -184,7 +183,8 @@ async def proxy(
         return _problem(413, f"request body larger than {MAX_REQUEST_BYTES} bytes")
 
     query: Sequence[tuple[str, str]] = request.query_params.multi_items()
-    headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_REQUEST_HEADERS}
+    forwarded = FORWARD_REQUEST_HEADERS | platform.proxy_request_headers
+    headers = {k: v for k, v in request.headers.items() if k.lower() in forwarded}
     call = ApiCall(
         method=request.method,
         path="/" + path.lstrip("/"),

@@ -335,8 +335,10 @@ class SqlBrowse(StoreCore):
         else:
             offset = func.extract("epoch", audit_log.c.at - literal(since, UTCDateTime()))
             index = cast(func.floor(offset / seconds), Integer)
+        # A failed refresh's audit outcome is its error class (transient, reauth_required ...), never
+        # "failure": every row that is not a success is one.
         success = func.sum(case((audit_log.c.outcome == "success", 1), else_=0))
-        failure = func.sum(case((audit_log.c.outcome == "failure", 1), else_=0))
+        failure = func.sum(case((audit_log.c.outcome != "success", 1), else_=0))
         stmt = (
             select(index.label("n"), success, failure)
             .where(audit_log.c.at >= since, audit_log.c.at < since + bucket * buckets)

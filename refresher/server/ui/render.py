@@ -17,7 +17,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from refresher import platforms
 from refresher.config import format_duration
+from refresher.platforms import UnknownPlatform
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -33,12 +35,14 @@ PAGE_HEADERS = {
     ),
 }
 
-PLATFORM_NAMES = {"shopee": "Shopee", "tiktok_shop": "TikTok Shop", "lazada": "Lazada", "tiktok": "TikTok"}
-
 
 def platform_name(platform: str) -> str:
-    """How a person calls the platform (a third-party plugin's name, title-cased, otherwise)."""
-    return PLATFORM_NAMES.get(platform, platform.replace("_", " ").title())
+    """How a person calls the platform: the plugin's ``display_name``, or its name title-cased."""
+    try:
+        declared = platforms.get(platform).display_name
+    except UnknownPlatform:
+        declared = ""
+    return declared or platform.replace("_", " ").title()
 
 
 def when(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
