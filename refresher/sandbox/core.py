@@ -150,6 +150,7 @@ class SandboxState:
         self._by_access: dict[str, int] = {}
         self._by_refresh: dict[str, int] = {}
         self._used_refresh: dict[str, int] = {}
+        self._latest: dict[tuple[str, str], int] = {}  # (platform, subject id) -> its newest chain
         self._next_chain = 1
         self._random = random.Random(seed)
         self._issued_ids: set[str] = set()
@@ -273,10 +274,15 @@ class SandboxState:
             granted_at=now,
         )
         self._next_chain += 1
-        self.chains[chain.id] = chain
-        self._by_access[access] = chain.id
-        self._by_refresh[refresh] = chain.id
+        self._add_chain(chain)
         return chain
+
+    def _add_chain(self, chain: Chain) -> None:
+        self.chains[chain.id] = chain
+        self._by_access[chain.access_token] = chain.id
+        self._by_refresh[chain.refresh_token] = chain.id
+        for subject in chain.subjects:  # indexed: a scan of every chain per request was O(accounts)
+            self._latest[(chain.platform, subject.id)] = chain.id
 
     def _rotate(self, chain: Chain) -> None:
         now = self.clock.now()
@@ -365,9 +371,7 @@ class SandboxState:
             extra={"parent": chain.id},
         )
         self._next_chain += 1
-        self.chains[child.id] = child
-        self._by_access[access] = child.id
-        self._by_refresh[refresh] = child.id
+        self._add_chain(child)
         if len(split) == len(chain.subjects):
             self._by_refresh.pop(refresh_token, None)
             self._used_refresh[refresh_token] = chain.id
@@ -407,10 +411,9 @@ class SandboxState:
         return revoked
 
     def find_chain(self, platform: str, subject_id: str) -> Chain | None:
-        for chain in reversed(list(self.chains.values())):
-            if chain.platform == platform and any(s.id == subject_id for s in chain.subjects):
-                return chain
-        return None
+        """The newest chain that holds the subject."""
+        chain_id = self._latest.get((platform, subject_id))
+        return None if chain_id is None else self.chains[chain_id]
 
     async def delay(self, seconds: float | None = None) -> None:
         await asyncio.sleep(self.fault_delay if seconds is None else seconds)
