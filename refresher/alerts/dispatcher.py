@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +36,7 @@ class _Job:
     send: Send
     attempts: int
     done: Done | None = None
+    order: Hashable | None = None  # jobs with the same key are delivered one after the other, in order
 
     def settle(self, delivered: bool) -> None:
         if self.done is None:
@@ -66,6 +67,7 @@ class Dispatcher:
         self._workers_wanted = workers
         self._workers: list[asyncio.Task[None]] = []
         self._in_flight = 0
+        self._busy: set[Hashable] = set()  # order keys with a job being delivered
         self._idle = asyncio.Event()
         self._idle.set()
         self._initial_delay = initial_delay
@@ -87,9 +89,19 @@ class Dispatcher:
         self._closed = False
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{n}") for n in range(self._workers_wanted)]
 
-    def submit(self, kind: str, name: str, send: Send, attempts: int = 5, done: Done | None = None) -> None:
-        """Queue one delivery and return at once; ``done`` learns how it ended."""
-        job = _Job(kind, name, send, max(1, attempts), done)
+    def submit(
+        self,
+        kind: str,
+        name: str,
+        send: Send,
+        attempts: int = 5,
+        done: Done | None = None,
+        *,
+        order: Hashable | None = None,
+    ) -> None:
+        """Queue one delivery and return at once; ``done`` learns how it ended. Jobs given the same
+        ``order`` key start only after the one before them ended (an alarm before its resolution)."""
+        job = _Job(kind, name, send, max(1, attempts), done, order)
         if self._closed:
             self._count_drop(kind)
             log.warning("delivery.dropped", kind=kind, name=name, reason="dispatcher closed")
@@ -111,20 +123,33 @@ class Dispatcher:
 
     async def _work(self) -> None:
         while True:
-            if not self._queue:
+            job = self._next_job()
+            if job is None:
                 self._ready.clear()
-                if self._in_flight == 0:
+                if self._in_flight == 0 and not self._queue:
                     self._idle.set()
                 await self._ready.wait()
                 continue
-            job = self._queue.popleft()
             self._in_flight += 1
+            if job.order is not None:
+                self._busy.add(job.order)
             try:
                 await self._deliver(job)
             finally:
                 self._in_flight -= 1
+                if job.order is not None:
+                    self._busy.discard(job.order)
+                    self._ready.set()  # a job waiting behind this one may start now
                 if not self._queue and self._in_flight == 0:
                     self._idle.set()
+
+    def _next_job(self) -> _Job | None:
+        """The oldest queued job whose order key is not being delivered (usually the first)."""
+        for index, job in enumerate(self._queue):
+            if job.order is None or job.order not in self._busy:
+                del self._queue[index]
+                return job
+        return None
 
     async def _deliver(self, job: _Job) -> None:
         retrying = AsyncRetrying(

@@ -342,7 +342,10 @@ class AlertPolicy:
             if track and self.deliveries is not None:
                 attempts = self.settings.delivery_attempts
                 send, done = self.deliveries.track(message, channel.name, attempts, send, done)
-            self.dispatcher.submit("alert", channel.name, send, self.settings.delivery_attempts, done)
+            # One account's messages reach a channel in the order they were raised: an alarm, then its
+            # resolution, even when both wait in the queue at once.
+            order = (channel.name, message.app, message.account_key)
+            self.dispatcher.submit("alert", channel.name, send, self.settings.delivery_attempts, done, order=order)
 
     def _delivery_ended(self, key: tuple[str, str, str], delivery: _Delivery, delivered: bool) -> None:
         delivery.channels_left -= 1
