@@ -28,7 +28,7 @@ from refresher.alerts.events import RefreshEvent
 from refresher.alerts.lifecycle import LifecycleEvents
 from refresher.config import ConfigFileError, Settings, load_config
 from refresher.config.checks import reload_problem
-from refresher.domain import Clock, ConfigError, SystemClock, TokenSet
+from refresher.domain import AccountStatus, Clock, ConfigError, SystemClock, TokenSet
 from refresher.health import StoreWatch
 from refresher.invites import reauth_url
 from refresher.logging import configure_logging
@@ -249,9 +249,14 @@ class Daemon:
         if stranded:
             log.error("accounts.expired_while_leased", app=app, accounts=[a.key for a in stranded[:20]])
             await self.alerts.check_expired_while_leased(stranded)
-        await self.alerts.remind(app)  # needs_reauth accounts get no more refresh events to repeat on
-        for status, count in (await self.store.count_by_status(app)).items():
+        counts = await self.store.count_by_status(app)
+        for status, count in counts.items():
             self.metrics.set_accounts(app, str(status), count)
+        waiting: list[str] = []
+        if counts.get(AccountStatus.NEEDS_REAUTH):
+            listed = await self.store.list(app=app, status=AccountStatus.NEEDS_REAUTH, limit=1000, secrets=False)
+            waiting = [account.key for account in listed]
+        await self.alerts.remind(app, waiting)  # needs_reauth accounts get no more refresh events to repeat on
         earliest = await self.store.earliest_expiry(app)
         self.metrics.set_earliest_expiry(app, (earliest - now).total_seconds() if earliest else None)
         await self.pruner.after_sweep(now, self.settings.store.audit_retention)

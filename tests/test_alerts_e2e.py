@@ -22,7 +22,7 @@ from refresher import platforms
 from refresher.alerts import verify_signature
 from refresher.config import LoggingSettings, parse_config
 from refresher.daemon import Daemon
-from refresher.domain import AccountStatus, FakeClock
+from refresher.domain import AccountStatus, ErrorInfo, FakeClock
 from refresher.invites import check_invite
 from refresher.logging import configure_logging, reset_logging
 from refresher.redaction import forget_secrets
@@ -215,6 +215,26 @@ async def test_revoked_grant_alarms_at_once_with_an_authorization_link(world: Wo
     [event] = world.events()
     assert event["type"] == "account.needs_reauth" and event["status"] == "needs_reauth"
     assert httpx.URL(event["reauth_url"]).params["account"] == world.key
+
+
+async def test_a_needs_reauth_account_whose_alarm_was_lost_is_alarmed_by_the_next_sweep(world: World) -> None:
+    assert await world.sweep() == "active"
+    # What a kill in the instant after record_failure committed leaves behind: the account needs the
+    # seller, and no alarm row, message or event says so (the listener that raises them never ran).
+    store = world.daemon.store
+    [claimed] = await store.claim_due("shopee", dt.timedelta(days=1), 1, "dead-worker", dt.timedelta(minutes=1))
+    rejected = ErrorInfo("reauth_required", "error_auth", "Invalid refresh_token.")
+    await store.record_failure(claimed.id, "dead-worker", rejected, None, AccountStatus.NEEDS_REAUTH)
+    assert world.alarms() == [] and await store.open_alarms("shopee") == []
+    assert await world.sweep() == AccountStatus.NEEDS_REAUTH
+    [alarm] = world.alarms()
+    assert (alarm["kind"], alarm["cause"]) == ("alarm", "reauth_required")
+    assert alarm["account_key"] == world.key and alarm["reauth_url"]
+    [event] = world.events()
+    assert event["type"] == "account.needs_reauth"
+    # Raised once: the next sweep finds it open and leaves it to the reminders.
+    await world.sweep()
+    assert len(world.alarms()) == 1
 
 
 async def test_an_unlisted_code_is_retried_through_the_budget_and_the_alarm_names_it(world: World) -> None:

@@ -150,13 +150,17 @@ class AlertPolicy:
         log.warning("alert", kind=kind, cause=STORE_UNAVAILABLE, app="*", account="store", seconds=round(seconds))
         self._send(message, track=False)  # no alarm row to record it against
 
-    async def remind(self, app: str) -> None:
+    async def remind(self, app: str, needs_reauth: Sequence[str] = ()) -> None:
         """Follow up open alarms that no refresh event will ever revisit (run after each sweep).
 
         An account in ``needs_reauth`` is no longer refreshed, so ``observe`` never sees it again: this
         repeats its alarm every ``repeat_every``, and says "resolved" as soon as a re-authorization made
         it active again (without waiting for its next refresh, which may be hours away). Alarms of
         deleted or disabled accounts are closed quietly: nobody is left to act on them.
+
+        ``needs_reauth`` (the keys of the app's accounts in that state) also raises the alarm of one
+        that has none open: its alarm was lost between recording the failure and raising it (a crash in
+        that instant), and no later event would ever raise it.
         """
         try:
             alarms = await self.store.open_alarms(app)
@@ -168,6 +172,21 @@ class AlertPolicy:
                 await self._follow_up(app, alarm)
             except Exception:  # one broken row must not stop the others' reminders
                 log.exception("alert.state_unavailable", app=app, account=alarm.account_key)
+        alarmed = {alarm.account_key for alarm in alarms if alarm.cause == REAUTH_REQUIRED}
+        for key in needs_reauth:
+            if key not in alarmed:
+                try:
+                    await self._raise_missing(app, key)
+                except Exception:
+                    log.exception("alert.state_unavailable", app=app, account=key)
+
+    async def _raise_missing(self, app: str, key: str) -> None:
+        account = await self.store.get(app, key)
+        if account is None or account.status != AccountStatus.NEEDS_REAUTH:
+            return  # re-authorized or deleted since the listing
+        log.warning("alert.missing_alarm", app=app, account=key, cause=REAUTH_REQUIRED)
+        message = self._account_message("alarm", REAUTH_REQUIRED, account, self.clock.now())
+        await self._raise(app, key, REAUTH_REQUIRED, message)
 
     async def _follow_up(self, app: str, alarm: Alarm) -> None:
         account = await self.store.get(app, alarm.account_key)
