@@ -1,9 +1,14 @@
 """structlog setup: one pipeline for every log line, ending in redaction, to stderr.
 
 Every log line, whether it comes from structlog or from a stdlib logger (uvicorn, apscheduler, httpx,
-alembic, apprise), goes through one pipeline that ends in a :class:`~refresher.redaction.Redactor`
-(what it removes and how: :mod:`refresher.redaction`), rendered as JSON lines or for humans.
-:func:`configure_logging` configures it once with the config's secrets and installs it.
+alembic, apprise), goes through the same processors and ends in the same
+:class:`~refresher.redaction.Redactor` (what it removes and how: :mod:`refresher.redaction`), rendered
+as JSON lines or for humans. :func:`configure_logging` configures it once with the config's secrets.
+
+Our own lines are rendered by structlog itself and written straight to stderr; only other libraries'
+records go through stdlib ``logging`` (its ``ProcessorFormatter``). Through stdlib, each of our lines
+cost a ``LogRecord``, a stack walk for the caller and a second processor pass: ~170 µs, a third of a
+token read (benchmarks/RESULTS.md). Both writers share one lock, so lines never interleave.
 
 uvicorn's access log is off unless ``logging.access_log`` is set; when it is on, its secret query values
 are replaced before the line is formatted.
@@ -13,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
-from typing import TextIO
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -37,11 +43,44 @@ _QUIET = {
 }
 
 
+# Held while a whole line is written and flushed, by our own lines and by the stdlib handler alike.
+_WRITE_LOCK = threading.RLock()
+
+
+class _StderrLogger:
+    """structlog's logger for our own lines: each rendered line to whatever ``sys.stderr`` is now."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # read by add_logger_name
+
+    def msg(self, line: str) -> None:
+        with _WRITE_LOCK:
+            stream = sys.stderr
+            stream.write(line + "\n")
+            stream.flush()
+
+    def __getattr__(self, level: str) -> Callable[[str], None]:
+        # structlog calls the method named after the level (info, warning, error ...): each writes.
+        if level in _LEVEL_METHODS:
+            return self.msg
+        raise AttributeError(level)
+
+
+_LEVEL_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "critical", "exception", "fatal", "log"})
+
+
+def _logger_factory(*args: Any) -> _StderrLogger:
+    return _StderrLogger(str(args[0]) if args else "")
+
+
 class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is at the time of each record (so a swapped stream is honoured)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+
+    def createLock(self) -> None:
+        self.lock = _WRITE_LOCK
 
     @property
     def stream(self) -> TextIO:
@@ -93,13 +132,9 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     shared = _shared_processors()
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, redactor, renderer],
+        logger_factory=_logger_factory,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         # Not cached: module-level loggers must follow a reload that changes level or format.
         cache_logger_on_first_use=False,
     )
