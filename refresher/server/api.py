@@ -36,14 +36,7 @@ from refresher.server.api_models import (
     error_out,
     identity_out,
 )
-from refresher.server.auth import (
-    BEARER_SECURITY,
-    Caller,
-    get_runtime,
-    require,
-    require_caller_flat,
-    runtime_dependency,
-)
+from refresher.server.auth import Caller, get_runtime, require, require_caller, runtime_dependency
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
 from refresher.token_cache import TokenCache, cache_for
@@ -206,17 +199,16 @@ def _reader(runtime: Runtime) -> ReadRefresher:
     summary="The current access token (and, with tokens:read_refresh, the refresh token)",
     description="A token expiring within server.token_read_margin is refreshed before it is returned "
     "(one platform call however many readers ask at once, across replicas too).",
-    openapi_extra=BEARER_SECURITY,
 )
 async def get_token(
     request: Request,
     app: AppPath,
     key: KeyPath,
-    caller: Annotated[Caller, Depends(require_caller_flat("tokens:read"))],
+    caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
     include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
 ) -> Response:
-    # The hottest route: one flat dependency (FastAPI solves each one, and theirs, per request), the
-    # runtime straight from the request, the answer rendered here.
+    # The hottest route: as few dependencies as it can have (FastAPI resolves each one per request),
+    # the runtime straight from the request, and every answer built here with its no-store headers.
     runtime = get_runtime(request)
     if include_refresh and not caller.allows("tokens:read_refresh"):
         raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")

@@ -120,36 +120,16 @@ def require_caller(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     async def dependency(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> Caller:
-        return await _authorized(request, credentials, scope)
+        # The runtime straight from the request, not as one more dependency: each costs per request.
+        caller = await _caller(request, credentials, get_runtime(request))
+        if not caller.allows(scope):
+            _log_call(request, caller.name, scope, "forbidden")
+            raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope {scope}")
+        _log_call(request, caller.name, scope, "allowed")
+        return caller
 
     dependency.__name__ = f"require_caller_{scope.replace(':', '_')}"
     return dependency
-
-
-def require_caller_flat(scope: Scope) -> Callable[..., Awaitable[Caller]]:
-    """:func:`require_caller` without the nested bearer dependency, for the hottest route: FastAPI solves
-    each dependency and its own per request (a tenth of a token read). The route declares its security
-    with ``openapi_extra=BEARER_SECURITY``; the caller is still checked before the parameters are."""
-
-    async def dependency(request: Request) -> Caller:
-        return await _authorized(request, await _bearer(request), scope)
-
-    dependency.__name__ = f"require_caller_flat_{scope.replace(':', '_')}"
-    return dependency
-
-
-# The security requirement FastAPI writes for a route that depends on ``_bearer``.
-BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
-
-
-async def _authorized(request: Request, credentials: HTTPAuthorizationCredentials | None, scope: Scope) -> Caller:
-    # The runtime straight from the request, not as one more dependency: each costs per request.
-    caller = await _caller(request, credentials, get_runtime(request))
-    if not caller.allows(scope):
-        _log_call(request, caller.name, scope, "forbidden")
-        raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope {scope}")
-    _log_call(request, caller.name, scope, "allowed")
-    return caller
 
 
 async def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, runtime: Runtime) -> Caller:
