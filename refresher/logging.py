@@ -69,6 +69,21 @@ class _StderrLogger:
 _LEVEL_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "critical", "exception", "fatal", "log"})
 
 
+class _LevelFilter:
+    """Drops our own lines below the configured level (structlog's own filter_by_level needs stdlib)."""
+
+    _LEVEL_OF = {"exception": logging.ERROR, "warn": logging.WARNING, "fatal": logging.CRITICAL}
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        level = self._LEVEL_OF.get(method) or logging.getLevelNamesMapping().get(method.upper(), logging.INFO)
+        if level < self.level:
+            raise structlog.DropEvent
+        return event_dict
+
+
 def _logger_factory(*args: Any) -> _StderrLogger:
     return _StderrLogger(str(args[0]) if args else "")
 
@@ -132,9 +147,11 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     shared = _shared_processors()
     structlog.configure(
-        processors=[*shared, redactor, renderer],
+        # The level is a processor, not the wrapper class: ``structlog.testing.capture_logs`` swaps the
+        # processors and must then see every level, whatever an earlier configuration chose.
+        processors=[_LevelFilter(level), *shared, redactor, renderer],
         logger_factory=_logger_factory,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         # Not cached: module-level loggers must follow a reload that changes level or format.
         cache_logger_on_first_use=False,
     )
