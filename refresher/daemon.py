@@ -252,11 +252,13 @@ class Daemon:
         counts = await self.store.count_by_status(app)
         for status, count in counts.items():
             self.metrics.set_accounts(app, str(status), count)
-        waiting: list[str] = []
-        if counts.get(AccountStatus.NEEDS_REAUTH):
+
+        async def waiting() -> list[str]:
             listed = await self.store.list(app=app, status=AccountStatus.NEEDS_REAUTH, limit=1000, secrets=False)
-            waiting = [account.key for account in listed]
-        await self.alerts.remind(app, waiting)  # needs_reauth accounts get no more refresh events to repeat on
+            return [account.key for account in listed]
+
+        # needs_reauth accounts get no more refresh events to repeat on (or, after a crash, to alarm on)
+        await self.alerts.remind(app, counts.get(AccountStatus.NEEDS_REAUTH, 0), waiting)
         earliest = await self.store.earliest_expiry(app)
         self.metrics.set_earliest_expiry(app, (earliest - now).total_seconds() if earliest else None)
         await self.pruner.after_sweep(now, self.settings.store.audit_retention)

@@ -59,27 +59,35 @@ class _StderrLogger:
             stream.write(line + "\n")
             stream.flush()
 
-    def __getattr__(self, level: str) -> Callable[[str], None]:
+    def __getattr__(self, method: str) -> Callable[[str], None]:
         # structlog calls the method named after the level (info, warning, error ...): each writes.
-        if level in _LEVEL_METHODS:
+        if method in _METHOD_LEVELS:
             return self.msg
-        raise AttributeError(level)
+        raise AttributeError(method)
 
 
-_LEVEL_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "critical", "exception", "fatal", "log"})
+# The level of each method structlog may call on our logger.
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "log": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 class _LevelFilter:
     """Drops our own lines below the configured level (structlog's own filter_by_level needs stdlib)."""
 
-    _LEVEL_OF = {"exception": logging.ERROR, "warn": logging.WARNING, "fatal": logging.CRITICAL}
-
     def __init__(self, level: int) -> None:
         self.level = level
 
     def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        level = self._LEVEL_OF.get(method) or logging.getLevelNamesMapping().get(method.upper(), logging.INFO)
-        if level < self.level:
+        if _METHOD_LEVELS.get(method, logging.INFO) < self.level:
             raise structlog.DropEvent
         return event_dict
 

@@ -70,21 +70,16 @@ async def test_settling_is_one_thread_hand_off_per_transaction(store: SqlStore, 
 
 
 async def test_a_refusal_in_a_one_hop_transaction_is_the_callers_and_leaves_nothing(
-    tmp_path: Any, clock: FakeClock
+    store: SqlStore, clock: FakeClock
 ) -> None:
-    store = SqlStore(f"sqlite:///{tmp_path}/tokens.db", clock=clock)
-    await store.open()
-    try:
-        account = (await _claimed(store, clock, 1))[0]
-        with pytest.raises(LeaseLost):
-            await store.save_tokens(account.id, "intruder", _tokens(clock, 7))
-        current = await store.get(APP, account.key)
-        assert current is not None and current.tokens is not None and current.tokens.access_token == "AT-0"
-        assert current.lease_owner == OWNER
-        # The write lock was given back: another write goes through at once.
-        await asyncio.wait_for(store.release(account.id, OWNER), 5)
-    finally:
-        await store.close()
+    account = (await _claimed(store, clock, 1))[0]
+    with pytest.raises(LeaseLost):
+        await store.save_tokens(account.id, "intruder", _tokens(clock, 7))
+    current = await store.get(APP, account.key)
+    assert current is not None and current.tokens is not None and current.tokens.access_token == "AT-0"
+    assert current.lease_owner == OWNER
+    # The transaction ended (on SQLite, the write lock was given back): another write goes through at once.
+    await asyncio.wait_for(store.release(account.id, OWNER), 5)
 
 
 def _synchronous(conn: Connection) -> Any:

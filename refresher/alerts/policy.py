@@ -54,6 +54,9 @@ class _Delivery:
     channels_left: int  # channels whose delivery has not ended
 
 
+WaitingKeys = Callable[[], Awaitable[Sequence[str]]]  # the keys of an app's accounts in needs_reauth
+
+
 class AlertPolicy:
     """Turns refresh events into alarms, reminders and all-clears, deduplicated through the store."""
 
@@ -150,7 +153,7 @@ class AlertPolicy:
         log.warning("alert", kind=kind, cause=STORE_UNAVAILABLE, app="*", account="store", seconds=round(seconds))
         self._send(message, track=False)  # no alarm row to record it against
 
-    async def remind(self, app: str, needs_reauth: Sequence[str] = ()) -> None:
+    async def remind(self, app: str, needs_reauth: int = 0, waiting: WaitingKeys | None = None) -> None:
         """Follow up open alarms that no refresh event will ever revisit (run after each sweep).
 
         An account in ``needs_reauth`` is no longer refreshed, so ``observe`` never sees it again: this
@@ -158,9 +161,10 @@ class AlertPolicy:
         it active again (without waiting for its next refresh, which may be hours away). Alarms of
         deleted or disabled accounts are closed quietly: nobody is left to act on them.
 
-        ``needs_reauth`` (the keys of the app's accounts in that state) also raises the alarm of one
-        that has none open: its alarm was lost between recording the failure and raising it (a crash in
-        that instant), and no later event would ever raise it.
+        With ``needs_reauth`` (how many of the app's accounts are in that state) above the open
+        re-authorization alarms, ``waiting`` lists their keys and each without an open alarm gets one: its
+        alarm was lost between recording the failure and raising it (a crash in that instant), and no
+        later event would raise it. Listed only then: the usual sweep reads nothing more.
         """
         try:
             alarms = await self.store.open_alarms(app)
@@ -173,7 +177,9 @@ class AlertPolicy:
             except Exception:  # one broken row must not stop the others' reminders
                 log.exception("alert.state_unavailable", app=app, account=alarm.account_key)
         alarmed = {alarm.account_key for alarm in alarms if alarm.cause == REAUTH_REQUIRED}
-        for key in needs_reauth:
+        if waiting is None or needs_reauth <= len(alarmed):
+            return
+        for key in await waiting():
             if key not in alarmed:
                 try:
                     await self._raise_missing(app, key)

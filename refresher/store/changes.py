@@ -26,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 log = structlog.get_logger("refresher.store")
 
 CHANNEL = "refresher_accounts"
+# Sent by a transaction that wrote accounts, before its commit (delivered at the commit, never on rollback).
+NOTIFY_ACCOUNTS = text(f"SELECT pg_notify('{CHANNEL}', '')")
 # Columns no token read depends on: the lease and the scheduler's timing. An UPDATE of these alone (a
 # claim, the mark before a platform call, a release) changes nothing a cached account hands out, so it
 # neither invalidates nor sends a NOTIFY (on PostgreSQL a sweep would otherwise pay one round trip more

@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from refresher.store.base import StoreError
-from refresher.store.changes import CHANNEL, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
+from refresher.store.changes import NOTIFY_ACCOUNTS, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
 from refresher.store.sync_tx import SyncTransactions
 from refresher.store.writers import NORMAL, WriterQueue
 
@@ -297,10 +297,9 @@ class SqlDatabase:
         self, work: Callable[[Connection], T], *, write: bool = False, priority: int = NORMAL, durable: bool = True
     ) -> T:
         """``work`` (a function of a synchronous connection) in one transaction, in one thread hand-off
-        (:mod:`refresher.store.sync_tx`). ``durable=False`` for
-        bookkeeping whose loss in a power cut costs nothing but a hint (the mark before a platform call):
-        its commit does not wait for the disk (SQLite ``synchronous = NORMAL``, PostgreSQL
-        ``synchronous_commit = off``); a crash of this process still keeps it."""
+        (:mod:`refresher.store.sync_tx`). ``durable=False`` is for bookkeeping whose loss in a power cut
+        costs nothing but a hint (the mark before a platform call): its commit does not wait for the disk;
+        a crash of this process still keeps it."""
         self._connect()
         assert self._sync_tx is not None
         wrote = True  # after a failure, whether it wrote is unknown: the change feed assumes it did
@@ -330,7 +329,7 @@ class SqlDatabase:
                         yield conn
                         if self._backend == "postgresql" and conn.info.get(WROTE_ACCOUNTS):
                             # Delivered to every LISTENing replica at commit, never for a rollback.
-                            await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+                            await conn.execute(NOTIFY_ACCOUNTS)
                 finally:
                     if conn.info.pop(WROTE_ACCOUNTS, False):
                         self.changes.committed()  # after the commit: a read from now on sees it

@@ -121,11 +121,9 @@ class SqlLeases(SqlHistory, SqlAudit):
             self._prune_history_sync(conn, account_id, row.version)
             return self._after(row, values)
 
-        # Its own transaction, first in the writers' line: returned only after the commit, so the caller
-        # may then log, notify and alarm.
-        # First in the writers' line; answered only after the commit, so the caller may then log, notify
-        # and alarm. (Group commit was measured and not kept: in a sweep bound by CPU, saves hardly ever
-        # overlap a commit, 1.1 per group at 1,000 accounts; see benchmarks/RESULTS.md.)
+        # Its own transaction, first in the writers' line; answered only after the commit, so the caller
+        # may then log, notify and alarm. (Group commit was measured and not kept: in a sweep bound by
+        # CPU, saves hardly ever overlap a commit, 1.1 per group at 1,000 accounts; benchmarks/RESULTS.md.)
         return await self._run_tx(save, write=True, priority=URGENT)
 
     async def record_failure(

@@ -20,10 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from refresher.store.changes import CHANNEL, WROTE_ACCOUNTS
+from refresher.store.changes import NOTIFY_ACCOUNTS, WROTE_ACCOUNTS
 
 T = TypeVar("T")
 
@@ -63,7 +62,7 @@ class SyncTransactions:
                     wrote = bool(conn.info.pop(WROTE_ACCOUNTS, False))
                     if wrote and not self._sqlite:
                         # Delivered to every LISTENing replica at commit, never for a rollback.
-                        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+                        conn.execute(NOTIFY_ACCOUNTS)
                 return result, wrote
             finally:
                 if raw is not None:
