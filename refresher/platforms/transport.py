@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from refresher.domain import MalformedAnswer, PlatformTimeout, RefresherError, TransientError
+from refresher.platforms.aiohttp_transport import AiohttpTransport
 
 # A token endpoint's answer is a few KiB; anything far larger is hostile or broken.
 MAX_ANSWER_BYTES = 1 << 20
@@ -110,10 +111,13 @@ def looks_like_api_answer(answer: Answer) -> bool:
 
 
 def make_http_client(timeout: float = 20.0, max_connections: int = 100) -> httpx.AsyncClient:
-    """The one shared client: explicit timeouts, bounded pool, raw bodies (we decompress with a cap)."""
+    """The one shared client: explicit timeouts, bounded pool, raw bodies (we decompress with a cap).
+
+    httpx's API over aiohttp's wire (:mod:`refresher.platforms.aiohttp_transport`, which says why).
+    """
     return httpx.AsyncClient(
+        transport=AiohttpTransport(max_connections=max_connections),
         timeout=httpx.Timeout(timeout, connect=10.0),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         headers={"user-agent": "refresher/0.1", "accept-encoding": "gzip, deflate"},
         follow_redirects=False,
         trust_env=False,
