@@ -15,14 +15,16 @@ How it is measured:
   One ``Daemon.tick`` (the scheduler's own job: claim under lease, sign, HTTP to the sandbox, durable
   commit, audit row, info log line in JSON to a file, listeners) is timed with ``time.perf_counter`` (wall)
   and ``resource.getrusage`` (this process's user + system CPU).
-* Then a bare loop with the same ``httpx.AsyncClient`` settings and the same concurrency posts the very
-  same signed refresh request for every account (with the tokens the sweep stored) and parses the JSON:
-  no claim, no retry logic, no persistence. That is the transport's own limit on this machine.
+* Then a bare loop, a plain ``httpx.AsyncClient`` (httpx's own transport, the same pool size and the same
+  concurrency), posts the very same signed refresh request (with the tokens the sweep stored) and parses
+  the JSON: no claim, no retry logic, no persistence. That is what a plain Python client costs here.
+* The same bare loop again on refresher's own client (``make_http_client``: httpx's API over aiohttp's
+  wire), which shows what of the refresher's cost is the wire and what is everything around it.
 * And the Node peer: ``ecommerce-auth`` (superagent), installed with npm into a temp folder for this run,
   its Shopee host pointed at the sandbox by a copy of its constants file written into that install; it
   refreshes the other half of the accounts with the same concurrency (its process CPU by
   ``process.cpuUsage``). Skipped, saying so, where ``node``/``npm`` are missing or the install fails.
-  The bare loop and the Node peer each take half of the shops, with the tokens the sweep stored.
+  The two bare loops and the Node peer each take a third of the shops, with the tokens the sweep stored.
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,8 +108,20 @@ def settings_for(sandbox: SandboxProcess, store_url: str, concurrency: int) -> S
     return parse_config(yaml.safe_dump(document), file="bench.yaml", credential_models=platforms.credential_models())
 
 
+def plain_httpx_client() -> httpx.AsyncClient:
+    """A plain httpx client as a user would write it: httpx's own transport, the same pool size."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(20.0, connect=10.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+        trust_env=False,
+    )
+
+
 async def bare_loop(
-    sandbox: SandboxProcess, accounts: list[tuple[int, str]], concurrency: int
+    sandbox: SandboxProcess,
+    accounts: list[tuple[int, str]],
+    concurrency: int,
+    make_client: Callable[[], httpx.AsyncClient] = plain_httpx_client,
 ) -> tuple[float, float, int]:
     """The same signed POSTs with nothing around them. Returns (wall s, CPU s, successes)."""
     partner_id = SANDBOX_CREDENTIALS["shopee"]["partner_id"]
@@ -113,7 +130,7 @@ async def bare_loop(
     queue = list(accounts)
     ok = 0
     failed: Counter[str] = Counter()
-    async with make_http_client() as client:
+    async with make_client() as client:
 
         async def worker() -> None:
             nonlocal ok
@@ -188,9 +205,12 @@ def node_peer(folder: Path, pairs: list[tuple[int, str]], concurrency: int) -> t
 
 
 def side_by_side(
-    refresher: tuple[float, float, int], bare: tuple[float, float, int], node: tuple[float, float, int] | str
+    refresher: tuple[float, float, int],
+    bare: tuple[float, float, int],
+    ours: tuple[float, float, int],
+    node: tuple[float, float, int] | str,
 ) -> list[tuple[str, str]]:
-    """Three rows, CPU per call and calls/s, each with its ratio to the refresher's."""
+    """Four rows, CPU per call and calls/s, each with its ratio to the refresher's."""
 
     def row(name: str, wall: float, cpu: float, ok: int) -> tuple[str, str]:
         per, rate = cpu / max(ok, 1) * 1000, ok / wall
@@ -201,7 +221,11 @@ def side_by_side(
             f"refresher = {ref_per / per:4.1f}x its CPU per call, {ref_rate / rate:4.2f}x its throughput"
         )
 
-    rows = [row("refresher sweep", *refresher), row("bare httpx loop", *bare)]
+    rows = [
+        row("refresher sweep", *refresher),
+        row("bare httpx loop", *bare),
+        row("bare loop, refresher's client", *ours),
+    ]
     rows.append(
         row("ecommerce-auth (Node)", *node)
         if not isinstance(node, str)
@@ -239,6 +263,7 @@ async def run(
 
         profiler = cProfile.Profile() if profile else None
         wall, cpu, sb_cpu = time.perf_counter(), cpu_seconds(), sandbox.cpu_seconds()
+        user_sys = resource.getrusage(resource.RUSAGE_SELF)
         if profiler is not None:
             profiler.enable()
         await daemon.tick(APP)
@@ -246,26 +271,30 @@ async def run(
             profiler.disable()
             profiler.dump_stats(f"{profile}.{engine}")
         wall, cpu, sb_cpu = time.perf_counter() - wall, cpu_seconds() - cpu, sandbox.cpu_seconds() - sb_cpu
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = after.ru_utime - user_sys.ru_utime, after.ru_stime - user_sys.ru_stime
 
         stored = await daemon.store.list(app=APP, limit=count + 10)
         pairs = [(int(a.identity.platform_id), a.tokens.refresh_token) for a in stored if a.tokens is not None]
-        half = len(pairs) // 2
+        third = len(pairs) // 3
         sb_before = sandbox.cpu_seconds()
-        b_wall, b_cpu, b_ok = await bare_loop(sandbox, pairs[:half], concurrency)
+        b_wall, b_cpu, b_ok = await bare_loop(sandbox, pairs[:third], concurrency)
         b_sb = sandbox.cpu_seconds() - sb_before
-        peer = node_peer(node, pairs[half:], concurrency) if node is not None else "see above"
+        ours = await bare_loop(sandbox, pairs[third : 2 * third], concurrency, make_http_client)
+        peer = node_peer(node, pairs[2 * third :], concurrency) if node is not None else "see above"
     finally:
         await daemon.stop(grace=5)
     return [
         ("engine", engine),
         ("accounts onboarded", f"{onboarded:,} in {onboard_s:.1f} s"),
         ("sweep: refreshed", f"{done:,} of {onboarded:,} in {wall:.1f} s wall = {done / wall:.0f}/s {dict(outcomes)}"),
-        ("sweep: daemon CPU", f"{cpu:.1f} s = {cpu / max(done, 1) * 1000:.2f} ms per refresh"),
+        ("sweep: daemon CPU", f"{cpu:.1f} s = {cpu / max(done, 1) * 1000:.2f} ms per refresh"
+         f" (user {user / max(done, 1) * 1000:.2f}, system {system / max(done, 1) * 1000:.2f})"),
         ("sweep: sandbox CPU", f"{sb_cpu:.1f} s = {sb_cpu / max(done, 1) * 1000:.2f} ms per refresh (other process)"),
         ("bare httpx: requests", f"{b_ok:,} ok in {b_wall:.1f} s wall = {b_ok / b_wall:.0f}/s"),
         ("bare httpx: CPU", f"{b_cpu:.1f} s = {b_cpu / max(b_ok, 1) * 1000:.2f} ms per request"),
         ("bare httpx: sandbox CPU", f"{b_sb:.1f} s = {b_sb / max(b_ok, 1) * 1000:.2f} ms per request"),
-        *side_by_side((wall, cpu, done), (b_wall, b_cpu, b_ok), peer),
+        *side_by_side((wall, cpu, done), (b_wall, b_cpu, b_ok), ours, peer),
     ]  # fmt: skip
 
 
