@@ -198,7 +198,7 @@ class DaemonProcess:
     def profile(self, output: Path, seconds: float) -> subprocess.Popen[bytes]:
         """py-spy sampling this daemon for ``seconds`` (raw collapsed stacks for a ``.txt`` file)."""
         fmt = "raw" if output.suffix == ".txt" else "flamegraph"
-        command = ["py-spy", "record", "--pid", str(self.proc.pid), "--duration", str(max(1, round(seconds)))]
+        command = ["py-spy", "record", "--gil", "--pid", str(self.proc.pid), "--duration", str(max(1, round(seconds)))]
         command += ["--rate", "250", "--nonblocking", "--format", fmt, "-o", str(output)]
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

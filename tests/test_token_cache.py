@@ -27,7 +27,7 @@ import yaml
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
 from refresher.sandbox import SandboxServer
-from refresher.server.api import token_cache
+from refresher.server.token_route import token_cache
 from refresher.store import SqlStore
 from refresher.store.base import Account
 from refresher.token_cache import TokenCache

@@ -7,7 +7,6 @@ never carry a token except ``GET …/token`` (``tokens:read``; the refresh token
 
 from __future__ import annotations
 
-import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -15,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from refresher.domain import AccountStatus, UnknownApp
-from refresher.refresh import Refresher
 from refresher.refresh_events import Outcome
 from refresher.server import account_actions, connections
 from refresher.server.api_models import (
@@ -34,16 +32,13 @@ from refresher.server.api_models import (
     TokenRefusedOut,
     account_out,
     error_out,
-    identity_out,
 )
 from refresher.server.auth import Caller, get_runtime, require, require_caller, runtime_dependency
 from refresher.server.runtime import Runtime
-from refresher.store.base import Account, AccountNotFound
-from refresher.token_cache import TokenCache, cache_for
-from refresher.token_read import ReadMargin, ReadRefresher, Refusal, judge, refusal_message
+from refresher.server.token_route import NO_STORE, TokenReadFastPath, account_of, check_app, token_answer
+from refresher.store.base import AccountNotFound
 
 MAX_PAGE = 500
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 # What every protected route may answer besides its success; declared so /openapi.json is exact.
@@ -55,25 +50,6 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "descript
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def _check_app(runtime: Runtime, app: str) -> None:
-    if app not in runtime.settings.apps:
-        raise HTTPException(status_code=404, detail=f"unknown app {app!r}")
-
-
-def token_cache(runtime: Runtime) -> TokenCache:
-    """The store's cache of accounts for token reads and the proxy (its bounds follow a reload)."""
-    server = runtime.settings.server
-    return cache_for(runtime.store, size=server.token_cache_size, max_age=server.token_cache_max_age.total_seconds())
-
-
-async def _account(runtime: Runtime, app: str, key: str, *, cached: bool = False) -> Account:
-    _check_app(runtime, app)
-    account = await (token_cache(runtime) if cached else runtime.store).get(app, key)
-    if account is None:
-        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
-    return account
 
 
 def _encode_cursor(offset: int) -> str:
@@ -109,6 +85,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router)
     app.include_router(connections.router)
+    app.add_middleware(TokenReadFastPath)  # the token read without FastAPI's routing (token_route.py)
 
 
 # ----------------------------------------------------------------------------------------- routes
@@ -145,7 +122,7 @@ async def list_accounts(
     ] = None,
 ) -> AccountPage:
     if app is not None:
-        _check_app(runtime, app)
+        check_app(runtime, app)
     offset = _decode_cursor(cursor) if cursor else 0
     name, _, value = (tag or "").partition(":")
     # One extra row tells whether a next page exists without a second COUNT query.
@@ -168,23 +145,12 @@ async def list_accounts(
 async def get_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:read"))]
 ) -> AccountOut:
-    account = await _account(runtime, app, key)
+    account = await account_of(runtime, app, key)
     end_user, tags = await runtime.store.connection(app, account.key)
     return account_out(account).model_copy(update={"end_user": end_user, "tags": tags})
 
 
 # One refresh-on-read coordinator per running refresher (a reload keeps the refresher, so its in-flight map).
-_readers: weakref.WeakKeyDictionary[Refresher, ReadRefresher] = weakref.WeakKeyDictionary()
-
-
-def _reader(runtime: Runtime) -> ReadRefresher:
-    reader = _readers.get(runtime.refresher)
-    if reader is None:
-        reader = _readers[runtime.refresher] = ReadRefresher(runtime.refresher)
-    reader.margin = ReadMargin(runtime.settings.server.token_read_margin)  # follows a config reload
-    return reader
-
-
 @router.get(
     "/accounts/{app}/{key}/token",
     response_model=TokenOut,
@@ -207,38 +173,9 @@ async def get_token(
     caller: Annotated[Caller, Depends(require_caller("tokens:read"))],
     include_refresh: Annotated[bool, Query(description="Also return the refresh token.")] = False,
 ) -> Response:
-    # The hottest route: as few dependencies as it can have (FastAPI resolves each one per request),
-    # the runtime straight from the request, and every answer built here with its no-store headers.
-    runtime = get_runtime(request)
-    if include_refresh and not caller.allows("tokens:read_refresh"):
-        raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope tokens:read_refresh")
-    account = await _account(runtime, app, key, cached=True)
-    try:
-        account = await _reader(runtime).fresh(account)
-    except AccountNotFound:
-        raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}") from None
-    reason = judge(account, runtime.clock.now())
-    tokens = account.tokens
-    if reason is not None or tokens is None:
-        reason = reason or Refusal.NO_TOKEN
-        link = runtime.reauth_link(app, account.key) if reason != Refusal.DISABLED else None
-        refused = TokenRefusedOut(
-            detail=refusal_message(account, reason), status=account.status, reason=reason, reauth_url=link
-        )
-        return JSONResponse(refused.model_dump(mode="json"), status_code=409, headers=NO_STORE)
-    body = TokenOut(
-        app=account.app,
-        account=account.key,
-        identity=identity_out(account),
-        status=account.status,
-        access_token=tokens.access_token,
-        access_expires_at=tokens.access_expires_at,
-        refresh_token=tokens.refresh_token if include_refresh else None,
-        refresh_expires_at=tokens.refresh_expires_at,
-        version=account.version,
-    )
-    # Rendered here: returned as a model, FastAPI would validate it against response_model once more.
-    return Response(body.model_dump_json(), media_type="application/json", headers=NO_STORE)
+    # Served by TokenReadFastPath (refresher.server.token_route) whenever FastAPI could not answer
+    # differently; this route declares it and answers the rest (422s, other spellings of the query).
+    return await token_answer(get_runtime(request), caller, app, key, include_refresh)
 
 
 @router.post(
@@ -258,7 +195,7 @@ async def refresh_account(
     key: KeyPath,
     _caller: Annotated[str, Depends(require("refresh"))],
 ) -> RefreshOut:
-    await _account(runtime, app, key)
+    await account_of(runtime, app, key)
     try:
         result = await runtime.refresher.refresh_now(app, key)
     except (UnknownApp, AccountNotFound):
@@ -279,7 +216,7 @@ async def refresh_account(
 
 
 async def _set_status(runtime: Runtime, app: str, key: str, status: AccountStatus) -> AccountOut:
-    before = await _account(runtime, app, key)
+    before = await account_of(runtime, app, key)
     try:
         saved = await account_actions.set_status(runtime, app, before.key, status)
     except AccountNotFound:
@@ -313,7 +250,7 @@ async def enable_account(
 async def delete_account(
     runtime: RuntimeDep, app: AppPath, key: KeyPath, _caller: Annotated[str, Depends(require("accounts:write"))]
 ) -> Response:
-    account = await _account(runtime, app, key)
+    account = await account_of(runtime, app, key)
     if not await account_actions.delete(runtime, app, account.key):
         raise HTTPException(status_code=404, detail=f"unknown account {key!r} of app {app!r}")
     return Response(status_code=204)
@@ -332,7 +269,7 @@ async def account_history(
     _caller: Annotated[str, Depends(require("accounts:read"))],
     limit: Annotated[int, Query(ge=1, le=1000, description="How many versions, newest first.")] = 20,
 ) -> HistoryOut:
-    account = await _account(runtime, app, key)
+    account = await account_of(runtime, app, key)
     entries = await runtime.store.history(app, key, limit=limit)
     return HistoryOut(
         app=app,
@@ -366,7 +303,7 @@ async def reauth_link(
     _caller: Annotated[str, Depends(require("accounts:write"))],
     single_use: Annotated[bool, Query(description="The link re-authorizes once, then is refused.")] = False,
 ) -> ReauthLinkOut:
-    account = await _account(runtime, app, key)
+    account = await account_of(runtime, app, key)
     server = runtime.settings.server
     if not server.public_url or server.invite_secret is None:
         raise HTTPException(
@@ -396,7 +333,7 @@ async def account_events(
     _caller: Annotated[str, Depends(require("accounts:read"))],
     limit: Annotated[int, Query(ge=1, le=1000, description="How many events, newest first.")] = 100,
 ) -> AuditOut:
-    account = await _account(runtime, app, key)
+    account = await account_of(runtime, app, key)
     entries = await runtime.store.audit_log(app, account.key, limit=limit)
     return AuditOut(
         app=app,

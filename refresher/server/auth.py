@@ -17,6 +17,7 @@ from typing import Any, get_args
 import structlog
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from refresher.config import Scope, ServerSettings
 from refresher.server.runtime import Runtime
@@ -121,32 +122,38 @@ def require_caller(scope: Scope) -> Callable[..., Awaitable[Caller]]:
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> Caller:
         # The runtime straight from the request, not as one more dependency: each costs per request.
-        caller = await _caller(request, credentials, get_runtime(request))
-        if not caller.allows(scope):
-            _log_call(request, caller.name, scope, "forbidden")
-            raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope {scope}")
-        _log_call(request, caller.name, scope, "allowed")
-        return caller
+        presented = None if credentials is None else f"Bearer {credentials.credentials}"
+        return check_caller(get_runtime(request), request.method, request.url.path, presented, scope)
 
     dependency.__name__ = f"require_caller_{scope.replace(':', '_')}"
     return dependency
 
 
-async def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, runtime: Runtime) -> Caller:
-    if credentials is None:
-        _log_call(request, None, None, "missing_token")
+def check_caller(runtime: Runtime, method: str, path: str, authorization: str | None, scope: str) -> Caller:
+    """The caller behind an ``Authorization`` header, who must hold ``scope``; every call logged.
+
+    Missing or wrong token: 401 with ``WWW-Authenticate``; a valid token without the scope: 403. The header
+    is read as FastAPI's ``HTTPBearer`` reads it (the token route's fast path has no FastAPI to ask).
+    """
+    kind, presented = get_authorization_scheme_param(authorization)
+    if not presented or kind.lower() != "bearer":
+        _log_call(method, path, None, None, "missing_token")
         raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-    caller = authenticate(runtime.settings.server, credentials.credentials)
+    caller = authenticate(runtime.settings.server, presented)
     if caller is None:
-        _log_call(request, None, None, "wrong_token")
+        _log_call(method, path, None, None, "wrong_token")
         raise _unauthorized("the bearer token is not valid")
+    if not caller.allows(scope):
+        _log_call(method, path, caller.name, scope, "forbidden")
+        raise HTTPException(status_code=403, detail=f"token {caller.name!r} lacks the scope {scope}")
+    _log_call(method, path, caller.name, scope, "allowed")
     return caller
 
 
-def _log_call(request: Request, caller: str | None, scope: str | None, outcome: str) -> None:
+def _log_call(method: str, path: str, caller: str | None, scope: str | None, outcome: str) -> None:
     # The path only: a query string may carry anything the caller typed. The key "caller" (not "token")
     # because the redactor masks every key named like a secret.
-    fields: dict[str, Any] = {"method": request.method, "path": request.url.path, "outcome": outcome}
+    fields: dict[str, Any] = {"method": method, "path": path, "outcome": outcome}
     if caller is not None:
         fields["caller"] = caller
     if scope is not None:

@@ -34,9 +34,9 @@ from refresher.domain import (
 )
 from refresher.platforms.base import MAX_API_ANSWER_BYTES, Answer, ApiCall, Platform
 from refresher.refresh_events import Outcome
-from refresher.server.api import token_cache
 from refresher.server.auth import require, runtime_dependency
 from refresher.server.runtime import Runtime
+from refresher.server.token_route import token_cache
 from refresher.store.base import Account, AccountNotFound, StoreError
 
 log = structlog.get_logger("refresher.proxy")
