@@ -93,6 +93,8 @@ class _SecretSet:
         self._order: dict[str, None] = {}  # insertion-ordered: the oldest is evicted first
         self._index: dict[str, dict[int, set[str]]] = {}  # prefix -> length -> secrets
         self._lock = threading.Lock()
+        # Bumped whenever the set changes: results remembered under an older generation are void.
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -115,6 +117,7 @@ class _SecretSet:
                 by_length.setdefault(len(value), set()).add(value)
                 while len(self._order) > self._limit:
                     self._evict(next(iter(self._order)))
+                self.generation += 1  # after the secret is in the index
 
     def _evict(self, oldest: str) -> None:
         del self._order[oldest]
@@ -131,6 +134,7 @@ class _SecretSet:
         with self._lock:
             self._order.clear()
             self._index.clear()
+            self.generation += 1
 
     def redact(self, text: str) -> str:
         if len(text) < MIN_SECRET_LENGTH or not self._index:
@@ -179,6 +183,8 @@ def _redact_shapes(text: str) -> str:
 
 
 _OWN_KEYS = frozenset({"timestamp", "level", "logger"})
+# Bounds of the redactor's memory of redacted texts (entries, and the longest text remembered).
+_MEMO_SIZE, _MEMO_TEXT = 2048, 256
 
 
 class Redactor:
@@ -191,6 +197,11 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = (), *, limit: int = MAX_SECRETS) -> None:
         self._secrets = _SecretSet(limit)
         self._secrets.add(secrets)
+        # Short texts already redacted, for the secret set of one generation. Log lines repeat the same
+        # values (method, path, caller, scope, outcome) on every API call: the scan and the regexes
+        # were ~6 % of a token read. Void as soon as a secret is added (a refresh adds two).
+        self._memo: dict[str, str] = {}
+        self._memo_generation = -1
 
     def __len__(self) -> int:
         return len(self._secrets)
@@ -205,7 +216,21 @@ class Redactor:
 
     def redact_text(self, text: str) -> str:
         """Remove every held secret and every secret-shaped pair from one string."""
-        return _redact_shapes(self._secrets.redact(text))
+        if len(text) > _MEMO_TEXT:
+            return _redact_shapes(self._secrets.redact(text))
+        generation = self._secrets.generation
+        if generation != self._memo_generation:
+            self._memo = {}
+            self._memo_generation = generation
+        done = self._memo.get(text)
+        if done is None:
+            done = _redact_shapes(self._secrets.redact(text))
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo = {}
+            # Kept only if no secret arrived meanwhile (another thread): it might be in this very text.
+            if self._secrets.generation == generation:
+                self._memo[text] = done
+        return done
 
     def redact_value(self, value: Any) -> Any:
         """Redact any value: strings, mappings (by key too), sequences, exceptions; other objects by their

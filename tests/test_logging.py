@@ -285,3 +285,18 @@ def test_access_log_follows_the_setting_across_reconfiguration(
         assert line["event"] == '127.0.0.1:1 - "GET /callback/a?state=***&x=1 HTTP/1.1" 200'
     else:
         assert err == ""
+
+
+def test_a_remembered_redaction_never_outlives_a_new_secret() -> None:
+    # The redactor remembers short texts it has redacted (log lines repeat them); a secret learnt
+    # afterwards must still be removed from the very same text, and a forgotten one no longer is.
+    redactor = Redactor()
+    secret = "rotated-access-token-7f3a9c1e5b"
+    line = f"GET /v1/x {secret}"
+    assert redactor.redact_text(line) == line  # not a secret yet: remembered as is
+    assert redactor.redact_text(line) == line
+    redactor.add([secret])
+    assert secret not in redactor.redact_text(line)
+    assert secret not in redactor.redact_value({"path": line})
+    redactor.forget()
+    assert redactor.redact_text(line) == line
