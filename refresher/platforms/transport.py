@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -203,7 +204,6 @@ class Transport:
         path only: URLs may carry secrets in their query, so neither they nor httpx's own exception
         (which quotes them) ever reach a message, a log or a traceback.
         """
-        path = httpx.URL(url).path
         total = self.timeout.total_seconds()
         name = self.platform
         try:
@@ -219,13 +219,20 @@ class Transport:
         except TimeoutError:
             raise PlatformTimeout(f"{what}: no complete answer within {total:g}s", platform=name) from None
         except httpx.TimeoutException:
-            raise PlatformTimeout(f"{what}: timed out ({path})", platform=name) from None
+            raise PlatformTimeout(f"{what}: timed out ({_path(url)})", platform=name) from None
         except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection failed ({type(exc).__name__} on {path})", platform=name) from None
+            message = f"{what}: connection failed ({type(exc).__name__} on {_path(url)})"
+            raise TransientError(message, platform=name) from None
         encoding = response.headers.get("content-encoding", "").lower()
         if encoding in ("gzip", "deflate", "br", "zstd"):
             raw = _decode_bounded(raw, encoding, max_bytes, name, what)
         return Answer(response.status_code, response.headers, raw)
+
+
+def _path(url: str) -> str:
+    # Only for messages, so parsed only when one is written: the proxy's signed URLs are long, and
+    # httpx parses each URL once already when it builds the request.
+    return urlsplit(url).path
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int, platform: str, what: str) -> bytes:
