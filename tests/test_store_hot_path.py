@@ -167,3 +167,27 @@ async def test_a_save_that_does_not_rotate_keeps_the_previous_refresh_token(stor
     kept = await store.save_tokens(account.id, OWNER, same)
     assert kept.previous_refresh_token == "RT-0" and kept.version == 3
     assert kept == await store.get(APP, account.key)
+
+
+async def test_the_identity_update_after_a_refresh_is_one_hand_off(store: SqlStore, clock: FakeClock) -> None:
+    """Platform.updated_identity runs after a refresh (TikTok Shop whenever the shops changed): its write is
+    one transaction in one thread hand-off, like the refresh's own, never through the async driver."""
+    account = (await _claimed(store, clock, 1))[0]
+    assert store._sync_tx is not None and store._engine is not None
+    counting = _CountingExecutor()
+    store._sync_tx._executor = counting
+    async_statements: list[str] = []
+
+    def through_async_driver(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        async_statements.append(statement)
+
+    event.listen(store._engine.sync_engine, "after_cursor_execute", through_async_driver)
+    renamed = Identity(key=account.key, kind="shop", platform_id=account.identity.platform_id, name="Renamed")
+    updated = await store.update_identity(APP, account.key, renamed)
+    assert updated is not None and updated.identity.name == "Renamed"
+    assert updated == await store.get(APP, account.key)
+    assert updated.lease_owner == OWNER  # only the identity columns: the worker's lease is untouched
+    assert await store.update_identity(APP, "no-such-shop", renamed) is None
+    assert counting.submitted == 2
+    assert [s for s in async_statements if "accounts" in s and "UPDATE" in s] == []
+    counting.shutdown()

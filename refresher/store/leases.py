@@ -4,9 +4,8 @@ release, each in one transaction that only the lease owner may run (else :class:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
@@ -165,10 +164,6 @@ class SqlLeases(SqlHistory, SqlAudit):
             self._update_leased(conn, hot.RELEASE, account_id, owner)
 
         await self._run_tx(release, write=True)
-
-    def _after(self, row: Any, values: Mapping[str, Any]) -> Account:
-        """The account as ``values`` leave the row, without reading it again."""
-        return self._codec.account(cast(Any, SimpleNamespace(**{**row._mapping, **values})))
 
     def _update_leased(self, conn: Connection, stmt: Any, account_id: int, owner: str, **values: Any) -> None:
         """``stmt`` (one of :mod:`~refresher.store.hot`'s leased updates) with ``values``, if ``owner`` holds
