@@ -123,3 +123,71 @@ async def test_the_mark_before_a_call_is_the_only_relaxed_commit_of_a_refresh(
 
 def _error() -> ErrorInfo:
     return ErrorInfo(error_class="transient", code="x", message="boom")
+
+
+async def test_settling_statements_are_built_once(
+    store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh path executes statements built at import (store/hot.py) with new parameters: building
+    them per call coerced every column and clause again, ~100 ``coercions.expect`` per refresh."""
+    from sqlalchemy.sql import coercions
+
+    first, second = await _claimed(store, clock, 2)
+    audit = AuditEntry(at=clock.now(), app=APP, account_key=first.key, outcome="success", duration_ms=1)
+    await store.mark_refresh_started(first.id, OWNER)  # compiled and cached once
+    await store.save_tokens(first.id, OWNER, _tokens(clock, 10), audit)
+    await store.open_alarms(APP, first.key)
+    await store.claim(APP, first.key, OWNER, dt.timedelta(minutes=10))
+    await store.record_failure(first.id, OWNER, error=_error(), next_attempt_at=None)
+    coerced = 0
+    expect = coercions.expect
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal coerced
+        coerced += 1
+        return expect(*args, **kwargs)
+
+    monkeypatch.setattr(coercions, "expect", counted)
+    await store.mark_refresh_started(second.id, OWNER)
+    await store.save_tokens(second.id, OWNER, _tokens(clock, 11), audit)
+    await store.open_alarms(APP, second.key)
+    monkeypatch.setattr(coercions, "expect", expect)  # store.claim (refresh now) is no sweep statement
+    await store.claim(APP, second.key, OWNER, dt.timedelta(minutes=10))
+    monkeypatch.setattr(coercions, "expect", counted)
+    await store.record_failure(second.id, OWNER, error=_error(), next_attempt_at=None)
+    assert coerced <= 5, coerced
+
+
+async def test_a_save_that_does_not_rotate_keeps_the_previous_refresh_token(store: SqlStore, clock: FakeClock) -> None:
+    account = (await _claimed(store, clock, 1))[0]
+    rotated = await store.save_tokens(account.id, OWNER, _tokens(clock, 1))
+    assert rotated.previous_refresh_token == "RT-0"
+    await store.claim(APP, account.key, OWNER, dt.timedelta(minutes=10))
+    same = TokenSet("AT-2", "RT-1", clock.now() + dt.timedelta(hours=4))  # the platform kept the refresh token
+    kept = await store.save_tokens(account.id, OWNER, same)
+    assert kept.previous_refresh_token == "RT-0" and kept.version == 3
+    assert kept == await store.get(APP, account.key)
+
+
+async def test_the_identity_update_after_a_refresh_is_one_hand_off(store: SqlStore, clock: FakeClock) -> None:
+    """Platform.updated_identity runs after a refresh (TikTok Shop whenever the shops changed): its write is
+    one transaction in one thread hand-off, like the refresh's own, never through the async driver."""
+    account = (await _claimed(store, clock, 1))[0]
+    assert store._sync_tx is not None and store._engine is not None
+    counting = _CountingExecutor()
+    store._sync_tx._executor = counting
+    async_statements: list[str] = []
+
+    def through_async_driver(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        async_statements.append(statement)
+
+    event.listen(store._engine.sync_engine, "after_cursor_execute", through_async_driver)
+    renamed = Identity(key=account.key, kind="shop", platform_id=account.identity.platform_id, name="Renamed")
+    updated = await store.update_identity(APP, account.key, renamed)
+    assert updated is not None and updated.identity.name == "Renamed"
+    assert updated == await store.get(APP, account.key)
+    assert updated.lease_owner == OWNER  # only the identity columns: the worker's lease is untouched
+    assert await store.update_identity(APP, "no-such-shop", renamed) is None
+    assert counting.submitted == 2
+    assert [s for s in async_statements if "accounts" in s and "UPDATE" in s] == []
+    counting.shutdown()

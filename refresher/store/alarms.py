@@ -10,6 +10,7 @@ from sqlalchemy import and_, case, delete, or_, select, tuple_, update
 from sqlalchemy.engine import Row
 
 from refresher.domain import as_utc
+from refresher.store import hot
 from refresher.store.base import Alarm
 from refresher.store.codec import jsonable
 from refresher.store.core import StoreCore
@@ -32,13 +33,17 @@ def alarm_from_row(row: Row[Any]) -> Alarm:
 
 class SqlAlarms(StoreCore):
     async def open_alarms(self, app: str | None = None, account_key: str | None = None) -> Sequence[Alarm]:
+        # Read by the alert policy after every settled refresh: a statement built once, one hand-off (see
+        # SqlDatabase._run_tx).
+        if app is not None and account_key is not None:
+            stmt, params = hot.OPEN_ALARMS_OF_ACCOUNT, {"app": app, "account_key": account_key}
+            return await self._run_tx(lambda conn: [alarm_from_row(row) for row in conn.execute(stmt, params)])
         stmt = select(alarms).where(alarms.c.resolved_at.is_(None))
         if app is not None:
             stmt = stmt.where(alarms.c.app == app)
         if account_key is not None:
             stmt = stmt.where(alarms.c.account_key == account_key)
         stmt = stmt.order_by(alarms.c.opened_at, alarms.c.app, alarms.c.account_key)
-        # Read after every refresh by the alert policy: one hand-off (see SqlDatabase._run_tx).
         return await self._run_tx(lambda conn: [alarm_from_row(row) for row in conn.execute(stmt)])
 
     async def get_alarm(self, app: str, account_key: str, cause: str) -> Alarm | None:

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refresher.domain import as_utc
+from refresher.store import hot
 from refresher.store.base import AuditEntry
 from refresher.store.codec import MESSAGE_LIMIT, scrub
 from refresher.store.core import StoreCore
@@ -35,14 +36,14 @@ class SqlAudit(StoreCore):
         transaction around it (which may hold a rotated token) goes on."""
         try:
             async with conn.begin_nested():
-                await conn.execute(insert(audit_log).values(**_audit_values(entry, secrets)))
+                await conn.execute(hot.INSERT_AUDIT, _audit_values(entry, secrets))
         except DBAPIError as exc:
             _log.error("store.audit_failed", app=entry.app, account=entry.account_key, error=type(exc.orig).__name__)
 
     def _insert_audit_sync(self, conn: Connection, entry: AuditEntry, secrets: frozenset[str]) -> None:
         try:
             with conn.begin_nested():
-                conn.execute(insert(audit_log).values(**_audit_values(entry, secrets)))
+                conn.execute(hot.INSERT_AUDIT, _audit_values(entry, secrets))
         except DBAPIError as exc:
             _log.error("store.audit_failed", app=entry.app, account=entry.account_key, error=type(exc.orig).__name__)
 

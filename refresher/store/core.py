@@ -8,8 +8,9 @@ drives leases in tests and soak runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.engine import Row
@@ -47,6 +48,10 @@ class StoreCore(SqlDatabase):
 
     async def open(self) -> None:
         await self.migrate()
+
+    def _after(self, row: Any, values: Mapping[str, Any]) -> Account:
+        """The account as ``values`` leave the row, without reading it again."""
+        return self._codec.account(cast(Any, SimpleNamespace(**{**row._mapping, **values})))
 
     async def _read(self, conn: AsyncConnection, account_id: int) -> Account:
         row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()

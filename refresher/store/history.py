@@ -6,11 +6,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refresher.domain import TokenSet
+from refresher.store import hot
 from refresher.store.base import Account, HistoryEntry, StoreError
 from refresher.store.core import StoreCore
 from refresher.store.schema import accounts, token_history
@@ -20,55 +21,45 @@ def _never() -> TokenSet:  # pragma: no cover - history rows always hold a full 
     raise StoreError("store: a history row has no token set")
 
 
-def _history_insert(row: Any, now: dt.datetime) -> Any:
-    """The statement copying the row's current token set to history under its version (None: no tokens)."""
+def _history_values(row: Any, now: dt.datetime) -> dict[str, Any] | None:
+    """The parameters of :data:`hot.PUSH_HISTORY` copying the row's current token set to history under its
+    version (None: the row holds no tokens)."""
     if row.access_token is None or row.refresh_token is None or row.access_expires_at is None:
         return None
     # Ciphertexts move as they are: history rows use the same (app, key, field) associated data.
-    return insert(token_history).values(
-        account_id=row.id,
-        version=row.version,
-        access_token=row.access_token,
-        refresh_token=row.refresh_token,
-        access_expires_at=row.access_expires_at,
-        refresh_expires_at=row.refresh_expires_at,
-        scopes=row.scopes or [],
-        raw=row.raw or {},
-        replaced_at=now,
-    )
+    return {
+        "account_id": row.id,
+        "version": row.version,
+        "access_token": row.access_token,
+        "refresh_token": row.refresh_token,
+        "access_expires_at": row.access_expires_at,
+        "refresh_expires_at": row.refresh_expires_at,
+        "scopes": row.scopes or [],
+        "raw": row.raw or {},
+        "replaced_at": now,
+    }
 
 
 class SqlHistory(StoreCore):
-    def _history_prune(self, account_id: int) -> Any:
-        keep = (
-            select(token_history.c.id)
-            .where(token_history.c.account_id == account_id)
-            .order_by(token_history.c.version.desc())
-            .limit(self.history_versions)
-        )
-        return delete(token_history).where(
-            token_history.c.account_id == account_id, token_history.c.id.not_in(keep.scalar_subquery())
-        )
-
     async def _push_history(self, conn: AsyncConnection, row: Row[Any], now: dt.datetime) -> None:
-        stmt = _history_insert(row, now)
-        if stmt is not None:
-            await conn.execute(stmt)
+        values = _history_values(row, now)
+        if values is not None:
+            await conn.execute(hot.PUSH_HISTORY, values)
 
     async def _prune_history(self, conn: AsyncConnection, account_id: int) -> None:
-        await conn.execute(self._history_prune(account_id))
+        await conn.execute(hot.PRUNE_HISTORY, {"account_id": account_id, "keep": self.history_versions})
 
-    # The same on a synchronous connection (group commit, :mod:`refresher.store.committer`).
+    # The same on a synchronous connection (the refresh path's one-hop transactions, store/sync_tx.py).
 
     def _push_history_sync(self, conn: Connection, row: Any, now: dt.datetime) -> None:
-        stmt = _history_insert(row, now)
-        if stmt is not None:
-            conn.execute(stmt)
+        values = _history_values(row, now)
+        if values is not None:
+            conn.execute(hot.PUSH_HISTORY, values)
 
     def _prune_history_sync(self, conn: Connection, account_id: int, pushed_version: int) -> None:
         # History holds distinct versions up to the one just pushed: none to drop until there are more.
         if pushed_version > self.history_versions:
-            conn.execute(self._history_prune(account_id))
+            conn.execute(hot.PRUNE_HISTORY, {"account_id": account_id, "keep": self.history_versions})
 
     async def history(self, app: str, key: str, limit: int = 20) -> Sequence[HistoryEntry]:
         stmt = (

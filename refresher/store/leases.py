@@ -4,20 +4,30 @@ release, each in one transaction that only the lease owner may run (else :class:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection
 
 from refresher.domain import AccountStatus, ErrorInfo, TokenSet, as_utc
+from refresher.store import hot
 from refresher.store.audit import SqlAudit
 from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost
 from refresher.store.codec import error_json, scrub
 from refresher.store.history import SqlHistory
 from refresher.store.schema import accounts
 from refresher.store.writers import URGENT
+
+# The columns hot.SAVE_TOKENS and hot.RECORD_FAILURE write as constants (for the account they return).
+_RELEASED: dict[str, Any] = {"refresh_started_at": None, "lease_owner": None, "lease_expires_at": None}
+_SAVED: dict[str, Any] = {
+    **_RELEASED,
+    "status": str(AccountStatus.ACTIVE),
+    "consecutive_failures": 0,
+    "last_error": None,
+    "next_attempt_at": None,
+}
 
 
 class SqlLeases(SqlHistory, SqlAudit):
@@ -79,13 +89,13 @@ class SqlLeases(SqlHistory, SqlAudit):
 
     # Settling writes are plain functions of a synchronous connection, run by ``_run_tx`` (one thread
     # hand-off on SQLite): no re-read of the row they wrote, the lease checked in the UPDATE itself where
-    # the row is not needed.
+    # the row is not needed, and statements built once (:mod:`refresher.store.hot`).
 
     async def mark_refresh_started(self, account_id: int, owner: str) -> None:
         now = self.clock.now()
 
         def mark(conn: Connection) -> None:
-            self._update_leased(conn, account_id, owner, refresh_started_at=now, last_attempt_at=now)
+            self._update_leased(conn, hot.MARK_STARTED, account_id, owner, refresh_started_at=now, last_attempt_at=now)
 
         # Not durable: the mark only tells a restarted daemon that a call may have gone out (a hint in its
         # messages); the outcome of the refresh is the same without it, so it does not wait for the disk.
@@ -104,22 +114,17 @@ class SqlLeases(SqlHistory, SqlAudit):
             self._push_history_sync(conn, row, now)
             values: dict[str, Any] = {
                 **self._codec.token_values(row.app, row.key, tokens),
-                "status": str(AccountStatus.ACTIVE),
-                "consecutive_failures": 0,
-                "last_error": None,
                 "last_success_at": now,
                 "last_attempt_at": row.last_attempt_at or now,
-                "next_attempt_at": None,
-                "refresh_started_at": None,
-                "lease_owner": None,
-                "lease_expires_at": None,
                 "version": row.version + 1,
                 "updated_at": now,
+                # Kept as it is unless these tokens rotate the refresh token.
+                "previous_refresh_token": row.previous_refresh_token,
+                **self._codec.previous_refresh(row, tokens),
             }
-            values.update(self._codec.previous_refresh(row, tokens))
-            conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            conn.execute(hot.SAVE_TOKENS, {"account_id": account_id, **values})
             self._prune_history_sync(conn, account_id, row.version)
-            return self._after(row, values)
+            return self._after(row, {**_SAVED, **values})
 
         # Its own transaction, first in the writers' line; answered only after the commit, so the caller
         # may then log, notify and alarm. (Group commit was measured and not kept: in a sweep bound by
@@ -146,32 +151,24 @@ class SqlLeases(SqlHistory, SqlAudit):
                 "last_error": scrub(error_json(error), self._codec.row_secrets(row)),
                 "last_attempt_at": now,
                 "next_attempt_at": as_utc(next_attempt_at) if next_attempt_at else None,
-                "refresh_started_at": None,
-                "lease_owner": None,
-                "lease_expires_at": None,
+                "status": str(status) if status is not None else row.status,
                 "updated_at": now,
             }
-            if status is not None:
-                values["status"] = str(status)
-            conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
-            return self._after(row, values)
+            conn.execute(hot.RECORD_FAILURE, {"account_id": account_id, **values})
+            return self._after(row, {**_RELEASED, **values})
 
         return await self._run_tx(record, write=True)
 
     async def release(self, account_id: int, owner: str) -> None:
         def release(conn: Connection) -> None:
-            self._update_leased(conn, account_id, owner, lease_owner=None, lease_expires_at=None)
+            self._update_leased(conn, hot.RELEASE, account_id, owner)
 
         await self._run_tx(release, write=True)
 
-    def _after(self, row: Any, values: Mapping[str, Any]) -> Account:
-        """The account as ``values`` leave the row, without reading it again."""
-        return self._codec.account(cast(Any, SimpleNamespace(**{**row._mapping, **values})))
-
-    def _update_leased(self, conn: Connection, account_id: int, owner: str, **values: Any) -> None:
-        """``values`` written if ``owner`` holds the lease, in one statement (it takes the row lock itself)."""
-        c = accounts.c
-        done = conn.execute(update(accounts).where(c.id == account_id, c.lease_owner == owner).values(**values))
+    def _update_leased(self, conn: Connection, stmt: Any, account_id: int, owner: str, **values: Any) -> None:
+        """``stmt`` (one of :mod:`~refresher.store.hot`'s leased updates) with ``values``, if ``owner`` holds
+        the lease: one statement, which takes the row lock itself."""
+        done = conn.execute(stmt, {"account_id": account_id, "owner": owner, **values})
         if not done.rowcount:
             self._leased_sync(conn, account_id, owner)  # raises and says why
             raise AssertionError("unreachable")  # pragma: no cover
@@ -182,7 +179,8 @@ class SqlLeases(SqlHistory, SqlAudit):
         A lease past its expiry that nobody has taken over is still honoured: the platform may already
         have rotated the token, and storing the new one beats losing it.
         """
-        row = conn.execute(self._for_update(select(accounts).where(accounts.c.id == account_id))).first()
+        stmt = hot.ACCOUNT_ROW_FOR_UPDATE if self.backend == "postgresql" else hot.ACCOUNT_ROW
+        row = conn.execute(stmt, {"account_id": account_id}).first()
         _check_lease(row, account_id, owner)
         return row
 
