@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from refresher.store.base import StoreError
 from refresher.store.changes import NOTIFY_ACCOUNTS, WROTE_ACCOUNTS, ChangeFeed, mark_account_writes
+from refresher.store.idle_ping import ping_when_idle
 from refresher.store.sync_tx import SyncTransactions
 from refresher.store.writers import NORMAL, WriterQueue
 
@@ -233,9 +234,8 @@ class SqlDatabase:
                 max_overflow=self._pool_size,
                 pool_pre_ping=True,
             )
-            sync_engine = create_engine(
-                self._url, hide_parameters=True, pool_size=self._pool_size, max_overflow=0, pool_pre_ping=True
-            )
+            sync_engine = create_engine(self._url, hide_parameters=True, pool_size=self._pool_size, max_overflow=0)
+            ping_when_idle(sync_engine)  # not on every checkout: the refresh path makes three per refresh
         event.listen(engine.sync_engine, "after_cursor_execute", mark_account_writes)
         event.listen(sync_engine, "after_cursor_execute", mark_account_writes)
         self._engine = engine
