@@ -45,17 +45,23 @@ class _CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-async def test_settling_is_one_thread_hand_off_per_transaction(store: SqlStore, clock: FakeClock) -> None:
-    account = (await _claimed(store, clock, 1))[0]
+def _watched(store: SqlStore) -> tuple[_CountingExecutor, list[str]]:
+    """The store's thread hand-offs counted, and every statement that goes through the async driver."""
     assert store._sync_tx is not None and store._engine is not None
     counting = _CountingExecutor()
     store._sync_tx._executor = counting
     async_statements: list[str] = []
 
-    def through_aiosqlite(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    def through_async_driver(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         async_statements.append(statement)
 
-    event.listen(store._engine.sync_engine, "after_cursor_execute", through_aiosqlite)
+    event.listen(store._engine.sync_engine, "after_cursor_execute", through_async_driver)
+    return counting, async_statements
+
+
+async def test_settling_is_one_thread_hand_off_per_transaction(store: SqlStore, clock: FakeClock) -> None:
+    account = (await _claimed(store, clock, 1))[0]
+    counting, async_statements = _watched(store)
     audit = AuditEntry(at=clock.now(), app=APP, account_key=account.key, outcome="success", duration_ms=1)
     await store.mark_refresh_started(account.id, OWNER)
     saved = await store.save_tokens(account.id, OWNER, _tokens(clock, 99), audit)
@@ -173,15 +179,7 @@ async def test_the_identity_update_after_a_refresh_is_one_hand_off(store: SqlSto
     """Platform.updated_identity runs after a refresh (TikTok Shop whenever the shops changed): its write is
     one transaction in one thread hand-off, like the refresh's own, never through the async driver."""
     account = (await _claimed(store, clock, 1))[0]
-    assert store._sync_tx is not None and store._engine is not None
-    counting = _CountingExecutor()
-    store._sync_tx._executor = counting
-    async_statements: list[str] = []
-
-    def through_async_driver(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        async_statements.append(statement)
-
-    event.listen(store._engine.sync_engine, "after_cursor_execute", through_async_driver)
+    counting, async_statements = _watched(store)
     renamed = Identity(key=account.key, kind="shop", platform_id=account.identity.platform_id, name="Renamed")
     updated = await store.update_identity(APP, account.key, renamed)
     assert updated is not None and updated.identity.name == "Renamed"
