@@ -22,7 +22,7 @@ How it is measured:
   wire), which shows what of the refresher's cost is the wire and what is everything around it.
 * And the Node peer: ``ecommerce-auth`` (superagent), installed with npm into a temp folder for this run,
   its Shopee host pointed at the sandbox by a copy of its constants file written into that install; it
-  refreshes the other half of the accounts with the same concurrency (its process CPU by
+  refreshes its third of the accounts with the same concurrency (its process CPU by
   ``process.cpuUsage``). Skipped, saying so, where ``node``/``npm`` are missing or the install fails.
   The two bare loops and the Node peer each take a third of the shops, with the tokens the sweep stored.
 """
