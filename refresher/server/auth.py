@@ -122,21 +122,26 @@ def require_caller(scope: Scope) -> Callable[..., Awaitable[Caller]]:
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> Caller:
         # The runtime straight from the request, not as one more dependency: each costs per request.
-        presented = None if credentials is None else f"Bearer {credentials.credentials}"
+        presented = None if credentials is None else credentials.credentials
         return check_caller(get_runtime(request), request.method, request.url.path, presented, scope)
 
     dependency.__name__ = f"require_caller_{scope.replace(':', '_')}"
     return dependency
 
 
-def check_caller(runtime: Runtime, method: str, path: str, authorization: str | None, scope: str) -> Caller:
-    """The caller behind an ``Authorization`` header, who must hold ``scope``; every call logged.
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, read as FastAPI's ``HTTPBearer`` reads it (for
+    the token route's fast path, which has no FastAPI to ask)."""
+    kind, token = get_authorization_scheme_param(authorization)
+    return token if token and kind.lower() == "bearer" else None
 
-    Missing or wrong token: 401 with ``WWW-Authenticate``; a valid token without the scope: 403. The header
-    is read as FastAPI's ``HTTPBearer`` reads it (the token route's fast path has no FastAPI to ask).
+
+def check_caller(runtime: Runtime, method: str, path: str, presented: str | None, scope: str) -> Caller:
+    """The caller whose bearer token is ``presented``, who must hold ``scope``; every call logged.
+
+    Missing or wrong token: 401 with ``WWW-Authenticate``; a valid token without the scope: 403.
     """
-    kind, presented = get_authorization_scheme_param(authorization)
-    if not presented or kind.lower() != "bearer":
+    if not presented:
         _log_call(method, path, None, None, "missing_token")
         raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
     caller = authenticate(runtime.settings.server, presented)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from refresher.refresh import Refresher
 from refresher.server.api_models import TokenOut, TokenRefusedOut, identity_out
-from refresher.server.auth import Caller, check_caller
+from refresher.server.auth import Caller, bearer_token, check_caller
 from refresher.server.runtime import Runtime
 from refresher.store.base import Account, AccountNotFound
 from refresher.token_cache import TokenCache, cache_for
@@ -144,7 +144,7 @@ class TokenReadFastPath:
         runtime: Runtime = scope["app"].state.runtime
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         try:
-            caller = check_caller(runtime, "GET", path, authorization, "tokens:read")
+            caller = check_caller(runtime, "GET", path, bearer_token(authorization), "tokens:read")
             response = await token_answer(runtime, caller, app, key, include_refresh)
         except HTTPException as exc:
             # As FastAPI's own handler renders it.

@@ -41,6 +41,16 @@ _LEASED = (_a.id == bindparam("account_id"), _a.lease_owner == bindparam("owner"
 MARK_STARTED = update(accounts).where(*_LEASED).values(**_set("refresh_started_at", "last_attempt_at"))
 RELEASE = update(accounts).where(*_LEASED).values(lease_owner=None, lease_expires_at=None)
 
+# What a settling write always writes: the store answers with these without reading the row again.
+RELEASED: dict[str, object] = {"refresh_started_at": None, "lease_owner": None, "lease_expires_at": None}
+SAVED: dict[str, object] = {
+    **RELEASED,
+    "status": str(AccountStatus.ACTIVE),
+    "consecutive_failures": 0,
+    "last_error": None,
+    "next_attempt_at": None,
+}
+
 # A successful refresh: the new token set in, failures cleared, the lease given back.
 SAVE_TOKENS = (
     update(accounts)
@@ -59,13 +69,7 @@ SAVE_TOKENS = (
             "version",
             "updated_at",
         ),
-        status=str(AccountStatus.ACTIVE),
-        consecutive_failures=0,
-        last_error=None,
-        next_attempt_at=None,
-        refresh_started_at=None,
-        lease_owner=None,
-        lease_expires_at=None,
+        **SAVED,
     )
 )
 
@@ -74,9 +78,7 @@ RECORD_FAILURE = (
     .where(_a.id == bindparam("account_id"))
     .values(
         **_set("consecutive_failures", "last_error", "last_attempt_at", "next_attempt_at", "status", "updated_at"),
-        refresh_started_at=None,
-        lease_owner=None,
-        lease_expires_at=None,
+        **RELEASED,
     )
 )
 

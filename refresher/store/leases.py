@@ -19,16 +19,6 @@ from refresher.store.history import SqlHistory
 from refresher.store.schema import accounts
 from refresher.store.writers import URGENT
 
-# The columns hot.SAVE_TOKENS and hot.RECORD_FAILURE write as constants (for the account they return).
-_RELEASED: dict[str, Any] = {"refresh_started_at": None, "lease_owner": None, "lease_expires_at": None}
-_SAVED: dict[str, Any] = {
-    **_RELEASED,
-    "status": str(AccountStatus.ACTIVE),
-    "consecutive_failures": 0,
-    "last_error": None,
-    "next_attempt_at": None,
-}
-
 
 class SqlLeases(SqlHistory, SqlAudit):
     async def claim_due(
@@ -124,7 +114,7 @@ class SqlLeases(SqlHistory, SqlAudit):
             }
             conn.execute(hot.SAVE_TOKENS, {"account_id": account_id, **values})
             self._prune_history_sync(conn, account_id, row.version)
-            return self._after(row, {**_SAVED, **values})
+            return self._after(row, {**hot.SAVED, **values})
 
         # Its own transaction, first in the writers' line; answered only after the commit, so the caller
         # may then log, notify and alarm. (Group commit was measured and not kept: in a sweep bound by
@@ -155,7 +145,7 @@ class SqlLeases(SqlHistory, SqlAudit):
                 "updated_at": now,
             }
             conn.execute(hot.RECORD_FAILURE, {"account_id": account_id, **values})
-            return self._after(row, {**_RELEASED, **values})
+            return self._after(row, {**hot.RELEASED, **values})
 
         return await self._run_tx(record, write=True)
 
