@@ -4,7 +4,9 @@ Everything is real except the clock: the daemon's own tick (claims, leases, retr
 commits, alarm policy), the plugins talking HTTP to the sandbox on a loopback port, the platforms' real
 lifetimes and default schedules and refresh windows (nothing stretched), the very triggers the
 scheduler uses (``scheduler.simulate`` jumps a FakeClock from one fire time to the next), and a real
-webhook receiver on loopback that counts the alarms the daemon really sent.
+webhook receiver on loopback that counts the alarms the daemon really sent. The sandbox runs in this
+process or in one of its own (``SoakConfig.sandbox_process``), driven over HTTP either way
+(``sandbox_link.py``), with the simulated time sent to it before each sweep.
 
 Two things are shortened, and neither changes what is proved:
 * retry back-off *inside one refresh* is 10-50 ms of real time instead of 1-30 s (the simulated clock
@@ -39,11 +41,11 @@ from refresher.config import parse_config
 from refresher.daemon import Daemon
 from refresher.domain import AccountStatus, FakeClock
 from refresher.logging import configure_logging
-from refresher.sandbox import SandboxServer
 from refresher.sandbox.apps import DEFAULT_LIFETIMES, SANDBOX_CREDENTIALS, secret_of
-from refresher.sandbox.core import Chain
+from refresher.sandbox.core import fingerprint
 from refresher.scheduler import simulate
 from refresher.server.http import EmbeddedServer, start_server, stop_server
+from tests.soak.sandbox_link import SandboxLink
 
 PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
 
@@ -99,6 +101,9 @@ class SoakConfig:
     app_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-platform app keys
     progress: Callable[[str], None] | None = None
     progress_every: float = 10.0  # real seconds between progress lines
+    # The sandbox in a child process (its CPU on a core of its own, as a platform's would be), or in this
+    # one; both are driven over HTTP (tests/soak/sandbox_link.py).
+    sandbox_process: bool = False
 
 
 @dataclass
@@ -125,6 +130,7 @@ class SoakReport:
     alarm_messages: Counter[str]
     needs_reauth: set[tuple[str, str]]
     leaked: list[str]
+    sandbox_cpu_seconds: float | None = None  # the child's, when the sandbox ran in its own process
 
     @property
     def rotations(self) -> int:
@@ -134,7 +140,12 @@ class SoakReport:
         out = [
             f"soak: {self.accounts} accounts {self.per_platform} x {self.days:g} simulated days, real lifetimes",
             f"  onboarding {self.onboard_seconds:.1f} s; run {self.run_seconds:.1f} s real, {self.ticks} ticks, "
-            f"{self.rotations} refreshes ({self.rotations / max(self.run_seconds, 1e-9):.0f}/s)",
+            f"{self.rotations} refreshes ({self.rotations / max(self.run_seconds, 1e-9):.0f}/s)"
+            + (
+                f"; sandbox in its own process, its CPU {self.sandbox_cpu_seconds:.0f} s"
+                if self.sandbox_cpu_seconds is not None
+                else "; sandbox in this process"
+            ),
             f"  faults injected on refresh calls: {self.faults_injected}; failed sweeps (all attempts failed): "
             f"{self.failed_sweeps} (attempts each: {dict(self.failed_attempts)}); most consecutive failed sweeps of "
             f"one account: {self.max_consecutive_failures}",
@@ -190,7 +201,7 @@ class WebhookReceiver:
             await stop_server(self._server, self._task)
 
 
-def config_document(sandbox: SandboxServer, webhook: WebhookReceiver, tmp: Path, cfg: SoakConfig) -> dict[str, Any]:
+def config_document(sandbox: SandboxLink, webhook: WebhookReceiver, tmp: Path, cfg: SoakConfig) -> dict[str, Any]:
     """Every app on its platform's default schedule and refresh window (no ``schedule``/``interval``)."""
     apps = {
         name: {
@@ -227,7 +238,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
     rng = random.Random(cfg.seed)
     clock = FakeClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     async with (
-        SandboxServer(clock=clock, seed=cfg.seed, fault_delay=2.2) as sandbox,
+        SandboxLink(clock.now(), seed=cfg.seed, fault_delay=2.2, own_process=cfg.sandbox_process) as sandbox,
         WebhookReceiver() as webhook,
     ):
         settings = parse_config(
@@ -257,7 +268,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
             ticks_done = 0
             last_progress = time.perf_counter()
             end = clock.now() + dt.timedelta(days=cfg.days)
-            sandbox.set_faults(cfg.fault_spec, seed=cfg.seed)
+            await sandbox.set_faults(cfg.fault_spec, seed=cfg.seed)
 
             async def listen(event: RefreshEvent, account: Any, tokens: Any) -> None:
                 nonlocal failed_sweeps, worst
@@ -272,6 +283,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
             async def tick(app: str) -> None:
                 nonlocal ticks_done, last_progress
                 now = clock.now()
+                await sandbox.set_clock(now)
                 # Revoke the grants whose moment has come (between sweeps, as a seller would).
                 while revocations and revocations[0][0] <= now:
                     _, r_app, key = revocations.pop(0)
@@ -287,7 +299,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
                 ticks_done += 1
                 if time.perf_counter() - last_progress >= cfg.progress_every:
                     last_progress = time.perf_counter()
-                    rotated = sum(v for k, v in sandbox.state.counters.items() if k.endswith(".rotated"))
+                    rotated = sum(v for k, v in (await sandbox.counters()).items() if k.endswith(".rotated"))
                     done = cfg.days + (clock.now() - end) / dt.timedelta(days=1)
                     say(
                         f"  simulated {clock.now():%Y-%m-%d %H:%M} ({done:.2f}/{cfg.days:g} days): "
@@ -298,7 +310,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
             started = time.perf_counter()
             ticks = await simulate(settings, platforms.available(), clock, end, tick)
             run_seconds = time.perf_counter() - started
-            sandbox.set_faults(None)
+            await sandbox.set_faults(None)
             # A token may have run out after each app's last tick: look once more at the end.
             for app in PLATFORMS:
                 for account in await _all(daemon, app, AccountStatus.ACTIVE):
@@ -308,9 +320,10 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
         finally:
             await daemon.stop(grace=10)  # also flushes the alarm dispatcher
 
-        counters = dict(sandbox.state.counters)
+        counters = await sandbox.counters()
+        sandbox_cpu = sandbox.cpu_seconds()
         alarmed = {(m["app"], m["account_key"]) for m in webhook.messages if m.get("kind") == "alarm"}
-        leaked = _leaks(webhook.bodies, sandbox)
+        leaked = _leaks(webhook.bodies)
 
     calls = {
         name: (
@@ -345,10 +358,11 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
         alarm_messages=Counter(f"{m.get('kind')}:{m.get('cause')}" for m in webhook.messages),
         needs_reauth=needs_reauth,
         leaked=leaked,
+        sandbox_cpu_seconds=sandbox_cpu,
     )
 
 
-async def _onboard(daemon: Daemon, sandbox: SandboxServer, cfg: SoakConfig, say: Callable[[str], None]) -> None:
+async def _onboard(daemon: Daemon, sandbox: SandboxLink, cfg: SoakConfig, say: Callable[[str], None]) -> None:
     """Authorize grants through the sandbox's consent flow, a few at a time, as sellers would."""
     semaphore = asyncio.Semaphore(8)
 
@@ -405,30 +419,21 @@ async def _plan_revocations(
     return sorted(plan)
 
 
-async def _revoke_current(daemon: Daemon, sandbox: SandboxServer, app: str, key: str) -> bool:
+async def _revoke_current(daemon: Daemon, sandbox: SandboxLink, app: str, key: str) -> bool:
     """Revoke, on the platform, the grant whose refresh token the account holds right now."""
     account = await daemon.store.get(app, key)
     if account is None or account.tokens is None:
         return False
-    chain = _chain_of(sandbox, account.platform, account.tokens.refresh_token)
-    if chain is None:
-        return False
-    return sandbox.state.revoke(account.platform, chain_id=chain.id) > 0
-
-
-def _chain_of(sandbox: SandboxServer, platform: str, refresh_token: str) -> Chain | None:
-    for chain in sandbox.state.chains.values():
-        if chain.platform == platform and chain.refresh_token == refresh_token:
-            return chain
-    return None
+    return await sandbox.revoke_holder_of(account.platform, account.tokens.refresh_token)
 
 
 async def _check_chains(
-    daemon: Daemon, sandbox: SandboxServer, revoked: set[tuple[str, str]]
+    daemon: Daemon, sandbox: SandboxLink, revoked: set[tuple[str, str]]
 ) -> tuple[list[str], set[tuple[str, str]]]:
     """Every account not revoked must hold its chain's *current* refresh token, unexpired and unrevoked:
-    that is the one token the platform would accept. Anything else is a lost refresh token."""
-    by_token = {(c.platform, c.refresh_token): c for c in sandbox.state.chains.values()}
+    that is the one token the platform would accept. Anything else is a lost refresh token. (The
+    sandbox shows fingerprints of its tokens, never the tokens: the stored one is compared by its own.)"""
+    by_token = {(c["platform"], c["refresh_fingerprint"]): c for c in await sandbox.chains()}
     now = daemon.clock.now()
     lost: list[str] = []
     needs_reauth: set[tuple[str, str]] = set()
@@ -441,15 +446,15 @@ async def _check_chains(
             if account.status != AccountStatus.ACTIVE or account.tokens is None:
                 lost.append(f"{app}/{account.key}: status {account.status}")
                 continue
-            chain = by_token.get((account.platform, account.tokens.refresh_token))
+            chain = by_token.get((account.platform, fingerprint(account.tokens.refresh_token)))
             if chain is None:
                 lost.append(f"{app}/{account.key}: stored refresh token is no chain's current one")
-            elif chain.revoked or chain.refresh_expires_at <= now:
-                lost.append(f"{app}/{account.key}: chain {chain.id} revoked or expired")
+            elif chain["revoked"] or dt.datetime.fromisoformat(chain["refresh_expires_at"]) <= now:
+                lost.append(f"{app}/{account.key}: chain {chain['id']} revoked or expired")
     return lost, needs_reauth
 
 
-def _leaks(bodies: list[str], sandbox: SandboxServer) -> list[str]:
+def _leaks(bodies: list[str]) -> list[str]:
     secrets = [secret_of(SANDBOX_CREDENTIALS[p]) for p in PLATFORMS]
     # Name the message, never quote it: the quote would put the secret into the test report.
     return [
