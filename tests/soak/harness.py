@@ -131,6 +131,7 @@ class SoakReport:
     needs_reauth: set[tuple[str, str]]
     leaked: list[str]
     sandbox_cpu_seconds: float | None = None  # the child's, when the sandbox ran in its own process
+    run_cpu_seconds: float = 0.0  # this process's CPU during the run (daemon, harness, webhook receiver)
 
     @property
     def rotations(self) -> int:
@@ -140,7 +141,8 @@ class SoakReport:
         out = [
             f"soak: {self.accounts} accounts {self.per_platform} x {self.days:g} simulated days, real lifetimes",
             f"  onboarding {self.onboard_seconds:.1f} s; run {self.run_seconds:.1f} s real, {self.ticks} ticks, "
-            f"{self.rotations} refreshes ({self.rotations / max(self.run_seconds, 1e-9):.0f}/s)"
+            f"{self.rotations} refreshes ({self.rotations / max(self.run_seconds, 1e-9):.0f}/s), this process's CPU "
+            f"{self.run_cpu_seconds:.0f} s ({self.run_cpu_seconds / max(self.rotations, 1) * 1000:.2f} ms per refresh)"
             + (
                 f"; sandbox in its own process, its CPU {self.sandbox_cpu_seconds:.0f} s"
                 if self.sandbox_cpu_seconds is not None
@@ -299,17 +301,20 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
                 ticks_done += 1
                 if time.perf_counter() - last_progress >= cfg.progress_every:
                     last_progress = time.perf_counter()
-                    rotated = sum(v for k, v in (await sandbox.counters()).items() if k.endswith(".rotated"))
+                    seen = await sandbox.counters()
+                    rotated = sum(v for k, v in seen.items() if k.endswith(".rotated"))
+                    reused = sum(v for k, v in seen.items() if k.endswith(".reuse"))
                     done = cfg.days + (clock.now() - end) / dt.timedelta(days=1)
                     say(
                         f"  simulated {clock.now():%Y-%m-%d %H:%M} ({done:.2f}/{cfg.days:g} days): "
                         f"{ticks_done} ticks, {rotated} refreshes, "
-                        f"{time.perf_counter() - started:.0f} s real"
+                        f"{time.perf_counter() - started:.0f} s real; so far: expired {len(expired)}, reuses {reused}"
                     )
 
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             ticks = await simulate(settings, platforms.available(), clock, end, tick)
             run_seconds = time.perf_counter() - started
+            run_cpu = time.process_time() - cpu_started
             await sandbox.set_faults(None)
             # A token may have run out after each app's last tick: look once more at the end.
             for app in PLATFORMS:
@@ -359,6 +364,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
         needs_reauth=needs_reauth,
         leaked=leaked,
         sandbox_cpu_seconds=sandbox_cpu,
+        run_cpu_seconds=run_cpu,
     )
 
 
