@@ -41,6 +41,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256, help="accounts claimed per batch")
     parser.add_argument("--db-dir", default=None, help="directory for the SQLite file (default: a temp dir)")
     parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="real seconds the run may take; past them it ends at the simulated day reached, all checks still made",
+    )
+    parser.add_argument(
         "--sandbox-inline",
         action="store_true",
         help="run the sandbox in this process (default: a process of its own, so its CPU is not the daemon's)",
@@ -60,6 +66,7 @@ def main() -> int:
         progress=say,
         progress_every=30.0,
         sandbox_process=not args.sandbox_inline,
+        deadline=args.deadline,
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.db_dir, prefix="soak-") as tmp:

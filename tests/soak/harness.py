@@ -104,6 +104,9 @@ class SoakConfig:
     # The sandbox in a child process (its CPU on a core of its own, as a platform's would be), or in this
     # one; both are driven over HTTP (tests/soak/sandbox_link.py).
     sandbox_process: bool = False
+    # Real seconds the run may take: past them it ends after the current sweep, at whatever simulated day
+    # it reached, and every end-of-run check still runs (None: the whole ``days``).
+    deadline: float | None = None
 
 
 @dataclass
@@ -132,6 +135,9 @@ class SoakReport:
     leaked: list[str]
     sandbox_cpu_seconds: float | None = None  # the child's, when the sandbox ran in its own process
     run_cpu_seconds: float = 0.0  # this process's CPU during the run (daemon, harness, webhook receiver)
+    days_asked: float = 0.0  # ``days`` is what was simulated: less when the deadline ended the run
+    # Revoked when the run ended but not yet due (no call was owed since): nothing the daemon could notice.
+    revoked_not_yet_due: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def rotations(self) -> int:
@@ -139,7 +145,8 @@ class SoakReport:
 
     def lines(self) -> list[str]:
         out = [
-            f"soak: {self.accounts} accounts {self.per_platform} x {self.days:g} simulated days, real lifetimes",
+            f"soak: {self.accounts} accounts {self.per_platform} x {self.days:.2f} simulated days, real lifetimes"
+            + (f" (ended by the deadline; {self.days_asked:g} asked)" if self.days < self.days_asked else ""),
             f"  onboarding {self.onboard_seconds:.1f} s; run {self.run_seconds:.1f} s real, {self.ticks} ticks, "
             f"{self.rotations} refreshes ({self.rotations / max(self.run_seconds, 1e-9):.0f}/s), this process's CPU "
             f"{self.run_cpu_seconds:.0f} s ({self.run_cpu_seconds / max(self.rotations, 1) * 1000:.2f} ms per refresh)"
@@ -168,6 +175,8 @@ class SoakReport:
             f"  accounts that needed a human (revoked): {len(self.needs_human)}; accounts alarmed: "
             f"{len(self.alarmed)}; alarmed without need: {len(extra)}; needed but not alarmed: {len(missing)}",
             f"  alarm messages received by the webhook: {dict(self.alarm_messages)}",
+            f"  revoked but not yet due when the run ended (no call owed, nothing to notice): "
+            f"{len(self.revoked_not_yet_due)}",
             f"  secrets in alarms or logs: {len(self.leaked)} (must be 0)",
         ]
         return out
@@ -284,6 +293,8 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
 
             async def tick(app: str) -> None:
                 nonlocal ticks_done, last_progress
+                if cfg.deadline is not None and time.perf_counter() - started > cfg.deadline:
+                    raise _TimeUp
                 now = clock.now()
                 await sandbox.set_clock(now)
                 # Revoke the grants whose moment has come (between sweeps, as a seller would).
@@ -312,7 +323,12 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
                     )
 
             started, cpu_started = time.perf_counter(), time.process_time()
-            ticks = await simulate(settings, platforms.available(), clock, end, tick)
+            try:
+                ticks = await simulate(settings, platforms.available(), clock, end, tick)
+            except _TimeUp:
+                ticks = ticks_done
+                say(f"  deadline of {cfg.deadline:g} s reached at {clock.now():%Y-%m-%d %H:%M}: the run ends here")
+            days = (clock.now() - (end - dt.timedelta(days=cfg.days))) / dt.timedelta(days=1)
             run_seconds = time.perf_counter() - started
             run_cpu = time.process_time() - cpu_started
             await sandbox.set_faults(None)
@@ -321,7 +337,9 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
                 for account in await _all(daemon, app, AccountStatus.ACTIVE):
                     if account.tokens and account.tokens.access_expires_at <= clock.now():
                         expired.append(f"{app}/{account.key} expired {account.tokens.access_expires_at} (at end)")
-            lost, needs_reauth = await _check_chains(daemon, sandbox, needs_human)
+            not_yet_due = await _not_yet_due(daemon, needs_human)
+            needs_human -= not_yet_due
+            lost, needs_reauth = await _check_chains(daemon, sandbox, needs_human | not_yet_due)
         finally:
             await daemon.stop(grace=10)  # also flushes the alarm dispatcher
 
@@ -334,16 +352,16 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
         name: (
             counters.get(f"{name}.refresh", 0) + sum(v for k, v in counters.items() if k.startswith(f"{name}.fault."))
         )
-        / max(per_platform[name] * cfg.days, 1e-9)
+        / max(per_platform[name] * days, 1e-9)
         for name in PLATFORMS
     }
-    rotations = {
-        name: counters.get(f"{name}.rotated", 0) / max(per_platform[name] * cfg.days, 1e-9) for name in PLATFORMS
-    }
+    rotations = {name: counters.get(f"{name}.rotated", 0) / max(per_platform[name] * days, 1e-9) for name in PLATFORMS}
     return SoakReport(
         accounts=total,
         per_platform=per_platform,
-        days=cfg.days,
+        days=days,
+        days_asked=cfg.days,
+        revoked_not_yet_due=not_yet_due,
         ticks=ticks,
         onboard_seconds=onboard_seconds,
         run_seconds=run_seconds,
@@ -353,7 +371,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
         counters=counters,
         calls_per_account_day=calls,
         rotations_per_account_day=rotations,
-        minimum_per_account_day={name: minimum_refreshes_per_day(name, cfg.days) for name in PLATFORMS},
+        minimum_per_account_day={name: minimum_refreshes_per_day(name, days) for name in PLATFORMS},
         faults_injected=sum(v for k, v in counters.items() if ".fault." in k),
         failed_sweeps=failed_sweeps,
         max_consecutive_failures=worst,
@@ -366,6 +384,25 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
         sandbox_cpu_seconds=sandbox_cpu,
         run_cpu_seconds=run_cpu,
     )
+
+
+class _TimeUp(Exception):
+    """The run's real-time deadline passed (raised between sweeps, never inside one)."""
+
+
+async def _not_yet_due(daemon: Daemon, revoked: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The revoked accounts the daemon had no reason to call since their revocation: still active, and
+    their access token not yet inside its refresh window. Any other revoked account is owed an alarm."""
+    now = daemon.clock.now()
+    quiet = set()
+    for app, key in revoked:
+        account = await daemon.store.get(app, key)
+        if account is None or account.status != AccountStatus.ACTIVE or account.tokens is None:
+            continue
+        window = daemon.settings.apps[app].refresh_before or platforms.get(account.platform).default_refresh_before
+        if account.tokens.access_expires_at - window > now:
+            quiet.add((app, key))
+    return quiet
 
 
 async def _onboard(daemon: Daemon, sandbox: SandboxLink, cfg: SoakConfig, say: Callable[[str], None]) -> None:
