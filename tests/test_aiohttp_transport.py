@@ -90,6 +90,20 @@ async def test_a_compressed_answer_comes_back_as_sent() -> None:
         await streamed.aclose()
 
 
+async def test_a_cookie_an_answer_sets_never_goes_out_with_a_later_request() -> None:
+    """One shared client carries every shop's calls (and the proxy's callers'): a cookie one answer sets
+    must not ride along with the next shop's request, whichever layer (httpx's client, aiohttp) keeps it."""
+    setting = "content-type: application/json\r\nset-cookie: session=shop-one-session; Path=/"
+    async with raw_server(await answer(b"{}", setting)) as (url, received), make_http_client() as client:
+        transport = Transport("shopee", dt.timedelta(seconds=5), client)
+        await transport.send("GET", url + "/api/v2/shop/get_shop_info?shop_id=1")
+        await transport.send("GET", url + "/api/v2/shop/get_shop_info?shop_id=2")
+        await client.get(url + "/x")  # the proxy's way: the client itself
+        assert len(received) == 3
+        assert all(b"cookie" not in head.lower().replace(b"set-cookie", b"") for head in received), received[1:]
+        assert not client.cookies
+
+
 async def test_a_connection_closed_without_answer_is_sent_once_even_when_reused() -> None:
     calls = 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import http.cookiejar
 import json
 import re
 import zlib
@@ -111,6 +112,18 @@ def looks_like_api_answer(answer: Answer) -> bool:
     return "json" in content_type or "html" in content_type or answer.body.lstrip()[:1] in (b"<", b"{", b"")
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing. The one client carries every shop's calls and every proxy caller's: a
+    cookie one platform answer sets (a load balancer's, a session's) must never go out with the next
+    shop's request. httpx's client keeps cookies unless its jar refuses them; aiohttp's jar is a dummy."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
 def make_http_client(timeout: float = 20.0, max_connections: int = 100) -> httpx.AsyncClient:
     """The one shared client: explicit timeouts, bounded pool, raw bodies (we decompress with a cap).
 
@@ -122,6 +135,7 @@ def make_http_client(timeout: float = 20.0, max_connections: int = 100) -> httpx
         headers={"user-agent": "refresher/0.1", "accept-encoding": "gzip, deflate"},
         follow_redirects=False,
         trust_env=False,
+        cookies=_NoCookies(),
     )
 
 
