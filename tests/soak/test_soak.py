@@ -72,3 +72,20 @@ async def test_the_expiry_check_catches_a_window_shorter_than_the_tick_gap(tmp_p
     report = await run_soak(config, tmp_path)
     expired_apps = {line.split("/", 1)[0] for line in report.expired_while_refreshable}
     assert expired_apps == {"tiktok"}, report.expired_while_refreshable[:5]
+
+
+async def test_a_run_ended_by_its_deadline_still_checks_everything_and_owes_no_alarm_for_what_was_not_due(
+    tmp_path: Path,
+) -> None:
+    """``deadline`` (benchmarks/soak.py --deadline) ends a 30-day plan after a few simulated days: the
+    figures are per simulated day reached, and a revoked grant that was not yet due (the daemon had no
+    reason to call) is counted apart instead of as a missed alarm; one that was due must be alarmed."""
+    config = SoakConfig(accounts=40, days=30, revoked=8, deadline=12.0, sandbox_process=True)
+    report = await run_soak(config, tmp_path)
+    print("\n".join(report.lines()))
+    assert 0 < report.days < 30 and report.days_asked == 30
+    assert report.expired_while_refreshable == [] and report.lost_refresh_tokens == [] and report.reuses == 0
+    assert report.alarmed == report.needs_human
+    for app, key in report.revoked_not_yet_due:
+        assert app in ("tiktok_shop", "lazada"), (app, key)  # 2 h and 4 h tokens are always due within a day
+    assert report.rotations_per_account_day["tiktok"] >= report.minimum_per_account_day["tiktok"] * 0.99
