@@ -95,12 +95,7 @@ def sandbox_command(
         else:
             click.echo("# apps for your config:")
             click.echo(yaml.safe_dump({"apps": sandbox_apps(server, "http://127.0.0.1:8765")}, sort_keys=False))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
+        await server.serve_until_signalled()
 
     asyncio.run(serve())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import signal
 import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -92,6 +93,15 @@ class SandboxServer:
         if self._server is not None and self._task is not None:
             await stop_server(self._server, self._task)
             self._server = self._task = None
+
+    async def serve_until_signalled(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop: ``refresher sandbox`` and the soak's sandbox process."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
 
     async def __aenter__(self) -> SandboxServer:
         return await self.start()

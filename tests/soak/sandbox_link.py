@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -171,12 +170,7 @@ async def _serve(args: argparse.Namespace) -> None:
     # Nobody reads the pipe after that line: anything printed later must not fill it and block us.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+    await server.serve_until_signalled()
 
 
 if __name__ == "__main__":
