@@ -122,7 +122,7 @@ class Daemon:
         )
         self.store_watch = StoreWatch(self.store, self.notifier, self._store_outage, settings.alerts.store_outage)
         self.store_health = self.store_watch.health
-        self.scheduler = Scheduler(self.tick)
+        self.scheduler = Scheduler(self.tick, urgent_retry=self.store.earliest_urgent_retry)
         self._server: EmbeddedServer | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.port: int | None = None

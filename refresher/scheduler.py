@@ -4,6 +4,14 @@ APScheduler 3 pitfalls (STYLE.md): ``misfire_grace_time`` defaults to 1 s (late 
 it is set explicitly with ``coalesce`` and ``max_instances=1``: a suspended host catches up with one sweep,
 not a stampede. ``shutdown(wait=True)`` cancels running async jobs, so the daemon pauses, drains its own
 in-flight sweeps, then shuts the scheduler down.
+
+Urgent retries: a failed refresh backs off (``next_attempt_at``) and is retried by the next tick after
+that. Near expiry that can be one chance too few: a TikTok token (2 h) enters its 30-minute window a moment
+after a tick, so the regular ticks give it two sweeps, and two failed sweeps in a row let it expire (the
+full soak caught one in ~500,000 refreshes). So after each sweep the scheduler asks the store for the
+earliest retry of an account whose token would expire before the tick after next, and sweeps the app at
+that time too. Only such accounts: a failure with time to spare waits for the regular tick, so a short
+platform outage does not turn into three failed sweeps (an alarm) within minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from refresher.config import AppSettings, Settings, cron_trigger_from
@@ -26,6 +35,26 @@ from refresher.refresh_policy import AppPolicy
 log = structlog.get_logger("refresher.scheduler")
 
 Tick = Callable[[str], Awaitable[Any]]
+# (app, expiring_before) -> the earliest next attempt of a failed account whose token expires before then
+UrgentRetry = Callable[[str, dt.datetime], Awaitable[dt.datetime | None]]
+# Never sooner than this after a sweep: an account the sweep could not take (leased by another replica)
+# must not make the app sweep in a loop.
+URGENT_RETRY_MIN_GAP = dt.timedelta(seconds=30)
+
+
+async def urgent_retry_time(
+    urgent_retry: UrgentRetry, app: str, trigger: BaseTrigger, now: dt.datetime, next_tick: dt.datetime
+) -> dt.datetime | None:
+    """When to sweep ``app`` before its ``next_tick``, or None: the earliest retry of an account whose
+    token expires before the tick after ``next_tick`` (if that next tick failed too, it would be too late)."""
+    after = trigger.get_next_fire_time(next_tick, next_tick + dt.timedelta(microseconds=1))
+    if after is None:
+        return None
+    when = await urgent_retry(app, after)
+    if when is None:
+        return None
+    when = max(when, now + URGENT_RETRY_MIN_GAP)
+    return when if when < next_tick else None
 
 
 def schedule_of(app: AppSettings, platform: type[Platform]) -> str:
@@ -119,8 +148,10 @@ def schedule_margins(
 class Scheduler:
     """One job per enabled app; each tick awaits ``tick(app)`` (a sweep plus its follow-ups)."""
 
-    def __init__(self, tick: Tick) -> None:
+    def __init__(self, tick: Tick, urgent_retry: UrgentRetry | None = None) -> None:
         self._tick = tick
+        self._urgent_retry = urgent_retry
+        self._locks: dict[str, asyncio.Lock] = {}  # a regular tick and an urgent retry of one app never overlap
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._running: set[asyncio.Task[Any]] = set()
         self._apps: dict[str, str] = {}  # app -> schedule text, to reschedule only what changed
@@ -137,6 +168,8 @@ class Scheduler:
         for name in list(self._apps):
             if name not in wanted:
                 self._scheduler.remove_job(name)
+                if self._scheduler.get_job(f"{name}:retry") is not None:
+                    self._scheduler.remove_job(f"{name}:retry")
                 del self._apps[name]
         for name, app in wanted.items():
             cls = platforms[app.platform]
@@ -166,12 +199,33 @@ class Scheduler:
         if task is not None:
             self._running.add(task)
         try:
-            await self._tick(app)
+            async with self._locks.setdefault(app, asyncio.Lock()):
+                await self._tick(app)
+            await self._plan_urgent_retry(app)
         except Exception:
             log.exception("sweep.crashed", app=app)
         finally:
             if task is not None:
                 self._running.discard(task)
+
+    async def _plan_urgent_retry(self, app: str) -> None:
+        job = self._scheduler.get_job(app)
+        if self._urgent_retry is None or job is None or job.next_run_time is None:
+            return
+        now = dt.datetime.now(dt.UTC)
+        when = await urgent_retry_time(self._urgent_retry, app, job.trigger, now, job.next_run_time)
+        if when is None:
+            return
+        log.info("sweep.urgent_retry_planned", app=app, at=when.isoformat())
+        self._scheduler.add_job(
+            self._run,
+            DateTrigger(run_date=when),
+            args=[app],
+            id=f"{app}:retry",
+            name=f"urgent retry {app}",
+            replace_existing=True,
+            misfire_grace_time=600,  # late is still sooner than the next regular tick
+        )
 
     def start(self) -> None:
         self._scheduler.start()
@@ -204,10 +258,12 @@ async def simulate(
     clock: Any,
     until: dt.datetime,
     tick: Tick,
+    urgent_retry: UrgentRetry | None = None,
 ) -> int:
     """Run every app's schedule in simulated time: jump ``clock`` (a FakeClock) from one fire time to the
     next and await ``tick(app)`` there, as the real scheduler would, until ``until``. Returns the number
-    of ticks. The triggers are the very ones the daemon uses, so a soak run proves the real schedule."""
+    of ticks. The triggers are the very ones the daemon uses, and with ``urgent_retry`` the urgent retries
+    are planned by the same rule as :class:`Scheduler`'s, so a soak run proves the real schedule."""
     triggers = {
         name: build_trigger(app, platforms[app.platform], clock.now())
         for name, app in settings.apps.items()
@@ -216,15 +272,25 @@ async def simulate(
     upcoming: dict[str, dt.datetime | None] = {
         name: trigger.get_next_fire_time(None, clock.now()) for name, trigger in triggers.items()
     }
+    urgent: dict[str, dt.datetime] = {}
     ticks = 0
     while True:
-        due = [(when, name) for name, when in upcoming.items() if when is not None and when <= until]
+        due = [(when, name, False) for name, when in upcoming.items() if when is not None and when <= until]
+        due += [(when, name, True) for name, when in urgent.items() if when <= until]
         if not due:
             return ticks
-        when, name = min(due)
+        when, name, is_retry = min(due)
         if when > clock.now():
             clock.set(when)
         await tick(name)
         ticks += 1
-        after = max(when, clock.now()) + dt.timedelta(microseconds=1)
-        upcoming[name] = triggers[name].get_next_fire_time(when, after)
+        if is_retry:
+            del urgent[name]
+        else:
+            after = max(when, clock.now()) + dt.timedelta(microseconds=1)
+            upcoming[name] = triggers[name].get_next_fire_time(when, after)
+        next_tick = upcoming[name]
+        if urgent_retry is not None and next_tick is not None:
+            planned = await urgent_retry_time(urgent_retry, name, triggers[name], clock.now(), next_tick)
+            if planned is not None:
+                urgent[name] = planned

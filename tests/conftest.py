@@ -91,10 +91,11 @@ SLOW_TESTS = (
     "test_console_browse::test_keyset_pages_list_every_account_once_in_order",
     "test_cron::test_generated_weekday_fields_match_croniter",
     "test_logging::test_full_process_output_has_no_secret",
+    "test_urgent_retry::test_two_failed_sweeps_near_expiry_",
 )
 # Fast modules that also hold a few process-starting tests, all of them listed in SLOW_TESTS.
 # tests/test_tiers.py fails for any other module that starts processes or servers and is not slow.
-MIXED_MODULES = frozenset({"test_config", "test_config_example", "test_logging"})
+MIXED_MODULES = frozenset({"test_config", "test_config_example", "test_logging", "test_urgent_retry"})
 FAST_TIER = "not slow"
 
 

@@ -205,3 +205,16 @@ class SqlAccounts(SqlHistory, SqlOutbox):
         async with self._tx() as conn:
             value = (await conn.execute(stmt)).scalar_one_or_none()
         return as_utc(value) if value is not None else None
+
+    async def earliest_urgent_retry(self, app: str, expiring_before: dt.datetime) -> dt.datetime | None:
+        c = accounts.c
+        # A range scan of the index (app, status, next_attempt_at): only accounts backing off have one.
+        stmt = select(func.min(c.next_attempt_at)).where(
+            c.app == app,
+            c.status == str(AccountStatus.ACTIVE),
+            c.next_attempt_at.is_not(None),
+            c.access_expires_at <= as_utc(expiring_before),
+        )
+        async with self._tx() as conn:
+            value = (await conn.execute(stmt)).scalar_one_or_none()
+        return as_utc(value) if value is not None else None

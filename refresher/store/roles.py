@@ -96,6 +96,11 @@ class AccountReader(AccountLookup, Protocol):
     async def earliest_expiry(self, app: str) -> dt.datetime | None:
         """Earliest access-token expiry among the app's active accounts (for metrics)."""
 
+    async def earliest_urgent_retry(self, app: str, expiring_before: dt.datetime) -> dt.datetime | None:
+        """The earliest next attempt among the app's active accounts that are backing off after a failed
+        refresh and whose access token expires by ``expiring_before`` (for the scheduler's urgent
+        retries: a retry the regular ticks would leave too late)."""
+
 
 class AccountWriter(Protocol):
     async def upsert_grant(self, app: str, platform: str, grant: Grant) -> Account:

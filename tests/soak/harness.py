@@ -324,7 +324,9 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
 
             started, cpu_started = time.perf_counter(), time.process_time()
             try:
-                ticks = await simulate(settings, platforms.available(), clock, end, tick)
+                ticks = await simulate(
+                    settings, platforms.available(), clock, end, tick, daemon.store.earliest_urgent_retry
+                )
             except _TimeUp:
                 ticks = ticks_done
                 say(f"  deadline of {cfg.deadline:g} s reached at {clock.now():%Y-%m-%d %H:%M}: the run ends here")
