@@ -43,7 +43,7 @@ class SqlAudit(StoreCore):
     def _insert_audit_sync(self, conn: Connection, entry: AuditEntry, secrets: frozenset[str]) -> None:
         try:
             with conn.begin_nested():
-                conn.execute(hot.INSERT_AUDIT, _audit_values(entry, secrets))
+                hot.Run.INSERT_AUDIT.run(conn, _audit_values(entry, secrets))
         except DBAPIError as exc:
             _log.error("store.audit_failed", app=entry.app, account=entry.account_key, error=type(exc.orig).__name__)
 

@@ -49,12 +49,16 @@ def mark_account_writes(
     """Engine event (``after_cursor_execute``): flag the transaction when a statement wrote ``accounts``."""
     if context is None or not (context.isupdate or context.isinsert or context.isdelete):
         return
-    statement = getattr(context.compiled, "statement", None)
+    if counts_as_account_write(getattr(context.compiled, "statement", None)):
+        conn.info[WROTE_ACCOUNTS] = True
+
+
+def counts_as_account_write(statement: Any) -> bool:
+    """Whether executing ``statement`` (an INSERT, UPDATE or DELETE) may change what a token read sees:
+    it writes ``accounts``, and is not an UPDATE of :data:`BOOKKEEPING` columns alone."""
     if getattr(getattr(statement, "table", None), "name", None) != "accounts":
-        return
-    if context.isupdate and _bookkeeping_only(statement):
-        return
-    conn.info[WROTE_ACCOUNTS] = True
+        return False
+    return not (getattr(statement, "is_update", False) and _bookkeeping_only(statement))
 
 
 def _bookkeeping_only(statement: Any) -> bool:

@@ -54,12 +54,12 @@ class SqlHistory(StoreCore):
     def _push_history_sync(self, conn: Connection, row: Any, now: dt.datetime) -> None:
         values = _history_values(row, now)
         if values is not None:
-            conn.execute(hot.PUSH_HISTORY, values)
+            hot.Run.PUSH_HISTORY.run(conn, values)
 
     def _prune_history_sync(self, conn: Connection, account_id: int, pushed_version: int) -> None:
         # History holds distinct versions up to the one just pushed: none to drop until there are more.
         if pushed_version > self.history_versions:
-            conn.execute(hot.PRUNE_HISTORY, {"account_id": account_id, "keep": self.history_versions})
+            hot.Run.PRUNE_HISTORY.run(conn, {"account_id": account_id, "keep": self.history_versions})
 
     async def history(self, app: str, key: str, limit: int = 20) -> Sequence[HistoryEntry]:
         stmt = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, delete, insert, select, update
 
 from refresher.domain import AccountStatus
+from refresher.store.prepared import Prepared
 from refresher.store.schema import accounts, alarms, audit_log, token_history
 
 _a = accounts.c
@@ -130,3 +131,16 @@ OPEN_ALARMS_OF_ACCOUNT = (
     .where(_al.resolved_at.is_(None), _al.app == bindparam("app"), _al.account_key == bindparam("account_key"))
     .order_by(_al.opened_at, _al.app, _al.account_key)
 )
+
+
+# The writes of the refresh path's one-hop transactions (store/sync_tx.py), run on the driver's cursor
+# (store/prepared.py); the statements above stay for the asynchronous paths (restore, an operator's audit).
+class Run:
+    MARK_STARTED = Prepared(MARK_STARTED)
+    RELEASE = Prepared(RELEASE)
+    RELEASE_UNTRIED = Prepared(RELEASE_UNTRIED)
+    SAVE_TOKENS = Prepared(SAVE_TOKENS)
+    RECORD_FAILURE = Prepared(RECORD_FAILURE)
+    PUSH_HISTORY = Prepared(PUSH_HISTORY)
+    PRUNE_HISTORY = Prepared(PRUNE_HISTORY)
+    INSERT_AUDIT = Prepared(INSERT_AUDIT)

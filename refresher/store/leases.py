@@ -16,6 +16,7 @@ from refresher.store.audit import SqlAudit
 from refresher.store.base import Account, AccountNotFound, AuditEntry, LeaseLost
 from refresher.store.codec import error_json, scrub
 from refresher.store.history import SqlHistory
+from refresher.store.prepared import Prepared
 from refresher.store.schema import accounts
 from refresher.store.writers import URGENT
 
@@ -85,7 +86,9 @@ class SqlLeases(SqlHistory, SqlAudit):
         now = self.clock.now()
 
         def mark(conn: Connection) -> None:
-            self._update_leased(conn, hot.MARK_STARTED, account_id, owner, refresh_started_at=now, last_attempt_at=now)
+            self._update_leased(
+                conn, hot.Run.MARK_STARTED, account_id, owner, refresh_started_at=now, last_attempt_at=now
+            )
 
         # Not durable: the mark only tells a restarted daemon that a call may have gone out (a hint in its
         # messages); the outcome of the refresh is the same without it, so it does not wait for the disk.
@@ -112,7 +115,7 @@ class SqlLeases(SqlHistory, SqlAudit):
                 "previous_refresh_token": row.previous_refresh_token,
                 **self._codec.previous_refresh(row, tokens),
             }
-            conn.execute(hot.SAVE_TOKENS, {"account_id": account_id, **values})
+            hot.Run.SAVE_TOKENS.run(conn, {"account_id": account_id, **values})
             self._prune_history_sync(conn, account_id, row.version)
             return self._after(row, {**hot.SAVED, **values})
 
@@ -144,22 +147,21 @@ class SqlLeases(SqlHistory, SqlAudit):
                 "status": str(status) if status is not None else row.status,
                 "updated_at": now,
             }
-            conn.execute(hot.RECORD_FAILURE, {"account_id": account_id, **values})
+            hot.Run.RECORD_FAILURE.run(conn, {"account_id": account_id, **values})
             return self._after(row, {**hot.RELEASED, **values})
 
         return await self._run_tx(record, write=True)
 
     async def release(self, account_id: int, owner: str) -> None:
         def release(conn: Connection) -> None:
-            self._update_leased(conn, hot.RELEASE, account_id, owner)
+            self._update_leased(conn, hot.Run.RELEASE, account_id, owner)
 
         await self._run_tx(release, write=True)
 
-    def _update_leased(self, conn: Connection, stmt: Any, account_id: int, owner: str, **values: Any) -> None:
+    def _update_leased(self, conn: Connection, stmt: Prepared, account_id: int, owner: str, **values: Any) -> None:
         """``stmt`` (one of :mod:`~refresher.store.hot`'s leased updates) with ``values``, if ``owner`` holds
         the lease: one statement, which takes the row lock itself."""
-        done = conn.execute(stmt, {"account_id": account_id, "owner": owner, **values})
-        if not done.rowcount:
+        if not stmt.run(conn, {"account_id": account_id, "owner": owner, **values}):
             self._leased_sync(conn, account_id, owner)  # raises and says why
             raise AssertionError("unreachable")  # pragma: no cover
 
