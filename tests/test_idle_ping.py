@@ -65,3 +65,30 @@ async def test_without_the_ping_a_dead_connection_fails_once_then_the_pool_recov
     with pytest.raises(StoreError):
         await store.open_alarms("app", "shop:1")
     assert await store.open_alarms("app", "shop:1") == []
+
+
+async def test_a_write_on_the_drivers_cursor_over_a_dead_connection_fails_once_then_the_pool_recovers(
+    pg_store: tuple[SqlStore, str], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh path's writes bypass ``Connection.execute`` (store/prepared.py): a disconnect there
+    must still leave the pool without the dead connection, as SQLAlchemy's own statements do."""
+    import datetime as dt
+
+    from refresher.domain import Grant, Identity, TokenSet
+
+    store, database = pg_store
+    monkeypatch.setattr(idle_ping, "IDLE_BEFORE_PING", 3600.0)
+    tokens = TokenSet("AT", "RT", clock.now() + dt.timedelta(minutes=5), clock.now() + dt.timedelta(days=30))
+    await store.upsert_grant("app", "shopee", Grant(Identity(key="shop:1", kind="shop", platform_id="1"), tokens))
+    (account,) = await store.claim_due("app", dt.timedelta(hours=1), 1, "w1", dt.timedelta(minutes=10))
+    await store.mark_refresh_started(account.id, "w1")  # the refresh path's pool has a connection now
+    assert _kill_connections(database) >= 1
+    await asyncio.sleep(0.3)
+    # The release is the one transaction whose first statement is such a write: the driver meets the dead
+    # connection there, not in a statement of SQLAlchemy's.
+    with pytest.raises(StoreError):
+        await store.release(account.id, "w1")
+    await store.release(account.id, "w1")  # the pool dropped the dead connection: this one is fresh
+    (account,) = await store.claim_due("app", dt.timedelta(hours=1), 1, "w1", dt.timedelta(minutes=10))
+    saved = await store.save_tokens(account.id, "w1", TokenSet("AT2", "RT2", clock.now() + dt.timedelta(hours=4)))
+    assert saved.tokens is not None and saved.tokens.refresh_token == "RT2"

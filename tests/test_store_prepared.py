@@ -41,7 +41,7 @@ async def test_a_prepared_write_stores_exactly_what_connection_execute_stores(
     local = dt.timezone(dt.timedelta(hours=8))  # an aware value in another zone is stored as UTC either way
     cases: list[tuple[str, dict[str, Any]]] = [
         ("MARK_STARTED", {"owner": OWNER, "refresh_started_at": now, "last_attempt_at": now.astimezone(local)}),
-        ("RELEASE_UNTRIED", {"owner": OWNER, "refresh_started_at": None, "last_attempt_at": later}),
+        ("RELEASE", {"owner": OWNER}),
         (
             "SAVE_TOKENS",
             {
@@ -190,5 +190,5 @@ async def test_a_prepared_write_tells_the_change_feed_as_the_engine_event_does(
     assert hot.Run.SAVE_TOKENS.writes_accounts and hot.Run.RECORD_FAILURE.writes_accounts
     assert not any(
         getattr(hot.Run, name).writes_accounts
-        for name in ("MARK_STARTED", "RELEASE", "RELEASE_UNTRIED", "PUSH_HISTORY", "PRUNE_HISTORY", "INSERT_AUDIT")
+        for name in ("MARK_STARTED", "RELEASE", "PUSH_HISTORY", "PRUNE_HISTORY", "INSERT_AUDIT")
     )
