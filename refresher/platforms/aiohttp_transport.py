@@ -20,6 +20,7 @@ What this layer promises, beyond moving bytes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,6 +55,12 @@ def _as_httpx_errors(request: httpx.Request | None) -> Iterator[None]:
         raise httpx.ReadError(f"socket error {exc.errno}", request=request) from None
     except aiohttp.ClientError as exc:
         raise httpx.TransportError(type(exc).__name__, request=request) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """httpx's timeouts as aiohttp's (a frozen object, so one per set of values is shared by every call)."""
+    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
 
 
 class Body(httpx.AsyncByteStream):
@@ -146,12 +153,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 data=body,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeouts.get("pool"),
-                    sock_connect=timeouts.get("connect"),
-                    sock_read=timeouts.get("read"),
-                ),
+                timeout=_client_timeout(timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read")),
             )
 
     async def aclose(self) -> None:
