@@ -8,6 +8,9 @@ account once (under the store lease, through ``Refresher.refresh_now``) and retr
 The caller's ``Authorization`` header (its refresher API token) and cookies never reach the platform:
 only an allow-list of content headers is forwarded. Answers are buffered (with the plugin's size cap)
 because the invalid-token check has to read the body before anything is sent back.
+
+:func:`proxy_answer` is the proxy; the FastAPI route declares it and :class:`ProxyFastPath` serves it
+without FastAPI's routing and dependency machinery (tests/test_proxy_fast_path.py compares the two).
 """
 
 from __future__ import annotations
