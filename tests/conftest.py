@@ -66,6 +66,7 @@ SLOW_MODULES = frozenset(
         "test_onboarding_web",
         "test_properties",
         "test_proxy",
+        "test_proxy_fast_path",
         "test_replicas",
         "test_schemathesis",
         "test_shopee",

@@ -20,8 +20,9 @@ What this layer promises, beyond moving bytes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 
 import aiohttp
@@ -30,7 +31,7 @@ from yarl import URL
 
 
 @contextmanager
-def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+def _as_httpx_errors(request: httpx.Request | None) -> Iterator[None]:
     """aiohttp's exceptions as httpx's, most specific first, without their text (it quotes the URL)."""
     try:
         yield
@@ -56,10 +57,16 @@ def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.TransportError(type(exc).__name__, request=request) from None
 
 
-class _Body(httpx.AsyncByteStream):
+@functools.lru_cache(maxsize=64)
+def _client_timeout(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """httpx's timeouts as aiohttp's (a frozen object, so one per set of values is shared by every call)."""
+    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
+
+
+class Body(httpx.AsyncByteStream):
     """An answer's body as it arrives; closing it hands the connection back to the pool."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request | None = None) -> None:
         self._response = response
         self._request = request
 
@@ -114,31 +121,40 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session_for(asyncio.get_running_loop())
-        timeouts = request.extensions.get("timeout", {})
         body = await request.aread()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-        with _as_httpx_errors(request):
-            response = await session.request(
-                request.method,
-                URL(str(request.url), encoded=True),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeouts.get("pool"),
-                    sock_connect=timeouts.get("connect"),
-                    sock_read=timeouts.get("read"),
-                ),
-            )
+        timeouts = request.extensions.get("timeout", {})
+        response = await self.open(request.method, str(request.url), headers, body or None, timeouts, request)
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_Body(response, request),
+            stream=Body(response, request),
             request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode("latin-1")},
         )
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request as given (``url`` already in its final, encoded form) and return the answer
+        with its body unread: the one place bytes leave through aiohttp, for httpx's API above and for
+        :meth:`refresher.platforms.transport.Transport.send`, which calls it directly."""
+        session = self._session_for(asyncio.get_running_loop())
+        with _as_httpx_errors(request):
+            return await session.request(
+                method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=_client_timeout(timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read")),
+            )
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:

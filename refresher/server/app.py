@@ -66,7 +66,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.state.runtime = runtime  # read by refresher.server.auth.get_runtime
     api.install(app)
-    app.include_router(proxy.router)
+    proxy.install(app)
     from refresher.server import onboarding  # connect/callback (issue 5)
 
     app.include_router(onboarding.router(runtime))
