@@ -21,8 +21,10 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,7 @@ class SandboxLink:
                     "--start",
                     self._start.isoformat(),
                 ],
+                stdin=subprocess.PIPE,  # never written: the child ends when it closes (below)
                 stdout=subprocess.PIPE,
                 text=True,
                 cwd=Path(__file__).resolve().parents[2],
@@ -170,6 +173,14 @@ async def _serve(args: argparse.Namespace) -> None:
     # Nobody reads the pipe after that line: anything printed later must not fill it and block us.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+    def end_with_the_parent() -> None:
+        # stdin is the parent's pipe, never written: it reaches EOF when the parent exits, killed included
+        # (a soak stopped with kill left its sandbox serving), and that ends this process as SIGTERM would.
+        sys.stdin.read()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=end_with_the_parent, daemon=True).start()
     await server.serve_until_signalled()
 
 
