@@ -113,6 +113,18 @@ def settings_for(sandbox: Any, apps: dict[str, str] | None = None, **top: Any) -
     return parse_config(yaml.safe_dump(document), file="test.yaml", credential_models=platforms.credential_models())
 
 
+async def consent_and_store(daemon: Any, sandbox: Any, app: str, **options: str) -> list[Any]:
+    """A seller approves ``app`` on the sandbox's consent page (with the approve link's ``options``);
+    every account the grant covers is stored, as the daemon's callback would store it."""
+    plugin = daemon.platforms[app]
+    pkce = plugin.pkce_pair()
+    params = await sandbox.approve(plugin.authorize_url("test-state", plugin.app.redirect_uri, pkce), **options)
+    return [
+        await daemon.store.upsert_grant(app, plugin.app.platform, grant)
+        for grant in await plugin.exchange_code(params, pkce, plugin.app.redirect_uri)
+    ]
+
+
 def app_for(sandbox: Any, platform: str, **overrides: Any) -> AppSettings:
     settings = (
         settings_for(sandbox, {platform: platform}, app_overrides=overrides)

@@ -25,6 +25,7 @@ from refresher.domain import FakeClock
 from refresher.logging import configure_logging
 from refresher.sandbox import SandboxServer
 from refresher.scheduler import URGENT_RETRY_MIN_GAP, Scheduler, simulate
+from tests.support import consent_and_store
 
 START = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)  # a Monday, midnight: on a tick of */10
 
@@ -50,11 +51,7 @@ async def _run_tiktok_with_two_failed_sweeps(tmp_path: Path, urgent: bool) -> tu
         daemon = Daemon(settings, clock=clock)
         await daemon.start(schedule=False)
         try:
-            plugin = daemon.platforms["tiktok"]
-            pkce = plugin.pkce_pair()
-            params = await sandbox.approve(plugin.authorize_url("s", plugin.app.redirect_uri, pkce))
-            for grant in await plugin.exchange_code(params, pkce, plugin.app.redirect_uri):
-                await daemon.store.upsert_grant("tiktok", "tiktok", grant)
+            await consent_and_store(daemon, sandbox, "tiktok")
             sandbox.set_faults("tiktok:refresh:503|x6")  # the first two sweeps (3 attempts each) fail
             expired: list[str] = []
             swept_at: list[dt.datetime] = []
