@@ -1,7 +1,7 @@
 """``Transport.send`` puts a request straight on the aiohttp wire exactly as httpx would have sent it.
 
 The shared client (``make_http_client``) lets ``Transport.send`` skip httpx's request building and URL
-parser for a URL httpx would leave as it is (refresher/platforms/transport.py, ``_wired_netloc``). Two
+parser for a URL httpx would leave as it is (refresher/platforms/wire.py, ``wired_netloc``). Two
 things are held here: that check agrees with httpx's own parser (a URL taken is one httpx sends
 unchanged, with the same Host), and each request arrives byte for byte as through httpx: the same
 request line, headers in the same order and body, sent once to a raw socket server by a client that
@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refresher.platforms.aiohttp_transport import AiohttpTransport
-from refresher.platforms.transport import Answer, Transport, WiredClient, _wired_netloc, make_http_client
+from refresher.platforms.transport import Answer, Transport, WiredClient, make_http_client
+from refresher.platforms.wire import wired_netloc
 
 PLAIN = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@"
 
@@ -46,7 +47,7 @@ def test_a_url_taken_for_the_wire_is_one_httpx_sends_unchanged(
 ) -> None:
     url = f"{scheme}://{host}{'' if port is None else f':{port}'}/{'/'.join(segments)}"
     url += "" if query is None else f"?{query}"
-    netloc = _wired_netloc(url)
+    netloc = wired_netloc(url)
     if netloc is not None:
         assert _httpx_sends(url) == (url, netloc)
 
@@ -62,7 +63,7 @@ def test_a_url_taken_for_the_wire_is_one_httpx_sends_unchanged(
     ],
 )
 def test_signed_urls_as_the_plugins_build_them_are_taken(url: str) -> None:
-    netloc = _wired_netloc(url)
+    netloc = wired_netloc(url)
     assert netloc is not None
     assert _httpx_sends(url) == (url, netloc)
 
@@ -94,7 +95,7 @@ def test_signed_urls_as_the_plugins_build_them_are_taken(url: str) -> None:
     ],
 )
 def test_what_httpx_would_change_or_refuse_goes_through_httpx(url: str) -> None:
-    assert _wired_netloc(url) is None
+    assert wired_netloc(url) is None
 
 
 # ------------------------------------------------------------------- the same bytes on the wire
@@ -158,9 +159,13 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("DELETE", "/x?y=1", {"headers": {"x-request-id": "abc", "user-agent": "caller/1"}}),
     ("POST", "/given-length", {"content": b"abc", "headers": {"content-length": "3"}}),
     ("GET", "/given-host", {"headers": {"host": "platform.example"}}),
+    ("POST", "/form", {"data": {"k": "v w", "é": "ü&=+", "n": 3, "t": True, "f": False, "none": None}}),
+    ("POST", "/form-list", {"data": {"a": ["1", "2"], "b": ("x",)}}),
+    ("POST", "/form-typed", {"data": {"k": "v"}, "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    ("POST", "/form-and-content", {"data": {"k": "v"}, "content": b"raw"}),  # content wins, as in httpx
+    ("POST", "/empty-form", {"data": {}}),
     ("GET", "/sku one", {}),  # not plain: httpx quotes it, on both
     ("GET", "/q", {"params": [("b", "2"), ("a", "1")]}),  # parameters to merge: httpx, on both
-    ("POST", "/form", {"data": {"k": "v w"}}),  # a form: httpx, on both
 ]
 
 
@@ -187,8 +192,5 @@ async def test_each_request_arrives_byte_for_byte_as_through_httpx() -> None:
 
 def test_the_requests_above_take_the_route_they_are_meant_to() -> None:
     """The comparison above is only worth something if most of its requests took the direct route."""
-    taken = [
-        _wired_netloc("http://127.0.0.1:1" + path) is not None and "params" not in kw and "data" not in kw
-        for _, path, kw in REQUESTS
-    ]
-    assert taken == [True] * 9 + [False] * 3
+    taken = [wired_netloc("http://127.0.0.1:1" + path) is not None and "params" not in kw for _, path, kw in REQUESTS]
+    assert taken == [True] * 14 + [False] * 2

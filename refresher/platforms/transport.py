@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
-import functools
 import http.cookiejar
-import ipaddress
 import json
 import re
 import zlib
@@ -26,6 +24,7 @@ import httpx
 
 from refresher.domain import MalformedAnswer, PlatformTimeout, RefresherError, TransientError
 from refresher.platforms.aiohttp_transport import AiohttpTransport, Body
+from refresher.platforms.wire import form_body, wire_headers, wired_netloc
 
 # A token endpoint's answer is a few KiB; anything far larger is hostile or broken.
 MAX_ANSWER_BYTES = 1 << 20
@@ -252,11 +251,12 @@ class Transport:
         total = self.timeout.total_seconds()
         name = self.platform
         client = self.http
-        # The request straight onto the wire when httpx would send it exactly as given (see _wired_netloc);
+        # The request straight onto the wire when httpx would send it exactly as given (see platforms/wire.py);
         # anything else (parameters to merge, a form, a URL httpx must quote or normalise) through httpx.
         netloc = None
-        if isinstance(client, WiredClient) and params is None and data is None and not client.cookies:
-            netloc = _wired_netloc(url)
+        if isinstance(client, WiredClient) and params is None and not client.cookies:
+            netloc = wired_netloc(url)
+        body, form = (content, False) if content is not None or not data else (form_body(data), True)
         try:
             async with asyncio.timeout(total):
                 if netloc is not None:
@@ -264,8 +264,8 @@ class Transport:
                     wired = await client.wire.open(
                         method.upper(),
                         url,
-                        _wire_headers(client, method.upper(), netloc, content, headers),
-                        content or None,
+                        wire_headers(client, method.upper(), netloc, body, headers, form=form),
+                        body or None,
                         client.timeout.as_dict(),
                     )
                     status, answer_headers = wired.status, httpx.Headers(wired.raw_headers)
@@ -294,66 +294,6 @@ class Transport:
         if encoding in ("gzip", "deflate", "br", "zstd"):
             raw = _decode_bounded(raw, encoding, max_bytes, name, what)
         return Answer(status, answer_headers, raw)
-
-
-# A URL that httpx.URL leaves exactly as it is: lower-case http(s) scheme and host name (or IPv4), a port
-# only when not the scheme's default and written as a plain number, a path and query of characters httpx
-# never quotes (RFC 3986 unreserved, sub-delims, ':' '@' '/', and '?' in the query) or well-formed %XX
-# escapes, no fragment. Checked in C by one regex, where httpx's parser walks every character in Python
-# (~30 µs for a signed proxy URL, a tenth of a proxied call's CPU). tests/test_transport_wire.py holds
-# the two to agreement.
-_WIRED_URL = re.compile(
-    r"(https?)://([a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::([1-9][0-9]{0,4}))?"
-    r"((?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)+)"
-    r"(?:\?(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*)?"
-)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_HTTPX_MAX_URL = 65536
-
-
-def _wired_netloc(url: str) -> str | None:
-    """The ``Host`` httpx would send for ``url`` when httpx would send ``url`` unchanged, else ``None``."""
-    if len(url) > _HTTPX_MAX_URL:
-        return None
-    match = _WIRED_URL.fullmatch(url)
-    if match is None:
-        return None
-    scheme, host, port, path = match.group(1, 2, 3, 4)
-    if not _plain_host(host) or (port is not None and (int(port) > 65535 or int(port) == _DEFAULT_PORTS[scheme])):
-        return None
-    if "." in path and any(segment in (".", "..") for segment in path.split("/")):
-        return None  # httpx would drop the dot segments
-    return host if port is None else f"{host}:{port}"
-
-
-@functools.lru_cache(maxsize=256)
-def _plain_host(host: str) -> bool:
-    """A host name httpx keeps as written: a name with a letter, or a valid dotted IPv4 address."""
-    if any(ch.isalpha() for ch in host):
-        return ".." not in host
-    try:
-        return str(ipaddress.IPv4Address(host)) == host
-    except ValueError:
-        return False
-
-
-def _wire_headers(
-    client: httpx.AsyncClient, method: str, netloc: str, content: bytes | None, headers: Mapping[str, str] | None
-) -> list[tuple[str, str]]:
-    """The header list ``client.build_request`` would give the wire for this request: the client's headers
-    updated with ``headers`` (httpx's ``_merge_headers``), the body's Content-Length unless given, then
-    Host and a bodiless POST/PUT/PATCH's ``Content-Length: 0`` in front (httpx's ``Request._prepare``)."""
-    merged = httpx.Headers(client.headers)
-    if headers:
-        merged.update(headers)
-    if content:
-        merged.setdefault("Content-Length", str(len(content)))
-    front: list[tuple[str, str]] = []
-    if "Host" not in merged:
-        front.append(("Host", netloc))
-    if method in ("POST", "PUT", "PATCH") and "Content-Length" not in merged and "Transfer-Encoding" not in merged:
-        front.append(("Content-Length", "0"))
-    return front + [(k.decode("latin-1"), v.decode("latin-1")) for k, v in merged.raw]
 
 
 def _path(url: str) -> str:
