@@ -8,8 +8,8 @@ in-flight sweeps, then shuts the scheduler down.
 Urgent retries: a failed refresh backs off (``next_attempt_at``) and is retried by the next tick after
 that. Near expiry that can be one chance too few: a TikTok token (2 h) enters its 30-minute window a moment
 after a tick, so the regular ticks give it two sweeps, and two failed sweeps in a row let it expire (the
-full soak caught one in ~500,000 refreshes). So after each sweep the scheduler asks the store for the
-earliest retry of an account whose token would expire before the tick after next, and sweeps the app at
+full soak caught one in ~130,000 refreshes). So after each sweep the scheduler asks the store for the
+earliest retry of an account whose token would expire by the tick after next, and sweeps the app at
 that time too. Only such accounts: a failure with time to spare waits for the regular tick, so a short
 platform outage does not turn into three failed sweeps (an alarm) within minutes.
 """
@@ -46,7 +46,7 @@ async def urgent_retry_time(
     urgent_retry: UrgentRetry, app: str, trigger: BaseTrigger, now: dt.datetime, next_tick: dt.datetime
 ) -> dt.datetime | None:
     """When to sweep ``app`` before its ``next_tick``, or None: the earliest retry of an account whose
-    token expires before the tick after ``next_tick`` (if that next tick failed too, it would be too late)."""
+    token expires by the tick after ``next_tick`` (if that next tick failed too, it would be too late)."""
     after = trigger.get_next_fire_time(next_tick, next_tick + dt.timedelta(microseconds=1))
     if after is None:
         return None

@@ -252,7 +252,7 @@ class Transport:
         name = self.platform
         client = self.http
         # The request straight onto the wire when httpx would send it exactly as given (see platforms/wire.py);
-        # anything else (parameters to merge, a form, a URL httpx must quote or normalise) through httpx.
+        # anything else (parameters to merge, a URL httpx must quote or normalise) through httpx.
         netloc = None
         if isinstance(client, WiredClient) and params is None and not client.cookies:
             netloc = wired_netloc(url)
