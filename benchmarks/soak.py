@@ -2,9 +2,10 @@
 
 The same harness as the short test (tests/soak/harness.py): real daemon tick, real SQLite store with
 durable commits, plugins over HTTP to the loopback sandbox, real lifetimes and default schedules, ~10 %
-transient and ~1 % malformed faults on refresh calls, a few revoked grants, alarms counted by a real
-webhook receiver. Prints progress while it runs and the report at the end; exits 1 if a must-be-zero
-figure is not zero or the alarms do not match the accounts that needed a human.
+transient faults (timeouts rarer than in the short test: harness.FULL_RUN_TRANSIENT says why) and ~1 %
+malformed ones on refresh calls, a few revoked grants, alarms counted by a real webhook receiver. Prints
+progress while it runs and the report at the end; exits 1 if a must-be-zero figure is not zero or the
+alarms do not match the accounts that needed a human.
 
 The sandbox runs in a process of its own by default (``--sandbox-inline`` keeps it in this one, as the
 short test does): a platform's CPU is not the daemon's, and on this 2-core VM each gets a core. The daemon
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.soak.harness import SoakConfig, run_soak
+from tests.soak.harness import FULL_RUN_TRANSIENT, SoakConfig, fault_spec, run_soak
 
 
 def main() -> int:
@@ -67,6 +68,7 @@ def main() -> int:
         progress_every=30.0,
         sandbox_process=not args.sandbox_inline,
         deadline=args.deadline,
+        fault_spec=fault_spec(FULL_RUN_TRANSIENT),
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.db_dir, prefix="soak-") as tmp:
