@@ -227,6 +227,14 @@ class Scheduler:
             misfire_grace_time=600,  # late is still sooner than the next regular tick
         )
 
+    def next_fire_times(self, app: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """When ``app`` sweeps next: its regular tick and its planned urgent retry (``None`` where none)."""
+        regular, retry = self._scheduler.get_job(app), self._scheduler.get_job(f"{app}:retry")
+        return (
+            regular.next_run_time if regular is not None else None,
+            retry.next_run_time if retry is not None else None,
+        )
+
     def start(self) -> None:
         self._scheduler.start()
 

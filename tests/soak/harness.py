@@ -346,7 +346,7 @@ async def run_soak(cfg: SoakConfig, tmp: Path) -> SoakReport:
                 for account in await _all(daemon, app, AccountStatus.ACTIVE):
                     if account.tokens and account.tokens.access_expires_at <= clock.now():
                         expired.append(f"{app}/{account.key} expired {account.tokens.access_expires_at} (at end)")
-            not_yet_due = await _not_yet_due(daemon, needs_human)
+            not_yet_due = await revoked_but_not_yet_due(daemon, needs_human)
             needs_human -= not_yet_due
             lost, needs_reauth = await _check_chains(daemon, sandbox, needs_human | not_yet_due)
         finally:
@@ -399,7 +399,7 @@ class _TimeUp(Exception):
     """The run's real-time deadline passed (raised between sweeps, never inside one)."""
 
 
-async def _not_yet_due(daemon: Daemon, revoked: set[tuple[str, str]]) -> set[tuple[str, str]]:
+async def revoked_but_not_yet_due(daemon: Daemon, revoked: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """The revoked accounts the daemon had no reason to call since their revocation: still active, and
     their access token not yet inside its refresh window. Any other revoked account is owed an alarm."""
     now = daemon.clock.now()
