@@ -185,7 +185,13 @@ async def run_week(store_url: str, replicas: int, accounts: int, *, kill: bool =
 
                 plugin.refresh = parked_refresh  # type: ignore[method-assign]
 
+            one_app_at_a_time = asyncio.Lock()  # the kill below is planned for one app's sweep
+
             async def tick(app: str) -> None:
+                async with one_app_at_a_time:  # simulate() sweeps the apps due together concurrently
+                    await tick_alone(app)
+
+            async def tick_alone(app: str) -> None:
                 nonlocal alive
                 killing = kill and run.kill is None and clock.now() >= T0 + KILL_AFTER and victim in alive
                 if killing:
