@@ -17,7 +17,9 @@ import yaml
 
 from refresher import platforms
 from refresher.config import AppSettings, Settings, parse_config
+from refresher.daemon import Daemon
 from refresher.domain import Clock, RefresherError
+from refresher.logging import configure_logging
 from refresher.store import SqlStore
 
 PLATFORMS = ("shopee", "tiktok_shop", "lazada", "tiktok")
@@ -123,6 +125,20 @@ async def consent_and_store(daemon: Any, sandbox: Any, app: str, **options: str)
         await daemon.store.upsert_grant(app, plugin.app.platform, grant)
         for grant in await plugin.exchange_code(params, pkce, plugin.app.redirect_uri)
     ]
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(document: dict[str, Any], clock: Clock, file: str = "test.yaml") -> AsyncIterator[Daemon]:
+    """A daemon started on the config ``document`` (without its scheduler: the test drives the ticks),
+    stopped on the way out."""
+    settings = parse_config(yaml.safe_dump(document), file=file, credential_models=platforms.credential_models())
+    configure_logging(settings.logging)
+    daemon = Daemon(settings, clock=clock)
+    await daemon.start(schedule=False)
+    try:
+        yield daemon
+    finally:
+        await daemon.stop(grace=5)
 
 
 def app_for(sandbox: Any, platform: str, **overrides: Any) -> AppSettings:

@@ -20,12 +20,10 @@ import yaml
 
 from refresher import platforms
 from refresher.config import parse_config
-from refresher.daemon import Daemon
 from refresher.domain import FakeClock
-from refresher.logging import configure_logging
 from refresher.sandbox import SandboxServer
 from refresher.scheduler import URGENT_RETRY_MIN_GAP, Scheduler, simulate
-from tests.support import consent_and_store
+from tests.support import consent_and_store, running_daemon
 
 START = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)  # a Monday, midnight: on a tick of */10
 
@@ -44,13 +42,7 @@ async def _run_tiktok_with_two_failed_sweeps(tmp_path: Path, urgent: bool) -> tu
                 }
             },
         }
-        settings = parse_config(
-            yaml.safe_dump(document), file="urgent.yaml", credential_models=platforms.credential_models()
-        )
-        configure_logging(settings.logging)
-        daemon = Daemon(settings, clock=clock)
-        await daemon.start(schedule=False)
-        try:
+        async with running_daemon(document, clock, "urgent.yaml") as daemon:
             await consent_and_store(daemon, sandbox, "tiktok")
             sandbox.set_faults("tiktok:refresh:503|x6")  # the first two sweeps (3 attempts each) fail
             expired: list[str] = []
@@ -68,11 +60,9 @@ async def _run_tiktok_with_two_failed_sweeps(tmp_path: Path, urgent: bool) -> tu
 
             probe = daemon.store.earliest_urgent_retry if urgent else None
             await simulate(
-                settings, platforms.available(), clock, START + dt.timedelta(hours=2, minutes=30), tick, probe
+                daemon.settings, platforms.available(), clock, START + dt.timedelta(hours=2, minutes=30), tick, probe
             )
             assert sandbox.state.counters["tiktok.fault.503"] == 6
-        finally:
-            await daemon.stop(grace=5)
     return expired, swept_at
 
 

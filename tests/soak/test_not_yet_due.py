@@ -10,16 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import yaml
-
-from refresher import platforms
-from refresher.config import parse_config
-from refresher.daemon import Daemon
 from refresher.domain import FakeClock
-from refresher.logging import configure_logging
 from refresher.sandbox import SandboxServer
 from tests.soak.harness import revoked_but_not_yet_due
-from tests.support import consent_and_store
+from tests.support import consent_and_store, running_daemon
 
 
 async def test_a_revoked_account_is_quiet_until_its_token_enters_the_refresh_window(tmp_path: Path) -> None:
@@ -31,13 +25,7 @@ async def test_a_revoked_account_is_quiet_until_its_token_enters_the_refresh_win
             "logging": {"level": "warning", "format": "json"},
             "apps": {"shop": {**sandbox.app_config("tiktok_shop"), "refresh_before": "1d"}},
         }
-        settings = parse_config(
-            yaml.safe_dump(document), file="due.yaml", credential_models=platforms.credential_models()
-        )
-        configure_logging(settings.logging)
-        daemon = Daemon(settings, clock=clock)
-        await daemon.start(schedule=False)
-        try:
+        async with running_daemon(document, clock, "due.yaml") as daemon:
             (account,) = await consent_and_store(daemon, sandbox, "shop")
             assert account.tokens is not None
             revoked = {("shop", account.key)}
@@ -48,5 +36,3 @@ async def test_a_revoked_account_is_quiet_until_its_token_enters_the_refresh_win
 
             clock.set(window_opens + dt.timedelta(minutes=1))
             assert await revoked_but_not_yet_due(daemon, revoked) == set()  # due: the daemon owes an alarm
-        finally:
-            await daemon.stop(grace=5)
