@@ -73,6 +73,7 @@ SLOW_MODULES = frozenset(
         "test_shopee_shop_info",
         "test_simulated_month",
         "test_soak",
+        "test_not_yet_due",  # the soak harness's split, on a real daemon and sandbox
         "test_store",
         "test_store_cli",
         "test_store_concurrency",

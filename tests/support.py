@@ -128,7 +128,7 @@ async def consent_and_store(daemon: Any, sandbox: Any, app: str, **options: str)
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(document: dict[str, Any], clock: Clock, file: str = "test.yaml") -> AsyncIterator[Daemon]:
+async def started_daemon(document: dict[str, Any], clock: Clock, file: str = "test.yaml") -> AsyncIterator[Daemon]:
     """A daemon started on the config ``document`` (without its scheduler: the test drives the ticks),
     stopped on the way out."""
     settings = parse_config(yaml.safe_dump(document), file=file, credential_models=platforms.credential_models())

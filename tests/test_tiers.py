@@ -26,7 +26,8 @@ def test_every_slow_test_names_a_test_function() -> None:
 
 # What makes a module end-to-end: it starts processes, or uses the sandbox or a daemon (as a fixture too).
 HEAVY = re.compile(
-    r"^import (?:subprocess|multiprocessing)\b|\b(?:SandboxServer|running_daemon)\b|\bdaemon: Daemon\b", re.M
+    r"^import (?:subprocess|multiprocessing)\b|\b(?:SandboxServer|running_daemon|started_daemon)\b|\bdaemon: Daemon\b",
+    re.M,
 )
 
 

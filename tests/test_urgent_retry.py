@@ -23,7 +23,7 @@ from refresher.config import parse_config
 from refresher.domain import FakeClock
 from refresher.sandbox import SandboxServer
 from refresher.scheduler import URGENT_RETRY_MIN_GAP, Scheduler, simulate
-from tests.support import consent_and_store, running_daemon
+from tests.support import consent_and_store, started_daemon
 
 START = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)  # a Monday, midnight: on a tick of */10
 
@@ -42,7 +42,7 @@ async def _run_tiktok_with_two_failed_sweeps(tmp_path: Path, urgent: bool) -> tu
                 }
             },
         }
-        async with running_daemon(document, clock, "urgent.yaml") as daemon:
+        async with started_daemon(document, clock, "urgent.yaml") as daemon:
             await consent_and_store(daemon, sandbox, "tiktok")
             sandbox.set_faults("tiktok:refresh:503|x6")  # the first two sweeps (3 attempts each) fail
             expired: list[str] = []

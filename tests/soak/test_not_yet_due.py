@@ -13,7 +13,7 @@ from pathlib import Path
 from refresher.domain import FakeClock
 from refresher.sandbox import SandboxServer
 from tests.soak.harness import revoked_but_not_yet_due
-from tests.support import consent_and_store, running_daemon
+from tests.support import consent_and_store, started_daemon
 
 
 async def test_a_revoked_account_is_quiet_until_its_token_enters_the_refresh_window(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ async def test_a_revoked_account_is_quiet_until_its_token_enters_the_refresh_win
             "logging": {"level": "warning", "format": "json"},
             "apps": {"shop": {**sandbox.app_config("tiktok_shop"), "refresh_before": "1d"}},
         }
-        async with running_daemon(document, clock, "due.yaml") as daemon:
+        async with started_daemon(document, clock, "due.yaml") as daemon:
             (account,) = await consent_and_store(daemon, sandbox, "shop")
             assert account.tokens is not None
             revoked = {("shop", account.key)}
