@@ -132,3 +132,30 @@ async def test_the_live_scheduler_plans_an_urgent_retry_only_before_the_next_tic
             assert retry < regular
     finally:
         scheduler.shutdown()
+
+
+async def test_simulate_sweeps_apps_due_together_concurrently_and_raises_after_both_end() -> None:
+    app = {"platform": "tiktok", "interval": "60s", "client_key": "k", "client_secret": "s"}
+    settings = parse_config(
+        yaml.safe_dump({"apps": {"a": app, "b": app}}), file="sim.yaml", credential_models=platforms.credential_models()
+    )
+    clock = FakeClock(START)
+    running: set[str] = set()
+    overlapped: list[str] = []
+    finished: list[str] = []
+
+    async def tick(name: str) -> None:
+        running.add(name)
+        await asyncio.sleep(0.01)
+        if running - {name}:
+            overlapped.append(name)
+        running.discard(name)
+        if name == "a":
+            raise RuntimeError("stop")
+        await asyncio.sleep(0.01)
+        finished.append(name)
+
+    with pytest.raises(RuntimeError):
+        await simulate(settings, platforms.available(), clock, START + dt.timedelta(minutes=5), tick)
+    assert overlapped  # the two sweeps of one instant ran at the same time
+    assert finished == ["b"]  # and the error waited for the other sweep to end
